@@ -1,0 +1,169 @@
+package invisor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/viper"
+
+	"github.com/invisor/invisor/relauncher"
+	"github.com/invisor/invisor/staging"
+)
+
+// Config is invisor's effective configuration for one node home.
+type Config struct {
+	// Enabled turns invisor off entirely (the node then behaves as without it).
+	Enabled    bool
+	Staging    staging.Config
+	Relauncher relauncher.Config
+	// Sources says where each setting came from: "default", "app.toml", or "env NAME".
+	Sources map[string]string
+}
+
+// setting is one [invisor] key of app.toml, with its environment name and how it
+// lands in the typed configs.
+type setting struct {
+	key, env, def, doc string
+	apply           func(c *Config, v string) error
+}
+
+func boolSetting(key, env, def, doc string, set func(c *Config, b bool)) setting {
+	return setting{key, env, def, doc, func(c *Config, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("want true or false, got %q", v)
+		}
+		set(c, b)
+		return nil
+	}}
+}
+
+func durationSetting(key, env, def, doc string, set func(c *Config, d time.Duration)) setting {
+	return setting{key, env, def, doc, func(c *Config, v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil || d <= 0 {
+			return fmt.Errorf("want a positive duration such as 30s or 2h, got %q", v)
+		}
+		set(c, d)
+		return nil
+	}}
+}
+
+// settings is the [invisor] section's reference: key, env, default, meaning.
+var settings = []setting{
+	boolSetting("enabled", "INVISOR_ENABLED", "true", "turn invisor on or off",
+		func(c *Config, b bool) { c.Enabled = b }),
+	{"daemon-name", "DAEMON_NAME", "", "binary name under cosmovisor/*/bin (default: the chain's own name)",
+		func(c *Config, v string) error {
+			c.Staging.DaemonName, c.Relauncher.DaemonName = v, v
+			return nil
+		}},
+	boolSetting("allow-download", "DAEMON_ALLOW_DOWNLOAD_BINARIES", "false", "download the upgrade binary named by the plan's info",
+		func(c *Config, b bool) { c.Staging.AllowDownload, c.Relauncher.DownloadsEnabled = b, b }),
+	boolSetting("require-checksum", "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM", "true", "refuse downloads without a sha256/sha512 checksum",
+		func(c *Config, b bool) { c.Staging.RequireChecksum = b }),
+	boolSetting("allow-file-urls", "INVISOR_ALLOW_FILE_URLS", "false", "accept file:// sources in plan info",
+		func(c *Config, b bool) { c.Staging.AllowFileURLs = b }),
+	durationSetting("download-deadline", "INVISOR_DOWNLOAD_DEADLINE", "2h", "bound on one whole staging attempt",
+		func(c *Config, d time.Duration) { c.Staging.Deadline = d }),
+	durationSetting("retry-min", "INVISOR_RETRY_MIN", "5s", "first wait before retrying a failed attempt",
+		func(c *Config, d time.Duration) { c.Staging.RetryMin = d }),
+	durationSetting("retry-max", "INVISOR_RETRY_MAX", "5m", "longest wait between attempts",
+		func(c *Config, d time.Duration) { c.Staging.RetryMax = d }),
+	boolSetting("unsafe-skip-backup", "UNSAFE_SKIP_BACKUP", "false", "skip the data backup before the switch",
+		func(c *Config, b bool) { c.Relauncher.Backup = !b }),
+	{"backup-dir", "DAEMON_DATA_BACKUP_DIR", "", "where data backups go (default: the node home)",
+		func(c *Config, v string) error {
+			if v != "" && !filepath.IsAbs(v) {
+				return fmt.Errorf("want an absolute path, got %q", v)
+			}
+			c.Relauncher.BackupDir = v
+			return nil
+		}},
+	boolSetting("pre-upgrade", "INVISOR_PRE_UPGRADE", "true", "run `<new binary> pre-upgrade` before the switch",
+		func(c *Config, b bool) { c.Relauncher.RunPreUpgrade = b }),
+	{"pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
+		func(c *Config, v string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 0 {
+				return fmt.Errorf("want a whole number >= 0, got %q", v)
+			}
+			c.Relauncher.PreUpgradeMaxRetries = n
+			return nil
+		}},
+}
+
+// LoadConfig reads the [invisor] section of app.toml from v, then the environment
+// (which wins), for the node at home. Unknown keys and bad values are errors that
+// name the key.
+func LoadConfig(v *viper.Viper, home string, opts Options) (Config, error) {
+	home, err := filepath.Abs(home)
+	if err != nil {
+		return Config{}, fmt.Errorf("invisor: node home: %w", err)
+	}
+	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Sources: map[string]string{}}
+	c.Staging.Home, c.Relauncher.Home = home, home
+	c.Staging.DaemonName, c.Relauncher.DaemonName = opts.DaemonName, opts.DaemonName
+
+	known := map[string]bool{}
+	for _, s := range settings {
+		known[s.key] = true
+	}
+	if v != nil {
+		if section, ok := v.Get("invisor").(map[string]any); ok {
+			var unknown []string
+			for k := range section {
+				if !known[k] {
+					unknown = append(unknown, k)
+				}
+			}
+			sort.Strings(unknown)
+			if len(unknown) > 0 {
+				return Config{}, fmt.Errorf("invisor: unknown key %q in the [invisor] section of app.toml; known keys: %s",
+					unknown[0], strings.Join(keys(), ", "))
+			}
+		}
+	}
+	for _, s := range settings {
+		val, src := s.def, "default"
+		if v != nil && v.IsSet("invisor."+s.key) {
+			val, src = fmt.Sprint(v.Get("invisor."+s.key)), "app.toml"
+		}
+		if e, ok := os.LookupEnv(s.env); ok {
+			val, src = e, "env "+s.env
+		}
+		c.Sources[s.key] = src
+		if src == "default" && val == "" {
+			continue
+		}
+		if err := s.apply(&c, val); err != nil {
+			where := "invisor." + s.key + " in app.toml"
+			if strings.HasPrefix(src, "env ") {
+				where = strings.TrimPrefix(src, "env ")
+			} else if src == "default" {
+				where = "default of invisor." + s.key
+			}
+			return Config{}, fmt.Errorf("invisor: bad value for %s: %w", where, err)
+		}
+	}
+	if err := c.Staging.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invisor: %w", err)
+	}
+	if err := c.Relauncher.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invisor: %w", err)
+	}
+	return c, nil
+}
+
+func keys() []string {
+	out := make([]string, len(settings))
+	for i, s := range settings {
+		out[i] = s.key
+	}
+	return out
+}

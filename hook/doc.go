@@ -1,0 +1,16 @@
+// Package hook watches the x/upgrade plan from inside the consensus path.
+//
+// A PlanWatcher wraps the app's PreBlocker. In every block, after the wrapped
+// PreBlocker has run, it reads the upgrade plan (one KV read) and tells its Sink
+// when the plan in force appeared, changed or vanished, and when x/upgrade halted
+// the chain at the plan height because this binary has no handler for it.
+//
+// Guarantees: the block's result is exactly the wrapped PreBlocker's result —
+// same response, same error, no state written, no gas charged to the block;
+// a panic inside invisor code is recovered and logged; the Sink is called
+// synchronously but must not block (staging and the relauncher hand the work to
+// their own goroutines through latest-value slots).
+//
+// The hook leaves nothing on disk and does not download, verify or exec
+// anything: that is the job of the staging and relauncher packages.
+package hook

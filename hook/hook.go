@@ -1,0 +1,141 @@
+package hook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	abci "github.com/cometbft/cometbft/abci/types"
+
+	storetypes "github.com/cosmos/cosmos-sdk/store/v2/types"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
+)
+
+// SinkKey is the app-options key under which the process edge (the invisor
+// start wiring) registers the Sink that Wrap hands plans to.
+const SinkKey = "invisor.sink"
+
+// Plan is the part of an upgrade plan invisor acts on.
+type Plan struct {
+	Name   string
+	Height int64
+	Info   string
+}
+
+// Sink receives what the watcher sees. Its methods run in the consensus path
+// and must return at once.
+type Sink interface {
+	// PlanChanged is called when the plan in force appears or changes (p != nil)
+	// or vanishes (p == nil: cancelled or applied).
+	PlanChanged(p *Plan)
+	// Halted is called when x/upgrade stopped the chain at height for plan p
+	// because this binary has no handler for it.
+	Halted(p Plan, height int64)
+}
+
+// PlanSource is the part of the x/upgrade keeper the watcher reads.
+type PlanSource interface {
+	GetUpgradePlan(ctx context.Context) (upgradetypes.Plan, error)
+	IsSkipHeight(height int64) bool
+}
+
+// Logger is satisfied by the SDK's logger.
+type Logger interface {
+	Info(msg string, keyVals ...any)
+	Error(msg string, keyVals ...any)
+}
+
+// PlanWatcher wraps a PreBlocker and reports the upgrade plan to a Sink.
+type PlanWatcher struct {
+	src  PlanSource
+	sink Sink
+	log  Logger
+
+	mu      sync.Mutex
+	last    *Plan // plan last reported; nil before the first block or when none
+	started bool
+	halted  string // name of the plan whose halt was reported
+}
+
+// NewPlanWatcher returns a watcher that reads plans from src and reports to sink.
+func NewPlanWatcher(src PlanSource, sink Sink, log Logger) *PlanWatcher {
+	return &PlanWatcher{src: src, sink: sink, log: log}
+}
+
+// Wrap returns a PreBlocker that runs next and then observes the plan. Its
+// result is always exactly next's result.
+func (w *PlanWatcher) Wrap(next sdk.PreBlocker) sdk.PreBlocker {
+	return func(ctx sdk.Context, req *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
+		res, err := next(ctx, req)
+		w.Observe(ctx, err)
+		return res, err
+	}
+}
+
+// Observe reads the plan after the block's PreBlocker ran with result preErr.
+// It never panics and never writes state.
+func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Error("invisor: recovered from a panic in the plan watcher; the block is unaffected", "panic", fmt.Sprint(r))
+		}
+	}()
+	// A private gas meter: reading the plan must not change what the block consumed.
+	readCtx := ctx.WithGasMeter(storetypes.NewInfiniteGasMeter())
+	plan, err := w.src.GetUpgradePlan(readCtx)
+	var cur *Plan
+	switch {
+	case err == nil:
+		cur = &Plan{Name: plan.Name, Height: plan.Height, Info: plan.Info}
+	case errors.Is(err, upgradetypes.ErrNoUpgradePlanFound):
+	default:
+		w.log.Error("invisor: cannot read the upgrade plan", "height", ctx.BlockHeight(), "err", err)
+		return
+	}
+	height := ctx.BlockHeight()
+
+	w.mu.Lock()
+	changed := !w.started || !samePlan(w.last, cur)
+	w.started, w.last = true, cur
+	halt := cur != nil && preErr != nil && cur.Height <= height && !w.src.IsSkipHeight(height) &&
+		strings.Contains(preErr.Error(), fmt.Sprintf("UPGRADE %q NEEDED", cur.Name)) && w.halted != cur.Name
+	if halt {
+		w.halted = cur.Name
+	}
+	w.mu.Unlock()
+
+	if changed {
+		w.sink.PlanChanged(cur)
+	}
+	if halt {
+		w.sink.Halted(*cur, height)
+	}
+}
+
+func samePlan(a, b *Plan) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// AppOptions is the SDK's servertypes.AppOptions.
+type AppOptions interface{ Get(string) any }
+
+// Wrap is the one line a chain's app.go needs:
+//
+//	app.SetPreBlocker(hook.Wrap(app.PreBlocker, app.UpgradeKeeper, appOpts, logger))
+//
+// It watches the plan for the Sink the process edge registered in appOpts under
+// SinkKey; without one (unit tests, `export`, a node started without invisor)
+// next is returned unchanged.
+func Wrap(next sdk.PreBlocker, src PlanSource, appOpts AppOptions, log Logger) sdk.PreBlocker {
+	sink, ok := appOpts.Get(SinkKey).(Sink)
+	if !ok || sink == nil {
+		return next
+	}
+	return NewPlanWatcher(src, sink, log).Wrap(next)
+}

@@ -1,0 +1,192 @@
+// Package invisor is the edge that puts invisor into a chain binary: it reads
+// the configuration (app.toml's [invisor] section, environment, flags), builds
+// the stager and the relauncher for the node's home, and hooks them into the
+// SDK's `start` command. The library packages do the work:
+//
+//   - hook: watches the upgrade plan from the app's PreBlocker;
+//   - staging: fetches, verifies and installs the upgrade binary in the background;
+//   - relauncher: boot redirect, clean stop at the halt and syscall.Exec.
+//
+// A chain wires it in two places:
+//
+//	// app.go
+//	app.SetPreBlocker(hook.Wrap(app.PreBlocker, app.UpgradeKeeper, appOpts, logger))
+//
+//	// main.go
+//	err := invisor.Execute(rootCmd, invisor.Options{DaemonName: "appd", DefaultHome: app.DefaultNodeHome})
+//
+// Only this package reads viper and the environment.
+package invisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"cosmossdk.io/log/v2"
+
+	"github.com/cosmos/cosmos-sdk/server"
+	svrcmd "github.com/cosmos/cosmos-sdk/server/cmd"
+
+	"github.com/invisor/invisor/hook"
+	"github.com/invisor/invisor/relauncher"
+	"github.com/invisor/invisor/staging"
+)
+
+// Options say how the chain binary is named and where its home is by default.
+type Options struct {
+	// DaemonName is the file name under cosmovisor/*/bin (cosmovisor's
+	// DAEMON_NAME, which overrides it). It never depends on the running file's name.
+	DaemonName string
+	// DefaultHome is the node home when --home is not given.
+	DefaultHome string
+	// EnvPrefix is passed to the SDK's Execute for flag binding.
+	EnvPrefix string
+}
+
+// Execute runs the chain's root command with invisor wrapped around `start`.
+// When the node halted for an upgrade whose binary is staged and verified, the
+// start command returns after the node stopped cleanly and Execute replaces the
+// process with the new binary; it returns only on error.
+func Execute(rootCmd *cobra.Command, opts Options) error {
+	if opts.DaemonName == "" {
+		return errors.New("invisor: Options.DaemonName is required (the binary's name under cosmovisor/*/bin)")
+	}
+	start, _, err := rootCmd.Find([]string{"start"})
+	if err != nil || start == rootCmd {
+		return errors.New("invisor: the root command has no `start` subcommand")
+	}
+	wrapStart(start, opts)
+	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
+}
+
+// node is invisor's per-process state for one `start`.
+type node struct {
+	log     log.Logger
+	stager  *staging.Stager
+	rl      *relauncher.Relauncher
+	stageOnly bool
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func wrapStart(start *cobra.Command, opts Options) {
+	var n *node
+	preRun, run := start.PreRunE, start.RunE
+	start.PreRunE = func(cmd *cobra.Command, args []string) error {
+		if preRun != nil {
+			if err := preRun(cmd, args); err != nil {
+				return err
+			}
+		}
+		var err error
+		n, err = boot(server.GetServerContextFromCmd(cmd), opts)
+		return err
+	}
+	start.RunE = func(cmd *cobra.Command, args []string) error {
+		err := run(cmd, args)
+		if n == nil {
+			return err
+		}
+		n.stop()
+		name, armed := n.rl.Armed()
+		if !armed || err != nil {
+			return err
+		}
+		// The node stopped cleanly (CometBFT stopped, stores closed): switch.
+		serr := n.rl.Switch(name)
+		n.log.Error("invisor: could not switch to the upgrade binary; exiting so the process manager restarts into the boot redirect",
+			"upgrade", name, "err", serr)
+		return serr
+	}
+}
+
+// boot builds invisor for the node home, runs the boot redirect (which may exec
+// another binary and not return), starts staging and registers the hook's sink.
+func boot(sctx *server.Context, opts Options) (*node, error) {
+	cfg, err := LoadConfig(sctx.Viper, sctx.Config.RootDir, opts)
+	if err != nil {
+		return nil, err
+	}
+	logger := sctx.Logger.With("module", "invisor")
+	if !cfg.Enabled {
+		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
+		return nil, nil
+	}
+	verifier := relauncher.VerifierFunc(func(name string) (relauncher.Binary, error) {
+		inst, err := staging.Trusted(cfg.Staging.Home, cfg.Staging.DaemonName, name)
+		if err != nil {
+			return relauncher.Binary{}, err
+		}
+		return relauncher.Binary{Name: name, Path: inst.Path, SHA256: inst.SHA256, Size: inst.Size}, nil
+	})
+	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.DefaultOS())
+	if err != nil {
+		return nil, fmt.Errorf("invisor: %w", err)
+	}
+	n := &node{log: logger, rl: rl, stageOnly: relauncher.UnderCosmovisor()}
+	if n.stageOnly {
+		logger.Info("invisor: running under cosmovisor; staging binaries only and leaving the switch to cosmovisor")
+	} else {
+		if err := rl.Layout(); err != nil {
+			return nil, fmt.Errorf("invisor: laying out %s: %w", rl.Root(), err)
+		}
+		if err := rl.Boot(); err != nil {
+			return nil, err
+		}
+	}
+	n.stager, err = staging.New(cfg.Staging, logger)
+	if err != nil {
+		return nil, fmt.Errorf("invisor: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.stager.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			logger.Error("invisor: staging stopped", "err", err)
+		}
+	}()
+	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
+	logger.Info("invisor: watching upgrade plans", "home", cfg.Staging.Home, "daemon", cfg.Staging.DaemonName,
+		"allow_download", cfg.Staging.AllowDownload)
+	return n, nil
+}
+
+// stop ends staging and releases its lock; the relauncher's state stays readable.
+func (n *node) stop() {
+	n.cancel()
+	n.wg.Wait()
+	if err := n.stager.Close(); err != nil {
+		n.log.Error("invisor: releasing the staging lock", "err", err)
+	}
+	if err := n.rl.Close(); err != nil {
+		n.log.Error("invisor: stopping the halt coordinator", "err", err)
+	}
+}
+
+// PlanChanged implements hook.Sink.
+func (n *node) PlanChanged(p *hook.Plan) {
+	if p == nil {
+		n.log.Info("invisor: no upgrade plan in force")
+		n.stager.Offer(nil)
+		return
+	}
+	n.log.Info("invisor: upgrade plan seen", "upgrade", p.Name, "height", p.Height)
+	n.stager.Offer(&staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info})
+}
+
+// Halted implements hook.Sink.
+func (n *node) Halted(p hook.Plan, height int64) {
+	n.log.Info("invisor: the chain halted for the upgrade as planned; the CONSENSUS FAILURE logged by CometBFT at this height is expected",
+		"upgrade", p.Name, "height", height)
+	if n.stageOnly {
+		n.log.Info("invisor: cosmovisor will switch the binary", "upgrade", p.Name)
+		return
+	}
+	n.rl.OnHalt(p.Name, height)
+}

@@ -1,0 +1,143 @@
+package relauncher
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Defaults used by DefaultConfig and by New for zero values.
+const (
+	// DefaultHaltPollInterval is how often OnHalt re-asks the Verifier while it waits
+	// for the upgrade binary.
+	DefaultHaltPollInterval = 200 * time.Millisecond
+	// DefaultHaltLogInterval is how often OnHalt logs what is still missing.
+	DefaultHaltLogInterval = 5 * time.Second
+	// DefaultPreUpgradeTimeout bounds one run of `<bin> pre-upgrade`.
+	DefaultPreUpgradeTimeout = 10 * time.Minute
+	// DefaultMaxExecGeneration bounds how many execs one PID may go through; it is
+	// generous because a node replaying history can pass several upgrades in a row.
+	DefaultMaxExecGeneration = 64
+)
+
+// Environment markers passed to every exec'd process. They are how a process knows
+// it was exec'd by invisor, and they guard against redirect loops.
+const (
+	// EnvExecGeneration counts the execs this PID went through (1 after the first).
+	EnvExecGeneration = "INVISOR_EXEC_GENERATION"
+	// EnvExecedFrom is the path of the executable that did the last exec.
+	EnvExecedFrom = "INVISOR_EXECED_FROM"
+	// EnvRedirectTarget is set by a boot redirect to the path it exec'd; a second
+	// redirect to the same target in a row is refused as a loop. Switch clears it.
+	EnvRedirectTarget = "INVISOR_REDIRECT_TARGET"
+)
+
+// Config configures a Relauncher. Library code never reads the environment: the edge
+// (app wiring, CLI) maps DAEMON_* variables and app.toml onto this struct.
+type Config struct {
+	// Home is the node home (DAEMON_HOME); cosmovisor's folders live in Home/cosmovisor.
+	Home string
+	// DaemonName is the binary name under bin/ (DAEMON_NAME).
+	DaemonName string
+
+	// RunPreUpgrade runs `<new bin> pre-upgrade [PreUpgradeArgs...]` before the exec.
+	// Exit codes: 0 ok, 1 not implemented (ok), 30 failure, 31 retry; any other code
+	// or a failure to start it is a failure.
+	RunPreUpgrade bool
+	// PreUpgradeMaxRetries has DAEMON_PREUPGRADE_MAX_RETRIES semantics: the command
+	// runs at most 1+PreUpgradeMaxRetries times while it exits 31.
+	PreUpgradeMaxRetries int
+	// PreUpgradeArgs are appended after "pre-upgrade" (cosmovisor passes none).
+	PreUpgradeArgs []string
+	// PreUpgradeTimeout bounds one run of pre-upgrade; 0 means DefaultPreUpgradeTimeout.
+	PreUpgradeTimeout time.Duration
+
+	// Backup backs up Home/data before the switch (UNSAFE_SKIP_BACKUP inverted).
+	Backup bool
+	// BackupDir receives data-backup-<time>-<name> (DAEMON_DATA_BACKUP_DIR); empty means Home.
+	BackupDir string
+
+	// DownloadsEnabled only changes the advice printed when a binary is missing.
+	DownloadsEnabled bool
+
+	// HaltPollInterval and HaltLogInterval tune OnHalt; 0 means the defaults.
+	HaltPollInterval time.Duration
+	HaltLogInterval  time.Duration
+
+	// MaxExecGeneration refuses an exec once EnvExecGeneration reached it; 0 means
+	// DefaultMaxExecGeneration.
+	MaxExecGeneration int
+}
+
+// DefaultConfig returns cosmovisor's defaults: pre-upgrade on with no retries, backup
+// on into Home. Home and DaemonName must still be set.
+func DefaultConfig() Config {
+	return Config{
+		RunPreUpgrade:     true,
+		Backup:            true,
+		PreUpgradeTimeout: DefaultPreUpgradeTimeout,
+		HaltPollInterval:  DefaultHaltPollInterval,
+		HaltLogInterval:   DefaultHaltLogInterval,
+		MaxExecGeneration: DefaultMaxExecGeneration,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if c.Home == "" {
+		return errors.New("relauncher: Home is empty")
+	}
+	if err := validDaemonName(c.DaemonName); err != nil {
+		return err
+	}
+	if c.PreUpgradeMaxRetries < 0 {
+		return fmt.Errorf("relauncher: PreUpgradeMaxRetries %d < 0", c.PreUpgradeMaxRetries)
+	}
+	if c.PreUpgradeTimeout < 0 || c.HaltPollInterval < 0 || c.HaltLogInterval < 0 {
+		return errors.New("relauncher: negative duration in config")
+	}
+	if c.MaxExecGeneration < 0 {
+		return fmt.Errorf("relauncher: MaxExecGeneration %d < 0", c.MaxExecGeneration)
+	}
+	if c.BackupDir != "" && !filepath.IsAbs(c.BackupDir) {
+		return fmt.Errorf("relauncher: BackupDir %q is not absolute", c.BackupDir)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.PreUpgradeTimeout == 0 {
+		c.PreUpgradeTimeout = DefaultPreUpgradeTimeout
+	}
+	if c.HaltPollInterval == 0 {
+		c.HaltPollInterval = DefaultHaltPollInterval
+	}
+	if c.HaltLogInterval == 0 {
+		c.HaltLogInterval = DefaultHaltLogInterval
+	}
+	if c.MaxExecGeneration == 0 {
+		c.MaxExecGeneration = DefaultMaxExecGeneration
+	}
+	if c.BackupDir == "" {
+		c.BackupDir = c.Home
+	}
+	return c
+}
+
+func validDaemonName(n string) error {
+	if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\\\x00") || len(n) > 255 {
+		return fmt.Errorf("relauncher: invalid DaemonName %q", n)
+	}
+	return nil
+}
+
+// validUpgradeName refuses names that cannot be a single directory entry under
+// upgrades/ even after cosmovisor's url.PathEscape mapping.
+func validUpgradeName(n string) error {
+	if n == "" || n == "." || n == ".." || strings.ContainsRune(n, 0) || len(n) > 128 {
+		return fmt.Errorf("%w: %q", ErrInvalidName, n)
+	}
+	return nil
+}

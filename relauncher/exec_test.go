@@ -1,0 +1,204 @@
+package relauncher
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Helper-process pattern: the test binary re-executes itself as a real child. The
+// child, as the "old binary", calls Switch for real; the "new binary" is a copy of
+// the test binary that recognises itself by the exec generation marker and records
+// what it sees.
+const (
+	envHelper    = "INVISOR_TEST_HELPER"
+	envHelperOut = "INVISOR_TEST_OUT"
+	envHelperHom = "INVISOR_TEST_HOME"
+	envHelperVar = "INVISOR_TEST_MYVAR"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envHelper) == "1" {
+		os.Exit(helperMain())
+	}
+	os.Exit(m.Run())
+}
+
+type procReport struct {
+	Pid        int
+	Args       []string
+	Cwd        string
+	Exe        string
+	MyVar      string
+	Generation string
+	ExecedFrom string
+	Err        string
+}
+
+func writeReport(name string, rep procReport) {
+	b, _ := json.Marshal(rep)
+	_ = os.WriteFile(filepath.Join(os.Getenv(envHelperOut), name), b, 0o644)
+}
+
+func selfReport() procReport {
+	cwd, _ := os.Getwd()
+	exe, _ := os.Executable()
+	return procReport{
+		Pid: os.Getpid(), Args: os.Args, Cwd: cwd, Exe: exe, MyVar: os.Getenv(envHelperVar),
+		Generation: os.Getenv(EnvExecGeneration), ExecedFrom: os.Getenv(EnvExecedFrom),
+	}
+}
+
+func helperMain() int {
+	if os.Getenv(EnvExecGeneration) != "" { // the new binary, after the exec
+		writeReport("new.json", selfReport())
+		return 0
+	}
+	rep := selfReport()
+	writeReport("old.json", rep)
+	home := os.Getenv(envHelperHom)
+	bin := filepath.Join(home, RootDir, UpgradesDir, "v2", BinDir, daemon)
+	sum, err := fileSHA256(bin)
+	if err != nil {
+		rep.Err = err.Error()
+		writeReport("err.json", rep)
+		return 3
+	}
+	v := VerifierFunc(func(name string) (Binary, error) {
+		return Binary{Name: name, Path: bin, SHA256: sum}, nil
+	})
+	cfg := DefaultConfig()
+	cfg.Home, cfg.DaemonName, cfg.Backup, cfg.RunPreUpgrade = home, daemon, false, false
+	r, err := New(cfg, v, nil, OS{})
+	if err == nil {
+		err = r.Switch("v2") // returns only on failure
+	}
+	rep.Err = err.Error()
+	writeReport("err.json", rep)
+	return 3
+}
+
+func runHelper(t *testing.T, h *testHome, args []string) (cmdPid int, out string, exitErr error) {
+	t.Helper()
+	self, err := os.Executable()
+	must(t, err)
+	out = t.TempDir()
+	cwd := t.TempDir()
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), envHelper+"=1", envHelperOut+"="+out, envHelperHom+"="+h.home, envHelperVar+"=hello world")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	must(t, cmd.Start())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("helper timed out")
+	}
+	return cmd.Process.Pid, out, err
+}
+
+func readReport(t *testing.T, dir, name string) (procReport, bool) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if os.IsNotExist(err) {
+		return procReport{}, false
+	}
+	must(t, err)
+	var r procReport
+	must(t, json.Unmarshal(b, &r))
+	return r, true
+}
+
+func TestRealExecSwitch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	h := newTestHome(t)
+	self, err := os.Executable()
+	must(t, err)
+	must(t, atomicCopy(self, h.v2, 0o755))
+	h.writeUpgradeInfo(`{"name":"v2","height":123,"info":""}`)
+	args := []string{"start", "--home", h.home, "arg with space", ""}
+
+	pid, out, err := runHelper(t, h, args)
+	if err != nil {
+		e, _ := readReport(t, out, "err.json")
+		t.Fatalf("helper: %v (switch error: %s)", err, e.Err)
+	}
+	oldR, ok1 := readReport(t, out, "old.json")
+	newR, ok2 := readReport(t, out, "new.json")
+	if !ok1 || !ok2 {
+		t.Fatalf("reports: old %v new %v", ok1, ok2)
+	}
+	if oldR.Pid != pid || newR.Pid != pid {
+		t.Errorf("pid: child %d, old %d, new %d", pid, oldR.Pid, newR.Pid)
+	}
+	if !reflect.DeepEqual(newR.Args, oldR.Args) || newR.Args[0] != self {
+		t.Errorf("argv: old %q new %q", oldR.Args, newR.Args)
+	}
+	if newR.Cwd != oldR.Cwd {
+		t.Errorf("cwd: old %q new %q", oldR.Cwd, newR.Cwd)
+	}
+	if newR.MyVar != "hello world" {
+		t.Errorf("env var = %q", newR.MyVar)
+	}
+	if newR.Exe != h.v2 {
+		t.Errorf("new exe = %q, want %q", newR.Exe, h.v2)
+	}
+	if newR.Generation != "1" || newR.ExecedFrom != self {
+		t.Errorf("markers: generation %q from %q", newR.Generation, newR.ExecedFrom)
+	}
+	if h.current() != "upgrades/v2" {
+		t.Errorf("current -> %q", h.current())
+	}
+	if _, err := os.Stat(filepath.Join(h.home, UpgradeInfoFile)); err != nil {
+		t.Errorf("upgrade-info.json gone: %v", err)
+	}
+}
+
+// TestRealExecFailure execs, for real, a trusted file the kernel cannot run and
+// checks the typed error names the errno.
+func TestRealExecFailure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	tests := []struct {
+		name    string
+		content string
+		errno   syscall.Errno
+	}{
+		{"garbage", "\x00\x01\x02 not a program", syscall.ENOEXEC},
+		{"missing interpreter", "#!/nonexistent/interpreter\n", syscall.ENOENT},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHome(t)
+			h.writeExec(h.v2, tc.content)
+			h.writeUpgradeInfo(`{"name":"v2","height":5}`)
+			_, out, err := runHelper(t, h, []string{"start"})
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+				t.Fatalf("helper exit: %v", err)
+			}
+			e, ok := readReport(t, out, "err.json")
+			if !ok || !strings.Contains(e.Err, tc.errno.Error()) || !strings.Contains(e.Err, "exec") {
+				t.Fatalf("switch error %q does not name %v", e.Err, tc.errno)
+			}
+			if _, ok := readReport(t, out, "new.json"); ok {
+				t.Fatal("new binary ran")
+			}
+			// The flip happened before the exec: a restart goes through Boot.
+			if h.current() != "upgrades/v2" {
+				t.Fatalf("current -> %q", h.current())
+			}
+		})
+	}
+}

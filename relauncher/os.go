@@ -1,0 +1,66 @@
+package relauncher
+
+import (
+	"os"
+	"syscall"
+)
+
+// OS is the process surface the Relauncher touches. Tests replace fields with fakes
+// (tableflip style); a nil field means the real call.
+type OS struct {
+	// Exec replaces the process image (syscall.Exec). It returns only on failure.
+	Exec func(argv0 string, argv []string, envv []string) error
+	// Executable returns the path of the running executable (os.Executable).
+	Executable func() (string, error)
+	// Args returns the process argv (os.Args).
+	Args func() []string
+	// Environ returns the process environment (os.Environ).
+	Environ func() []string
+	// Getwd returns the working directory (os.Getwd); used for logs only, since
+	// exec keeps the working directory by itself.
+	Getwd func() (string, error)
+	// Getpid returns the process id (os.Getpid).
+	Getpid func() int
+	// Stop asks the node to shut down cleanly; OnHalt calls it once armed. The
+	// default sends SIGTERM to our own pid, the SDK server's clean shutdown path.
+	Stop func() error
+}
+
+// DefaultOS returns the real system calls.
+func DefaultOS() OS {
+	return OS{
+		Exec:       syscall.Exec,
+		Executable: os.Executable,
+		Args:       func() []string { return append([]string(nil), os.Args...) },
+		Environ:    os.Environ,
+		Getwd:      os.Getwd,
+		Getpid:     os.Getpid,
+		Stop:       func() error { return syscall.Kill(os.Getpid(), syscall.SIGTERM) },
+	}
+}
+
+func (o OS) withDefaults() OS {
+	d := DefaultOS()
+	if o.Exec == nil {
+		o.Exec = d.Exec
+	}
+	if o.Executable == nil {
+		o.Executable = d.Executable
+	}
+	if o.Args == nil {
+		o.Args = d.Args
+	}
+	if o.Environ == nil {
+		o.Environ = d.Environ
+	}
+	if o.Getwd == nil {
+		o.Getwd = d.Getwd
+	}
+	if o.Getpid == nil {
+		o.Getpid = d.Getpid
+	}
+	if o.Stop == nil {
+		o.Stop = d.Stop
+	}
+	return o
+}

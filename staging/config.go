@@ -1,0 +1,184 @@
+package staging
+
+import (
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// Defaults used by DefaultConfig. They are exported so the app wiring can print them
+// in `--help` text and app.toml templates.
+const (
+	DefaultAllowDownload         = true
+	DefaultRequireChecksum       = true
+	DefaultAllowFileURLs         = false
+	DefaultResponseHeaderTimeout = 30 * time.Second
+	DefaultIdleTimeout           = 60 * time.Second
+	DefaultMinThroughput         = 1024 // bytes per second, averaged over IdleTimeout
+	DefaultDeadline              = 2 * time.Hour
+	DefaultMaxBinaryBytes        = 2 << 30 // 2 GiB
+	DefaultMaxArchiveBytes       = 4 << 30 // 4 GiB, compressed download and total unpacked bytes
+	DefaultMaxArchiveEntries     = 10_000
+	DefaultMaxInfoBytes          = 1 << 20 // 1 MiB
+	DefaultPreflightTimeout      = 30 * time.Second
+	DefaultRetryMin              = 5 * time.Second
+	DefaultRetryMax              = 5 * time.Minute
+	DefaultPollInterval          = 5 * time.Second
+	DefaultProgressInterval      = 5 * time.Second
+)
+
+// DefaultPreflightArgs are the arguments the staged binary is run with before it is
+// trusted. Every Cosmos SDK binary implements `version`.
+var defaultPreflightArgs = []string{"version"}
+
+// Config is the typed configuration of staging. The zero value is not usable; start
+// from DefaultConfig and set Home and DaemonName.
+type Config struct {
+	// Home is the node home; the cosmovisor layout lives under Home/cosmovisor.
+	Home string
+	// DaemonName is the file name under bin/, e.g. "exampled".
+	DaemonName string
+	// AllowDownload mirrors DAEMON_ALLOW_DOWNLOAD_BINARIES. When false only binaries
+	// placed by hand under upgrades/<name>/bin/ are verified and recorded.
+	AllowDownload bool
+	// RequireChecksum mirrors DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM. When true every
+	// download (and an info URL) must carry ?checksum=sha256:<hex> or sha512; when
+	// false unpinned downloads and md5/sha1 checksums are accepted.
+	RequireChecksum bool
+	// AllowFileURLs allows file:// sources (tests and air-gapped setups).
+	AllowFileURLs bool
+
+	// ResponseHeaderTimeout bounds the wait for response headers of each request.
+	ResponseHeaderTimeout time.Duration
+	// IdleTimeout is the window over which a body must deliver at least
+	// MinThroughput bytes per second; a hung or trickling server fails after it.
+	IdleTimeout time.Duration
+	// MinThroughput is the minimum average body rate in bytes/s over IdleTimeout.
+	// Zero only detects a completely idle connection.
+	MinThroughput int64
+	// Deadline bounds one whole attempt (info, download, unpack, preflight).
+	Deadline time.Duration
+
+	// MaxBinaryBytes caps the installed binary and a plain (non-archive) download.
+	MaxBinaryBytes int64
+	// MaxArchiveBytes caps a downloaded archive and, separately, the total bytes it unpacks to.
+	MaxArchiveBytes int64
+	// MaxArchiveEntries caps the number of entries of an archive.
+	MaxArchiveEntries int64
+	// MaxInfoBytes caps the body of an info URL.
+	MaxInfoBytes int64
+
+	// PreflightArgs are passed to the staged binary; it must exit 0. Default {"version"}.
+	PreflightArgs []string
+	// PreflightTimeout bounds the preflight run; the process group is killed after it.
+	PreflightTimeout time.Duration
+
+	// RetryMin and RetryMax bound the exponential backoff (with jitter) between attempts.
+	RetryMin, RetryMax time.Duration
+	// PollInterval is how often a Stager looks for a binary placed by hand when it
+	// cannot download it (downloads disabled or failing).
+	PollInterval time.Duration
+	// ProgressInterval is the minimum time between two progress log lines.
+	ProgressInterval time.Duration
+	// UserAgent is sent with every request.
+	UserAgent string
+}
+
+// DefaultConfig returns the documented defaults. Home and DaemonName are left empty.
+func DefaultConfig() Config {
+	return Config{
+		AllowDownload:         DefaultAllowDownload,
+		RequireChecksum:       DefaultRequireChecksum,
+		AllowFileURLs:         DefaultAllowFileURLs,
+		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
+		IdleTimeout:           DefaultIdleTimeout,
+		MinThroughput:         DefaultMinThroughput,
+		Deadline:              DefaultDeadline,
+		MaxBinaryBytes:        DefaultMaxBinaryBytes,
+		MaxArchiveBytes:       DefaultMaxArchiveBytes,
+		MaxArchiveEntries:     DefaultMaxArchiveEntries,
+		MaxInfoBytes:          DefaultMaxInfoBytes,
+		PreflightArgs:         append([]string(nil), defaultPreflightArgs...),
+		PreflightTimeout:      DefaultPreflightTimeout,
+		RetryMin:              DefaultRetryMin,
+		RetryMax:              DefaultRetryMax,
+		PollInterval:          DefaultPollInterval,
+		ProgressInterval:      DefaultProgressInterval,
+		UserAgent:             "invisor-staging",
+	}
+}
+
+// Validate reports the first invalid field by name.
+func (c Config) Validate() error {
+	bad := func(field, why string) error {
+		return fmt.Errorf("staging: invalid config: %s %s", field, why)
+	}
+	switch {
+	case c.Home == "":
+		return bad("Home", "is empty (set the node home, e.g. DAEMON_HOME)")
+	case !filepath.IsAbs(c.Home):
+		return bad("Home", fmt.Sprintf("%q must be an absolute path", c.Home))
+	case c.DaemonName == "":
+		return bad("DaemonName", "is empty (set DAEMON_NAME)")
+	}
+	if err := checkDaemonName(c.DaemonName); err != nil {
+		return bad("DaemonName", err.Error())
+	}
+	durs := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout},
+		{"IdleTimeout", c.IdleTimeout},
+		{"Deadline", c.Deadline},
+		{"PreflightTimeout", c.PreflightTimeout},
+		{"RetryMin", c.RetryMin},
+		{"RetryMax", c.RetryMax},
+		{"PollInterval", c.PollInterval},
+		{"ProgressInterval", c.ProgressInterval},
+	}
+	for _, d := range durs {
+		if d.d <= 0 {
+			return bad(d.name, fmt.Sprintf("must be > 0, got %v", d.d))
+		}
+	}
+	if c.RetryMax < c.RetryMin {
+		return bad("RetryMax", fmt.Sprintf("(%v) must be >= RetryMin (%v)", c.RetryMax, c.RetryMin))
+	}
+	sizes := []struct {
+		name string
+		n    int64
+	}{
+		{"MaxBinaryBytes", c.MaxBinaryBytes},
+		{"MaxArchiveBytes", c.MaxArchiveBytes},
+		{"MaxArchiveEntries", c.MaxArchiveEntries},
+		{"MaxInfoBytes", c.MaxInfoBytes},
+	}
+	for _, s := range sizes {
+		if s.n <= 0 {
+			return bad(s.name, fmt.Sprintf("must be > 0, got %d", s.n))
+		}
+	}
+	if c.MinThroughput < 0 {
+		return bad("MinThroughput", "must be >= 0")
+	}
+	if len(c.PreflightArgs) == 0 {
+		return bad("PreflightArgs", `is empty (default {"version"})`)
+	}
+	return nil
+}
+
+func checkDaemonName(n string) error {
+	switch {
+	case n == "." || n == "..":
+		return fmt.Errorf("%q is not a file name", n)
+	case len(n) > 255:
+		return fmt.Errorf("is longer than 255 bytes")
+	}
+	for _, r := range n {
+		if r == '/' || r == '\\' || r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%q must be a plain file name (no slashes or control characters)", n)
+		}
+	}
+	return nil
+}

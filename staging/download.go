@@ -1,0 +1,247 @@
+package staging
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// newHTTPClient builds a client for one attempt. Timeouts: ResponseHeaderTimeout per
+// request; the body is watched for stalls by watchBody; the whole attempt is bounded
+// by the caller's context (Deadline). Redirects may only go to http(s) and never
+// downgrade https to http.
+func newHTTPClient(cfg Config) *http.Client {
+	tr := &http.Transport{
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout:   cfg.ResponseHeaderTimeout,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   cfg.ResponseHeaderTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          4,
+		IdleConnTimeout:       30 * time.Second,
+		// Ask for identity so Content-Length and the checksum refer to the same bytes.
+		DisableCompression: true,
+	}
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= 10 {
+				return fmt.Errorf("stopped after 10 redirects")
+			}
+			if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+				return fmt.Errorf("redirect to scheme %q (%s) refused", req.URL.Scheme, redact(req.URL.String()))
+			}
+			if via[len(via)-1].URL.Scheme == "https" && req.URL.Scheme == "http" {
+				return fmt.Errorf("redirect from https to http (%s) refused", redact(req.URL.String()))
+			}
+			return nil
+		},
+	}
+}
+
+// transfer is one streaming download: bytes go through the size cap and the hashes to
+// w in a single pass with a fixed 64 KiB buffer.
+type transfer struct {
+	cfg      Config
+	client   *http.Client
+	src      Source
+	limit    int64
+	field    string // Config field of limit, for the error
+	what     string // "download" or "info"
+	progress func(done, total int64)
+	log      Logger
+	plan     string
+}
+
+type transferResult struct {
+	N        int64
+	SHA256   string
+	Verified bool // the plan checksum matched
+}
+
+var errStalled = errors.New("stalled")
+
+func (t *transfer) run(ctx context.Context, w io.Writer) (transferResult, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	body, total, err := t.open(ctx)
+	if err != nil {
+		return transferResult{}, err
+	}
+	defer body.Close()
+	if total > t.limit {
+		return transferResult{}, &SizeError{What: fmt.Sprintf("%s of %s (Content-Length %d)", t.what, redact(t.src.URL.String()), total), Limit: t.limit, Field: t.field}
+	}
+
+	var done atomic.Int64
+	stopWatch := watchBody(ctx, cancel, &done, t.cfg)
+	defer stopWatch()
+
+	sha := sha256.New()
+	var planHash hash.Hash
+	hashes := []io.Writer{sha, w}
+	if t.src.Checksum != nil && t.src.Checksum.Algo != "sha256" {
+		planHash = t.src.Checksum.newHash()
+		hashes = append(hashes, planHash)
+	}
+	out := io.MultiWriter(hashes...)
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	lastLog := start
+	var n int64
+	for {
+		m, rerr := body.Read(buf)
+		if m > 0 {
+			n += int64(m)
+			if n > t.limit {
+				return transferResult{}, &SizeError{What: fmt.Sprintf("%s of %s", t.what, redact(t.src.URL.String())), Limit: t.limit, Field: t.field}
+			}
+			if _, werr := out.Write(buf[:m]); werr != nil {
+				return transferResult{}, fmt.Errorf("%w: writing %s: %w (disk full?)", ErrDownload, t.what, werr)
+			}
+			done.Store(n)
+			if t.progress != nil {
+				t.progress(n, total)
+			}
+			if now := time.Now(); t.log != nil && now.Sub(lastLog) >= t.cfg.ProgressInterval {
+				lastLog = now
+				t.log.Info("staging: downloading", progressKV(t.plan, n, total, now.Sub(start))...)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				rerr = cause
+			}
+			return transferResult{}, fmt.Errorf("%w: reading %s after %d bytes: %w; a fresh download is started on retry", ErrDownload, redact(t.src.URL.String()), n, rerr)
+		}
+	}
+	if total >= 0 && n != total {
+		return transferResult{}, fmt.Errorf("%w: %s truncated: got %d of %d bytes", ErrDownload, redact(t.src.URL.String()), n, total)
+	}
+	res := transferResult{N: n, SHA256: hex.EncodeToString(sha.Sum(nil))}
+	if c := t.src.Checksum; c != nil {
+		actual := res.SHA256
+		if planHash != nil {
+			actual = hex.EncodeToString(planHash.Sum(nil))
+		}
+		if actual != c.Hex {
+			return transferResult{}, &ChecksumError{URL: t.src.URL.String(), Algo: c.Algo, Expected: c.Hex, Actual: actual}
+		}
+		res.Verified = true
+	}
+	return res, nil
+}
+
+// open starts the transfer and returns the body and its length (-1 if unknown).
+func (t *transfer) open(ctx context.Context) (io.ReadCloser, int64, error) {
+	if t.src.URL.Scheme == "file" {
+		f, err := os.OpenFile(t.src.URL.Path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: %w", ErrDownload, err)
+		}
+		fi, err := f.Stat()
+		if err != nil || !fi.Mode().IsRegular() {
+			f.Close()
+			return nil, 0, fmt.Errorf("%w: %s is not a regular file", ErrDownload, t.src.URL.Path)
+		}
+		return ctxReader{ctx, f}, fi.Size(), nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.src.URL.String(), nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %w", ErrBadInfo, err)
+	}
+	req.Header.Set("User-Agent", t.cfg.UserAgent)
+	req.Header.Set("Accept-Encoding", "identity")
+	resp, err := t.client.Do(req)
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w (%w)", cause, err)
+		}
+		return nil, 0, fmt.Errorf("%w: GET %s: %w", ErrDownload, redact(t.src.URL.String()), err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, 0, fmt.Errorf("%w: GET %s: HTTP %s; check the URL in the plan info", ErrDownload, redact(t.src.URL.String()), resp.Status)
+	}
+	return resp.Body, resp.ContentLength, nil
+}
+
+// watchBody cancels the transfer when fewer than MinThroughput bytes/s (or no bytes at
+// all) arrive over an IdleTimeout window. It catches hung and trickling servers that a
+// per-read deadline would not.
+func watchBody(ctx context.Context, cancel context.CancelCauseFunc, done *atomic.Int64, cfg Config) (stop func()) {
+	window := cfg.IdleTimeout
+	need := int64(float64(cfg.MinThroughput) * window.Seconds())
+	if need < 1 {
+		need = 1
+	}
+	quit := make(chan struct{})
+	go func() {
+		t := time.NewTicker(window)
+		defer t.Stop()
+		last := done.Load()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-quit:
+				return
+			case <-t.C:
+				cur := done.Load()
+				if cur-last < need {
+					cancel(fmt.Errorf("%w: %d bytes in the last %v, below the minimum of %d B/s (Config.IdleTimeout, Config.MinThroughput)",
+						errStalled, cur-last, window, cfg.MinThroughput))
+					return
+				}
+				last = cur
+			}
+		}
+	}()
+	return func() { close(quit) }
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.ReadCloser
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	return c.r.Read(p)
+}
+
+func (c ctxReader) Close() error { return c.r.Close() }
+
+func progressKV(plan string, done, total int64, elapsed time.Duration) []any {
+	rate := float64(done) / max(elapsed.Seconds(), 1e-3)
+	kv := []any{"plan", plan, "bytes", done, "rate_bytes_per_s", int64(rate)}
+	if total > 0 {
+		kv = append(kv, "total", total, "percent", done*100/total)
+		if rate > 0 {
+			kv = append(kv, "eta", (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
+		}
+	}
+	return kv
+}

@@ -1,0 +1,437 @@
+package staging
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Logger is satisfied by cosmossdk.io/log Logger.
+type Logger interface {
+	Info(msg string, kv ...any)
+	Warn(msg string, kv ...any)
+	Error(msg string, kv ...any)
+}
+
+// NopLogger discards everything.
+type NopLogger struct{}
+
+func (NopLogger) Info(string, ...any)  {}
+func (NopLogger) Warn(string, ...any)  {}
+func (NopLogger) Error(string, ...any) {}
+
+// Plan is the part of an x/upgrade plan staging needs.
+type Plan struct {
+	Name   string
+	Height int64
+	Info   string
+}
+
+// observer receives state changes and progress from fetch; a Stager sets it.
+type observer struct {
+	state    func(State)
+	progress func(done, total int64)
+}
+
+func (o *observer) setState(s State) {
+	if o != nil && o.state != nil {
+		o.state(s)
+	}
+}
+
+// Fetch runs one synchronous attempt to bring BinPath(cfg.Home, cfg.DaemonName, p.Name)
+// into a verified, recorded state, and returns the trusted install.
+//
+// If the plan already has a valid completion record for the same plan info, it is
+// returned at once. If a binary was placed there by hand without a record, it is
+// checked (against the plan checksum when the plan names a plain binary), preflighted
+// and recorded; it is never overwritten. Otherwise, if cfg.AllowDownload, the plan info
+// is resolved and the binary downloaded, verified, unpacked, preflighted and
+// atomically moved into place, then recorded. On any error the upgrade directory is
+// left as it was and the attempt's temp directory is removed.
+func Fetch(ctx context.Context, cfg Config, p Plan, log Logger) (Install, error) {
+	if err := cfg.Validate(); err != nil {
+		return Install{}, err
+	}
+	if log == nil {
+		log = NopLogger{}
+	}
+	return fetch(ctx, cfg, p, log, nil)
+}
+
+func infoHash(info string) string {
+	s := sha256.Sum256([]byte(info))
+	return hex.EncodeToString(s[:])
+}
+
+func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (Install, error) {
+	if _, err := SafeName(p.Name); err != nil {
+		return Install{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Install{}, context.Cause(ctx)
+	}
+	upDir := UpgradeDir(cfg.Home, p.Name)
+	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
+	recPath := bin + RecordSuffix
+
+	if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
+		return Install{}, err
+	}
+
+	// 1. Already staged for this plan?
+	if _, err := os.Lstat(recPath); err == nil {
+		inst, err := Trusted(cfg.Home, cfg.DaemonName, p.Name)
+		if err != nil {
+			return Install{}, err
+		}
+		if inst.Record.InfoHash != infoHash(p.Info) {
+			return Install{}, fmt.Errorf("%w: %s was staged for a different info of plan %q (the plan was replaced under the same name); remove %s to stage the new one",
+				ErrNotTrusted, bin, p.Name, upDir)
+		}
+		return inst, nil
+	}
+
+	// 2. Placed by hand (or a crash between rename and record): verify and record.
+	if fi, err := os.Lstat(bin); err == nil {
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return Install{}, fmt.Errorf("%w: %s is a symlink; replace it with the binary itself", ErrNotTrusted, bin)
+		}
+		return adoptPlaced(ctx, cfg, p, log, obs, bin)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return Install{}, err
+	}
+
+	if !cfg.AllowDownload {
+		return Install{}, fmt.Errorf("%w: downloads are disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false); place the binary for plan %q at %s",
+			ErrNotFound, p.Name, bin)
+	}
+	return download(ctx, cfg, p, log, obs)
+}
+
+// checkNoSymlinks refuses a planted symlink at upgrades/, upgrades/<name> or its bin/,
+// so the install can never land outside the home.
+func checkNoSymlinks(home, upDir string) error {
+	for _, d := range []string{filepath.Dir(upDir), upDir, filepath.Join(upDir, "bin")} {
+		fi, err := os.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			return fmt.Errorf("%w: %s is a symlink; staging only installs into real directories under %s, replace it with a directory",
+				ErrNotTrusted, d, CosmovisorRoot(home))
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%w: %s is not a directory", ErrNotTrusted, d)
+		}
+	}
+	return nil
+}
+
+// resolve turns Plan.Info into the download source for this platform.
+func resolve(ctx context.Context, cfg Config, p Plan, log Logger) (Source, error) {
+	info := strings.TrimSpace(p.Info)
+	if info == "" {
+		return Source{}, fmt.Errorf("%w: plan %q has no info, so there is nothing to download; place the binary at %s",
+			ErrNotFound, p.Name, BinPath(cfg.Home, cfg.DaemonName, p.Name))
+	}
+	if !strings.HasPrefix(info, "{") {
+		src, err := ParseSource(info, cfg)
+		if err != nil {
+			return Source{}, fmt.Errorf("plan info URL: %w", err)
+		}
+		if src.Archive != "" {
+			return Source{}, fmt.Errorf("%w: plan info URL %s must point at JSON, not a %s archive", ErrBadInfo, redact(info), src.Archive)
+		}
+		body := &capBuffer{max: int(cfg.MaxInfoBytes) + 1}
+		t := transfer{cfg: cfg, client: newHTTPClient(cfg), src: src, limit: cfg.MaxInfoBytes, field: "MaxInfoBytes", what: "plan info", plan: p.Name}
+		defer t.client.CloseIdleConnections()
+		if _, err := t.run(ctx, body); err != nil {
+			return Source{}, fmt.Errorf("plan info URL: %w", err)
+		}
+		info = body.String()
+		log.Info("staging: fetched plan info", "plan", p.Name, "url", redact(src.URL.String()), "bytes", len(info))
+	}
+	bins, err := ParseInfo(info)
+	if err != nil {
+		return Source{}, err
+	}
+	goos, goarch := hostPlatform()
+	raw, err := bins.Pick(goos, goarch)
+	if err != nil {
+		return Source{}, err
+	}
+	return ParseSource(raw, cfg)
+}
+
+func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (inst Install, err error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Deadline,
+		fmt.Errorf("%w: attempt exceeded Config.Deadline (%v)", ErrDownload, cfg.Deadline))
+	defer cancel()
+
+	obs.setState(StateDownloading)
+	src, err := resolve(ctx, cfg, p, log)
+	if err != nil {
+		return Install{}, err
+	}
+	tmp, err := os.MkdirTemp(CosmovisorRoot(cfg.Home), TempPrefix)
+	if err != nil {
+		return Install{}, fmt.Errorf("create temp dir under %s: %w", CosmovisorRoot(cfg.Home), err)
+	}
+	defer os.RemoveAll(tmp) // on success the payload has already been renamed out
+
+	limit, field := cfg.MaxBinaryBytes, "MaxBinaryBytes"
+	if src.Archive != "" {
+		limit, field = cfg.MaxArchiveBytes, "MaxArchiveBytes"
+	}
+	dl := filepath.Join(tmp, "download")
+	f, err := os.OpenFile(dl, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return Install{}, err
+	}
+	log.Info("staging: downloading", "plan", p.Name, "url", redact(src.URL.String()), "archive", src.Archive, "checksum", checksumString(src.Checksum))
+	start := time.Now()
+	t := transfer{cfg: cfg, client: newHTTPClient(cfg), src: src, limit: limit, field: field, what: "download", log: log, plan: p.Name}
+	if obs != nil {
+		t.progress = obs.progress
+	}
+	res, err := t.run(ctx, f)
+	t.client.CloseIdleConnections()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Install{}, err
+	}
+	if src.Checksum == nil {
+		log.Warn("staging: download is not pinned by a checksum (RequireChecksum=false)", "plan", p.Name, "sha256", res.SHA256)
+	}
+	log.Info("staging: downloaded", "plan", p.Name, "bytes", res.N, "sha256", res.SHA256,
+		"verified", res.Verified, "elapsed", time.Since(start).Round(time.Millisecond))
+
+	obs.setState(StateVerifying)
+	root := filepath.Join(tmp, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return Install{}, err
+	}
+	if err := unpack(ctx, cfg, src.Archive, dl, root, tmp); err != nil {
+		return Install{}, err
+	}
+	staged := filepath.Join(root, "bin", cfg.DaemonName)
+	sum, size, version, err := verifyBinary(ctx, cfg, staged)
+	if err != nil {
+		return Install{}, err
+	}
+	if err := syncTree(root); err != nil {
+		return Install{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Install{}, context.Cause(ctx)
+	}
+	rec := Record{
+		Plan: p.Name, Height: p.Height, URL: redact(src.URL.String()), Checksum: checksumString(src.Checksum),
+		InfoHash: infoHash(p.Info), SHA256: sum, Size: size, Preflight: version, Source: "download", Time: time.Now().UTC(),
+	}
+	if err := install(cfg, p, root, rec, log); err != nil {
+		return Install{}, err
+	}
+	return Trusted(cfg.Home, cfg.DaemonName, p.Name)
+}
+
+func checksumString(c *Checksum) string {
+	if c == nil {
+		return ""
+	}
+	return c.String()
+}
+
+// verifyBinary checks size, header and mode of a staged binary, preflights it and
+// returns its sha256, size and version line.
+func verifyBinary(ctx context.Context, cfg Config, bin string) (sum string, size int64, version string, err error) {
+	fi, err := os.Lstat(bin)
+	if err != nil {
+		return "", 0, "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", 0, "", fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, bin)
+	}
+	if fi.Size() > cfg.MaxBinaryBytes {
+		return "", 0, "", &SizeError{What: "binary " + filepath.Base(bin), Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
+	}
+	goos, goarch := hostPlatform()
+	if err := checkExecutable(bin, goos, goarch); err != nil {
+		return "", 0, "", err
+	}
+	if err := os.Chmod(bin, 0o755); err != nil {
+		return "", 0, "", err
+	}
+	version, err = preflight(ctx, bin, cfg.PreflightArgs, cfg.PreflightTimeout)
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return "", 0, "", cause
+		}
+		return "", 0, "", err
+	}
+	// Hash after preflight: the recorded hash is of the bytes that will be execed.
+	sum, size, err = hashRegularExecutable(bin)
+	if err != nil {
+		return "", 0, "", err
+	}
+	return sum, size, version, nil
+}
+
+// syncTree fsyncs every regular file and directory under root.
+func syncTree(root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("fsync %s: %w", p, err)
+		}
+		return nil
+	})
+}
+
+// install moves the verified tree into upgrades/<name> and writes the record. When the
+// upgrade directory does not exist the whole unpacked tree (bin/ plus anything else the
+// archive held, e.g. lib/) is renamed in one step; otherwise only bin/<daemon> is
+// moved. If writing the record fails, what was moved is removed again so the upgrade
+// directory is left as it was.
+func install(cfg Config, p Plan, root string, rec Record, log Logger) error {
+	upDir := UpgradeDir(cfg.Home, p.Name)
+	upgrades := filepath.Dir(upDir)
+	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
+	if err := os.MkdirAll(upgrades, 0o755); err != nil {
+		return err
+	}
+	if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
+		return err
+	}
+	var undo func()
+	if err := os.Rename(root, upDir); err == nil {
+		undo = func() { os.RemoveAll(upDir) }
+		if err := syncDir(upgrades); err != nil {
+			undo()
+			return err
+		}
+	} else if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+			return err
+		}
+		if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
+			return err
+		}
+		if _, err := os.Lstat(bin); err == nil {
+			return fmt.Errorf("%w: %s appeared while staging (placed by hand?); it will be verified on the next attempt", ErrNotTrusted, bin)
+		}
+		if err := os.Rename(filepath.Join(root, "bin", cfg.DaemonName), bin); err != nil {
+			return err
+		}
+		undo = func() { os.Remove(bin) }
+		if err := syncDir(filepath.Dir(bin)); err != nil {
+			undo()
+			return err
+		}
+		log.Warn("staging: upgrade directory already existed; installed only the binary", "plan", p.Name, "dir", upDir)
+	} else {
+		return fmt.Errorf("install into %s: %w", upDir, err)
+	}
+	if err := writeRecord(bin+RecordSuffix, rec); err != nil {
+		undo()
+		return fmt.Errorf("write completion record: %w (disk full?); the binary was removed again", err)
+	}
+	return nil
+}
+
+// adoptPlaced verifies a binary the operator placed by hand and records it.
+func adoptPlaced(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer, bin string) (Install, error) {
+	obs.setState(StateVerifying)
+	log.Info("staging: found a binary without a completion record; verifying it", "plan", p.Name, "path", bin)
+	var sum *Checksum
+	var srcURL string
+	if strings.TrimSpace(p.Info) != "" {
+		// Compare with the plan checksum when the plan names a plain binary. An
+		// archive checksum cannot be compared with the binary; a plan info that
+		// cannot be resolved does not block a binary the operator placed on purpose.
+		src, err := resolve(ctx, cfg, p, log)
+		switch {
+		case err == nil && src.Archive == "" && src.Checksum != nil:
+			sum, srcURL = src.Checksum, redact(src.URL.String())
+		case err == nil:
+			log.Warn("staging: plan checksum is for an archive or missing; the hand-placed binary is trusted on preflight alone", "plan", p.Name)
+		case ctx.Err() != nil:
+			return Install{}, context.Cause(ctx)
+		default:
+			log.Warn("staging: cannot resolve plan info; the hand-placed binary is trusted on preflight alone", "plan", p.Name, "err", err)
+		}
+	}
+	if sum != nil {
+		h := sum.newHash()
+		f, err := os.OpenFile(bin, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			return Install{}, err
+		}
+		_, err = copyCtx(ctx, h, f)
+		f.Close()
+		if err != nil {
+			return Install{}, err
+		}
+		if actual := hex.EncodeToString(h.Sum(nil)); actual != sum.Hex {
+			return Install{}, fmt.Errorf("hand-placed %s: %w; replace it with the binary the plan names", bin,
+				&ChecksumError{URL: "file://" + bin, Algo: sum.Algo, Expected: sum.Hex, Actual: actual})
+		}
+	}
+	s, size, version, err := verifyBinary(ctx, cfg, bin)
+	if err != nil {
+		return Install{}, fmt.Errorf("hand-placed binary %s: %w", bin, err)
+	}
+	if err := syncFile(bin); err != nil {
+		return Install{}, err
+	}
+	rec := Record{
+		Plan: p.Name, Height: p.Height, URL: srcURL, Checksum: checksumString(sum), InfoHash: infoHash(p.Info),
+		SHA256: s, Size: size, Preflight: version, Source: "hand-placed", Time: time.Now().UTC(),
+	}
+	if err := writeRecord(bin+RecordSuffix, rec); err != nil {
+		return Install{}, fmt.Errorf("write completion record: %w", err)
+	}
+	log.Info("staging: hand-placed binary verified and recorded", "plan", p.Name, "sha256", s, "version", version)
+	return Trusted(cfg.Home, cfg.DaemonName, p.Name)
+}
+
+func syncFile(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func copyCtx(ctx context.Context, dst io.Writer, src *os.File) (int64, error) {
+	return io.CopyBuffer(dst, ctxReader{ctx, src}, make([]byte, 64<<10))
+}

@@ -1,0 +1,186 @@
+package staging
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"debug/macho"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+var elfMachine = map[string]elf.Machine{
+	"amd64": elf.EM_X86_64, "386": elf.EM_386, "arm64": elf.EM_AARCH64, "arm": elf.EM_ARM,
+	"riscv64": elf.EM_RISCV, "ppc64": elf.EM_PPC64, "ppc64le": elf.EM_PPC64, "s390x": elf.EM_S390,
+	"loong64": elf.EM_LOONGARCH, "mips64": elf.EM_MIPS, "mips64le": elf.EM_MIPS, "mips": elf.EM_MIPS, "mipsle": elf.EM_MIPS,
+}
+
+var machoCPU = map[string]macho.Cpu{"amd64": macho.CpuAmd64, "arm64": macho.CpuArm64}
+
+// checkExecutable verifies that path is a regular file holding an ELF (Linux, BSDs) or
+// Mach-O (darwin) executable for goos/goarch. Scripts, HTML error pages, empty files
+// and binaries for other platforms are rejected with what was found instead.
+func checkExecutable(path, goos, goarch string) error {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotExecutable, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, path)
+	}
+	var head [512]byte
+	n, _ := io.ReadFull(f, head[:])
+	what := sniff(head[:n])
+	switch goos {
+	case "darwin", "ios":
+		mf, err := macho.NewFile(f)
+		if err != nil {
+			if ff, ferr := macho.NewFatFile(f); ferr == nil {
+				defer ff.Close()
+				for _, a := range ff.Arches {
+					if a.Cpu == machoCPU[goarch] && a.Type == macho.TypeExec {
+						return nil
+					}
+				}
+				return fmt.Errorf("%w: %s is a universal Mach-O without an executable for %s", ErrNotExecutable, path, goarch)
+			}
+			return fmt.Errorf("%w: %s is %s, not a Mach-O executable for %s/%s", ErrNotExecutable, path, what, goos, goarch)
+		}
+		defer mf.Close()
+		if want, ok := machoCPU[goarch]; ok && mf.Cpu != want {
+			return fmt.Errorf("%w: %s is a Mach-O for %v, this host is %s/%s", ErrNotExecutable, path, mf.Cpu, goos, goarch)
+		}
+		if mf.Type != macho.TypeExec {
+			return fmt.Errorf("%w: %s is a Mach-O %v, not an executable", ErrNotExecutable, path, mf.Type)
+		}
+		return nil
+	case "windows", "plan9", "js", "wasip1":
+		return nil // no header check; preflight still runs
+	}
+	ef, err := elf.NewFile(f)
+	if err != nil {
+		return fmt.Errorf("%w: %s is %s, not an ELF executable for %s/%s", ErrNotExecutable, path, what, goos, goarch)
+	}
+	defer ef.Close()
+	if want, ok := elfMachine[goarch]; ok && ef.Machine != want {
+		return fmt.Errorf("%w: %s is an ELF for %v, this host is %s/%s; the plan info points at the wrong build", ErrNotExecutable, path, ef.Machine, goos, goarch)
+	}
+	wantClass := elf.ELFCLASS64
+	switch goarch {
+	case "386", "arm", "mips", "mipsle":
+		wantClass = elf.ELFCLASS32
+	}
+	if ef.Class != wantClass {
+		return fmt.Errorf("%w: %s is %v, this host is %s/%s", ErrNotExecutable, path, ef.Class, goos, goarch)
+	}
+	if ef.Type != elf.ET_EXEC && ef.Type != elf.ET_DYN {
+		return fmt.Errorf("%w: %s is an ELF %v, not an executable", ErrNotExecutable, path, ef.Type)
+	}
+	return nil
+}
+
+// sniff names what a non-executable file looks like, for the error message.
+func sniff(b []byte) string {
+	switch {
+	case len(b) == 0:
+		return "an empty file"
+	case bytes.HasPrefix(b, []byte("#!")):
+		return "a script"
+	case bytes.HasPrefix(b, []byte{0x1f, 0x8b}):
+		return "gzip data (add ?archive=tar.gz or ?archive=gz to the URL?)"
+	case bytes.HasPrefix(b, []byte("PK\x03\x04")):
+		return "a zip archive (add ?archive=zip to the URL?)"
+	case bytes.HasPrefix(b, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
+		return "xz data (add ?archive=tar.xz to the URL?)"
+	case bytes.HasPrefix(b, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return "zstd data (add ?archive=tar.zst to the URL?)"
+	case len(b) > 262 && string(b[257:262]) == "ustar":
+		return "a tar archive (add ?archive=tar to the URL?)"
+	}
+	s := strings.ToLower(string(b))
+	if strings.Contains(s, "<html") || strings.Contains(s, "<!doctype") {
+		return "an HTML page (an error page from the server?)"
+	}
+	return "not an executable"
+}
+
+// preflight runs `<bin> <args...>` with a timeout, in its own process group (killed as
+// a group on timeout), stdin from /dev/null, output capped. It must exit 0.
+func preflight(ctx context.Context, bin string, args []string, timeout time.Duration) (string, error) {
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		out, err := runPreflight(ctx, bin, args, timeout)
+		// ETXTBSY: another goroutine of this process forked while the file was still open
+		// for writing (a known Go race); it clears as soon as that child execs.
+		if err == nil || !errors.Is(err, syscall.ETXTBSY) {
+			return out, err
+		}
+		lastErr = err
+		time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+	}
+	return "", lastErr
+}
+
+func runPreflight(ctx context.Context, bin string, args []string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = nil
+	out := &capBuffer{max: 16 << 10}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		if cmd.Process == nil {
+			return nil
+		}
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = 2 * time.Second
+	err := cmd.Run()
+	text := strings.TrimSpace(out.String())
+	if err != nil {
+		if ctx.Err() == context.DeadlineExceeded && (context.Cause(ctx) == context.DeadlineExceeded) {
+			err = fmt.Errorf("timed out after %v (Config.PreflightTimeout): %w", timeout, err)
+		}
+		if len(text) > 512 {
+			text = text[:512] + "..."
+		}
+		return "", &PreflightError{Path: bin, Args: args, Err: err, Output: text}
+	}
+	line, _, _ := strings.Cut(text, "\n")
+	if len(line) > 256 {
+		line = line[:256]
+	}
+	return line, nil
+}
+
+// capBuffer keeps the first max bytes written and discards the rest.
+type capBuffer struct {
+	buf bytes.Buffer
+	max int
+}
+
+func (c *capBuffer) Write(p []byte) (int, error) {
+	if room := c.max - c.buf.Len(); room > 0 {
+		c.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+func (c *capBuffer) String() string { return c.buf.String() }
+
+// hostPlatform is the GOOS/GOARCH the binary must be built for.
+func hostPlatform() (string, string) { return runtime.GOOS, runtime.GOARCH }
