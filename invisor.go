@@ -170,13 +170,13 @@ func (n *node) stop() {
 }
 
 // PlanChanged implements hook.Sink.
-func (n *node) PlanChanged(p *hook.Plan) {
+func (n *node) PlanChanged(p *hook.Plan, block int64) {
 	if p == nil {
-		n.log.Info("invisor: no upgrade plan in force")
+		n.log.Info("invisor: no upgrade plan in force", "block", block)
 		n.stager.Offer(nil)
 		return
 	}
-	n.log.Info("invisor: upgrade plan seen", "upgrade", p.Name, "height", p.Height)
+	n.log.Info("invisor: upgrade plan seen", "block", block, "upgrade", p.Name, "height", p.Height)
 	n.stager.Offer(&staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info})
 }
 

@@ -29,8 +29,9 @@ type Plan struct {
 // and must return at once.
 type Sink interface {
 	// PlanChanged is called when the plan in force appears or changes (p != nil)
-	// or vanishes (p == nil: cancelled or applied).
-	PlanChanged(p *Plan)
+	// or vanishes (p == nil: cancelled or applied); height is the block in which
+	// the watcher noticed it.
+	PlanChanged(p *Plan, height int64)
 	// Halted is called when x/upgrade stopped the chain at height for plan p
 	// because this binary has no handler for it.
 	Halted(p Plan, height int64)
@@ -108,7 +109,7 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 	w.mu.Unlock()
 
 	if changed {
-		w.sink.PlanChanged(cur)
+		w.sink.PlanChanged(cur, height)
 	}
 	if halt {
 		w.sink.Halted(*cur, height)

@@ -183,7 +183,8 @@ func removeStaleTemps(dir string) {
 // running executable to genesis/bin/<daemon> if absent (temp file, fsync, rename)
 // and points `current` at genesis if `current` does not exist. It never changes an
 // existing genesis binary or an existing `current` link, and removes temp names a
-// crash left behind. A crash leaves either no genesis binary or a complete one.
+// crash left behind, then runs Check. A crash leaves either no genesis binary or a
+// complete one.
 func (r *Relauncher) Layout() error {
 	root := r.Root()
 	for _, d := range []string{filepath.Join(root, GenesisDir, BinDir), filepath.Join(root, UpgradesDir)} {
@@ -219,5 +220,5 @@ func (r *Relauncher) Layout() error {
 	} else if err != nil {
 		return fmt.Errorf("relauncher: layout: %w", err)
 	}
-	return nil
+	return r.Check()
 }

@@ -40,8 +40,10 @@ func TestBoot(t *testing.T) {
 			wantLink: GenesisDir,
 		},
 		{
-			name:     "hostile name in upgrade-info refuses",
-			setup:    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) { h.writeUpgradeInfo(`{"name":"..","height":5}`) },
+			name: "hostile name in upgrade-info refuses",
+			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+				h.writeUpgradeInfo(`{"name":"..","height":5}`)
+			},
 			wantErr:  ErrMalformedUpgradeInfo,
 			wantLink: GenesisDir,
 		},
@@ -505,5 +507,22 @@ func TestUpgradeDirMapping(t *testing.T) {
 	}
 	if got := r.ExpectedBinary("v2"); got != filepath.Join(r.Root(), "upgrades", "v2", "bin", daemon) {
 		t.Fatalf("ExpectedBinary = %q", got)
+	}
+}
+
+func TestCheckBackupDirUnwritable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root writes anywhere")
+	}
+	h := newTestHome(t)
+	c := testConfig(h.home)
+	c.Backup = true
+	c.BackupDir = t.TempDir()
+	must(t, os.Chmod(c.BackupDir, 0o500))
+	t.Cleanup(func() { os.Chmod(c.BackupDir, 0o700) })
+	r, err := New(c, VerifierFunc(func(string) (Binary, error) { return Binary{}, nil }), nil, OS{})
+	must(t, err)
+	if err := r.Check(); err == nil {
+		t.Fatal("Check accepted an unwritable backup dir")
 	}
 }

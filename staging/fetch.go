@@ -186,6 +186,9 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err != nil {
 		return Install{}, err
 	}
+	if err := os.MkdirAll(CosmovisorRoot(cfg.Home), 0o755); err != nil {
+		return Install{}, fmt.Errorf("create %s: %w; check that the node home is writable", CosmovisorRoot(cfg.Home), err)
+	}
 	tmp, err := os.MkdirTemp(CosmovisorRoot(cfg.Home), TempPrefix)
 	if err != nil {
 		return Install{}, fmt.Errorf("create temp dir under %s: %w", CosmovisorRoot(cfg.Home), err)
@@ -243,6 +246,7 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err := ctx.Err(); err != nil {
 		return Install{}, context.Cause(ctx)
 	}
+	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
 	rec := Record{
 		Plan: p.Name, Height: p.Height, URL: redact(src.URL.String()), Checksum: checksumString(src.Checksum),
 		InfoHash: infoHash(p.Info), SHA256: sum, Size: size, Preflight: version, Source: "download", Time: time.Now().UTC(),
@@ -250,7 +254,9 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err := install(cfg, p, root, rec, log); err != nil {
 		return Install{}, err
 	}
-	return Trusted(cfg.Home, cfg.DaemonName, p.Name)
+	// The bytes were hashed after preflight and cannot have changed since (the temp
+	// root is private to this attempt); Trusted re-hashes them at boot and before exec.
+	return Install{Name: p.Name, Path: bin, SHA256: sum, Size: size, Record: rec}, nil
 }
 
 func checksumString(c *Checksum) string {

@@ -1,0 +1,41 @@
+# invisor: `make demo` runs a real chain that upgrades itself; `make test` runs every test.
+GO      ?= go
+BUILD   ?= build
+PKG     := ./example-app/cmd/exampled
+MOD     := github.com/invisor/invisor
+SDKV    := github.com/cosmos/cosmos-sdk/version
+# One source, three builds: only the link-time upgrade level and version differ.
+ldflags = -X $(SDKV).Name=example -X $(SDKV).AppName=exampled -X $(SDKV).Version=v$(1).0.0 \
+          -X $(MOD)/example-app/app.UpgradeLevel=$(1)
+
+.PHONY: build demo test test-unit test-e2e bench clean FORCE
+
+build: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2 $(BUILD)/exampled-v3
+
+$(BUILD)/exampled-v%: FORCE
+	@mkdir -p $(BUILD)
+	$(GO) build -trimpath -ldflags "$(call ldflags,$*)" -o $@ $(PKG)
+
+demo: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
+	$(GO) run ./example-app/demo -v1 $(BUILD)/exampled-v1 -v2 $(BUILD)/exampled-v2
+
+# Unit tests (race detector on) and short fuzz runs, then the end-to-end tests
+# against real exampled processes.
+test: test-unit test-e2e
+
+test-unit:
+	$(GO) test -race -count=1 -timeout 15m ./hook/... ./staging/... ./relauncher/... .
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzSafeName -fuzztime 10s ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/
+
+test-e2e: build
+	EXAMPLED_BUILD=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 20m -v ./example-app/...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./staging/ ./relauncher/
+
+clean:
+	rm -rf $(BUILD)
+
+FORCE:

@@ -1,0 +1,530 @@
+package staging
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+func xzBytes(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	w, err := xz.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func zstBytes(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	w, err := zstd.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+func TestFetchInstalls(t *testing.T) {
+	good := testBins.good
+	lib := []byte("not really a library")
+	cases := []struct {
+		name    string
+		path    string
+		body    func(t testing.TB) []byte
+		mutate  func(*Config)
+		rawURL  func(u string, body []byte) string // default: pinned sha256
+		extraOK func(t *testing.T, cfg Config)
+	}{
+		{name: "plain binary", path: "/exampled", body: func(testing.TB) []byte { return good }},
+		{name: "tar.gz bin/daemon with lib", path: "/v2.tar.gz", body: func(t testing.TB) []byte {
+			return gz(makeTar(t, []tarEntry{{Name: "bin/", Type: tar.TypeDir}, {Name: "bin/exampled", Body: good}, {Name: "lib/libx.so", Body: lib, Mode: 0o6777}}))
+		}, extraOK: func(t *testing.T, cfg Config) {
+			fi, err := os.Stat(filepath.Join(UpgradeDir(cfg.Home, "v2"), "lib", "libx.so"))
+			if err != nil {
+				t.Fatalf("lib from the archive not installed: %v", err)
+			}
+			if fi.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 || fi.Mode().Perm()&0o022 != 0 {
+				t.Errorf("setuid/world-writable not stripped: %v", fi.Mode())
+			}
+		}},
+		{name: "tgz daemon at root, setuid", path: "/v2.tgz", body: func(t testing.TB) []byte {
+			return gz(makeTar(t, []tarEntry{{Name: "./exampled", Body: good, Mode: 0o4777}}))
+		}},
+		{name: "tar.xz", path: "/v2.tar.xz", body: func(t testing.TB) []byte {
+			return xzBytes(t, makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}}))
+		}},
+		{name: "tar.zst", path: "/v2.tar.zst", body: func(t testing.TB) []byte {
+			return zstBytes(t, makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}}))
+		}},
+		{name: "zip", path: "/v2.zip", body: func(t testing.TB) []byte {
+			return makeZip(t, []zipEntry{{Name: "bin/exampled", Body: good, Mode: 0o4777}})
+		}},
+		{name: "single gz", path: "/exampled.gz", body: func(testing.TB) []byte { return gz(good) }},
+		{name: "archive= parameter overrides extension", path: "/download", body: func(t testing.TB) []byte {
+			return gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}}))
+		}, rawURL: func(u string, b []byte) string { return pinned(u+"?archive=tar.gz", b) }},
+		{name: "sha512", path: "/exampled", body: func(testing.TB) []byte { return good },
+			rawURL: func(u string, b []byte) string {
+				return u + "?checksum=sha512:" + hexSum(b, Checksum{Algo: "sha512"})
+			}},
+		{name: "md5 allowed when checksum not required", path: "/exampled", body: func(testing.TB) []byte { return good },
+			mutate: func(c *Config) { c.RequireChecksum = false },
+			rawURL: func(u string, b []byte) string { return u + "?checksum=md5:" + hexSum(b, Checksum{Algo: "md5"}) }},
+		{name: "unpinned allowed when checksum not required", path: "/exampled", body: func(testing.TB) []byte { return good },
+			mutate: func(c *Config) { c.RequireChecksum = false },
+			rawURL: func(u string, b []byte) string { return u }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig(t)
+			if tc.mutate != nil {
+				tc.mutate(&cfg)
+			}
+			srv := newServer(t)
+			body := tc.body(t)
+			u := srv.blob(tc.path, body)
+			raw := pinned(u, body)
+			if tc.rawURL != nil {
+				raw = tc.rawURL(u, body)
+			}
+			p := Plan{Name: "v2", Height: 100, Info: infoJSON(raw)}
+			inst, err := Fetch(context.Background(), cfg, p, &testLogger{t: t})
+			if err != nil {
+				t.Fatalf("Fetch: %v", err)
+			}
+			if inst.Path != BinPath(cfg.Home, daemon, "v2") || inst.SHA256 != sha(good) || inst.Size != int64(len(good)) {
+				t.Fatalf("install = %+v", inst)
+			}
+			if inst.Record.Preflight != "v2.0.0-test" || inst.Record.Height != 100 || inst.Record.Source != "download" {
+				t.Errorf("record = %+v", inst.Record)
+			}
+			fi, err := os.Lstat(inst.Path)
+			if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o755 {
+				t.Errorf("binary mode = %v, %v; want regular 0755", fi.Mode(), err)
+			}
+			if _, err := Trusted(cfg.Home, daemon, "v2"); err != nil {
+				t.Errorf("Trusted: %v", err)
+			}
+			assertNoTemp(t, cfg)
+			if tc.extraOK != nil {
+				tc.extraOK(t, cfg)
+			}
+			// A second Fetch is a no-op returning the same install, with no request.
+			before := srv.count(tc.path)
+			again, err := Fetch(context.Background(), cfg, p, nil)
+			if err != nil || again.SHA256 != inst.SHA256 || srv.count(tc.path) != before {
+				t.Errorf("second Fetch = %v, %v, requests %d->%d", again.SHA256, err, before, srv.count(tc.path))
+			}
+		})
+	}
+}
+
+func hexSum(b []byte, c Checksum) string {
+	h := c.newHash()
+	h.Write(b)
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func wrongArch(b []byte) []byte {
+	out := append([]byte(nil), b...)
+	// e_machine at offset 18 (little endian on all hosts we test).
+	m := uint16(183) // EM_AARCH64
+	if runtime.GOARCH == "arm64" {
+		m = 62 // EM_X86_64
+	}
+	out[18], out[19] = byte(m), byte(m>>8)
+	return out
+}
+
+func TestFetchRejects(t *testing.T) {
+	good := testBins.good
+	many := make([]tarEntry, 0, 150)
+	for i := range 150 {
+		many = append(many, tarEntry{Name: fmt.Sprintf("f%d", i), Body: []byte("x")})
+	}
+	type tc struct {
+		name   string
+		setup  func(t *testing.T, srv *blobServer) string // returns Plan.Info
+		mutate func(*Config)
+		want   error
+		substr string
+		check  func(t *testing.T, cfg Config, srv *blobServer, err error)
+	}
+	blob := func(path string, body []byte) func(*testing.T, *blobServer) string {
+		return func(t *testing.T, srv *blobServer) string { return infoJSON(pinned(srv.blob(path, body), body)) }
+	}
+	cases := []tc{
+		{name: "checksum mismatch", want: ErrChecksumMismatch, substr: "expected",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.blob("/exampled", good), []byte("something else")))
+			},
+			check: func(t *testing.T, cfg Config, srv *blobServer, err error) {
+				var ce *ChecksumError
+				if !errors.As(err, &ce) || ce.Algo != "sha256" || ce.Expected != sha([]byte("something else")) || ce.Actual != sha(good) {
+					t.Errorf("ChecksumError = %+v", ce)
+				}
+			}},
+		{name: "no checksum", want: ErrNoChecksum, substr: "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM",
+			setup: func(t *testing.T, srv *blobServer) string { return infoJSON(srv.blob("/exampled", good)) },
+			check: func(t *testing.T, cfg Config, srv *blobServer, err error) {
+				if srv.count("/exampled") != 0 {
+					t.Error("an unpinned URL was requested")
+				}
+			}},
+		{name: "md5 refused by default", want: ErrNoChecksum, substr: "too weak",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(srv.blob("/exampled", good) + "?checksum=md5:" + hexSum(good, Checksum{Algo: "md5"}))
+			}},
+		{name: "truncated body (connection reset)", want: ErrDownload, substr: "after",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Length", fmt.Sprint(len(good)))
+					w.Write(good[:len(good)/2])
+					w.(http.Flusher).Flush()
+					panic(http.ErrAbortHandler)
+				}), good))
+			}},
+		{name: "5xx", want: ErrDownload, substr: "503",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					http.Error(w, "busy", http.StatusServiceUnavailable)
+				}), good))
+			}},
+		{name: "server hangs before headers", want: ErrDownload, substr: "timeout",
+			mutate: func(c *Config) { c.ResponseHeaderTimeout = 200 * time.Millisecond },
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					<-r.Context().Done()
+				}), good))
+			}},
+		{name: "server trickles", want: ErrDownload, substr: "below the minimum",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Content-Length", fmt.Sprint(len(good)))
+					for i := 0; ; i++ {
+						if _, err := w.Write(good[i : i+1]); err != nil {
+							return
+						}
+						w.(http.Flusher).Flush()
+						select {
+						case <-r.Context().Done():
+							return
+						case <-time.After(20 * time.Millisecond):
+						}
+					}
+				}), good))
+			}},
+		{name: "endless body over cap", want: ErrTooLarge, substr: "MaxBinaryBytes",
+			mutate: func(c *Config) { c.MaxBinaryBytes = 1 << 20 },
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					chunk := make([]byte, 32<<10)
+					for {
+						if _, err := w.Write(chunk); err != nil {
+							return
+						}
+					}
+				}), good))
+			}},
+		{name: "content-length over cap", want: ErrTooLarge, substr: "Content-Length",
+			mutate: func(c *Config) { c.MaxBinaryBytes = 1 << 10 },
+			setup:  blob("/exampled", good)},
+		{name: "redirect to file://", want: ErrDownload, substr: `scheme "file"`,
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+					http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
+				}), good))
+			}},
+		{name: "tar with .. entry", want: ErrUnsafeArchive, substr: `".." component`,
+			setup: blob("/a.tar.gz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}, {Name: "../../evil", Body: []byte("x")}})))},
+		{name: "tar with absolute path", want: ErrUnsafeArchive, substr: "absolute",
+			setup: blob("/a.tar", makeTar(t, []tarEntry{{Name: "/tmp/evil", Body: []byte("x")}}))},
+		{name: "tar with symlink", want: ErrUnsafeArchive, substr: "symlink",
+			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Type: tar.TypeSymlink, Link: "/bin/sh"}})))},
+		{name: "tar with hardlink", want: ErrUnsafeArchive, substr: "hardlink",
+			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "x", Body: good}, {Name: "bin/exampled", Type: tar.TypeLink, Link: "/etc/passwd"}})))},
+		{name: "tar with device", want: ErrUnsafeArchive, substr: "unsupported type",
+			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "dev", Type: tar.TypeChar}})))},
+		{name: "tar with duplicate entry", want: ErrUnsafeArchive, substr: "duplicate",
+			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}, {Name: "bin/exampled", Body: []byte("#!/bin/sh")}})))},
+		{name: "too many entries", want: ErrTooLarge, substr: "MaxArchiveEntries",
+			setup: blob("/a.tgz", gz(makeTar(t, many)))},
+		{name: "tar bomb", want: ErrTooLarge, substr: "MaxArchiveBytes",
+			mutate: func(c *Config) { c.MaxArchiveBytes = 4 << 20 },
+			setup:  blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "zeros", Body: make([]byte, 8<<20)}})))},
+		{name: "gz bomb single file", want: ErrTooLarge, substr: "MaxBinaryBytes",
+			mutate: func(c *Config) { c.MaxBinaryBytes = 2 << 20 },
+			setup:  blob("/exampled.gz", gz(make([]byte, 8<<20)))},
+		{name: "zip with ..", want: ErrUnsafeArchive, substr: `".."`,
+			setup: blob("/a.zip", makeZip(t, []zipEntry{{Name: "../evil", Body: []byte("x")}}))},
+		{name: "zip with symlink", want: ErrUnsafeArchive, substr: "symlink",
+			setup: blob("/a.zip", makeZip(t, []zipEntry{{Name: "bin/exampled", Body: []byte("/bin/sh"), Mode: os.ModeSymlink | 0o777}}))},
+		{name: "archive without the daemon", want: ErrNotFound, substr: "neither bin/exampled",
+			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/otherd", Body: good}})))},
+		{name: "wrong architecture ELF", want: ErrNotExecutable, substr: "wrong build",
+			setup: blob("/exampled", wrongArch(good))},
+		{name: "HTML error page", want: ErrNotExecutable, substr: "HTML",
+			setup: blob("/exampled", []byte("<!DOCTYPE html><html><body>404</body></html>"))},
+		{name: "shell script", want: ErrNotExecutable, substr: "script",
+			setup: blob("/exampled", []byte("#!/bin/sh\necho v9\n"))},
+		{name: "empty file", want: ErrNotExecutable, substr: "empty",
+			setup: blob("/exampled", []byte{})},
+		{name: "preflight exits non-zero", want: ErrPreflight, substr: "libwasmvm",
+			setup: blob("/exampled", testBins.bad)},
+		{name: "preflight hangs", want: ErrPreflight, substr: "timed out",
+			mutate: func(c *Config) { c.PreflightTimeout = 300 * time.Millisecond },
+			setup:  blob("/exampled", testBins.hang)},
+		{name: "info URL unpinned", want: ErrNoChecksum, substr: "no ?checksum",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return srv.blob("/info.json", []byte(infoJSON(pinned(srv.blob("/exampled", good), good))))
+			}},
+		{name: "info URL oversized", want: ErrTooLarge, substr: "MaxInfoBytes",
+			setup: func(t *testing.T, srv *blobServer) string {
+				big := []byte(`{"binaries":{},"pad":"` + strings.Repeat("x", 128<<10) + `"}`)
+				return pinned(srv.blob("/info.json", big), big)
+			}},
+		{name: "info URL malformed JSON", want: ErrBadInfo, substr: "not valid JSON",
+			setup: func(t *testing.T, srv *blobServer) string {
+				b := []byte(`{"binaries":`)
+				return pinned(srv.blob("/info.json", b), b)
+			}},
+		{name: "inline info empty map", want: ErrBadInfo, substr: "no \"binaries\"",
+			setup: func(*testing.T, *blobServer) string { return `{"binaries":{}}` }},
+		{name: "inline info bad key", want: ErrBadInfo, substr: "neither",
+			setup: func(*testing.T, *blobServer) string { return `{"binaries":{"Linux-AMD64":"https://x/y"}}` }},
+		{name: "no binary for this platform", want: ErrNotFound, substr: "no binary for",
+			setup: func(*testing.T, *blobServer) string {
+				return `{"binaries":{"plan9/mips":"https://x/y?checksum=sha256:` + sha(nil) + `"}}`
+			}},
+		{name: "ftp scheme", want: ErrBadInfo, substr: "not allowed",
+			setup: func(*testing.T, *blobServer) string {
+				return infoJSON("ftp://example.com/x?checksum=sha256:" + sha(nil))
+			}},
+		{name: "file scheme refused by default", want: ErrBadInfo, substr: "AllowFileURLs",
+			setup: func(*testing.T, *blobServer) string {
+				return infoJSON("file:///bin/true?checksum=sha256:" + sha(nil))
+			}},
+		{name: "downloads disabled", want: ErrNotFound, substr: "DAEMON_ALLOW_DOWNLOAD_BINARIES",
+			mutate: func(c *Config) { c.AllowDownload = false },
+			setup:  blob("/exampled", good)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := testConfig(t)
+			if tc.mutate != nil {
+				tc.mutate(&cfg)
+			}
+			srv := newServer(t)
+			p := Plan{Name: "v2", Height: 10, Info: tc.setup(t, srv)}
+			start := time.Now()
+			_, err := Fetch(context.Background(), cfg, p, &testLogger{t: t})
+			if err == nil {
+				t.Fatal("Fetch succeeded, want an error")
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("error %q is not %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.substr) {
+				t.Errorf("error %q does not name the cause (%q)", err, tc.substr)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %v", d)
+			}
+			assertNothingInstalled(t, cfg, p.Name)
+			// Nothing escaped the temp root.
+			for _, evil := range []string{filepath.Join(CosmovisorRoot(cfg.Home), "evil"), filepath.Join(cfg.Home, "evil")} {
+				if _, err := os.Lstat(evil); err == nil {
+					t.Errorf("%s was written", evil)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, cfg, srv, err)
+			}
+		})
+	}
+}
+
+func TestFetchFileURL(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AllowFileURLs = true
+	src := filepath.Join(t.TempDir(), "exampled")
+	os.WriteFile(src, testBins.good, 0o644)
+	inst, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: infoJSON(pinned("file://"+src, testBins.good))}, nil)
+	if err != nil || inst.SHA256 != sha(testBins.good) {
+		t.Fatalf("Fetch file:// = %+v, %v", inst, err)
+	}
+}
+
+func TestFetchInfoURL(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	info := []byte(`{"binaries":{"` + platform() + `":"` + pinned(srv.blob("/exampled", testBins.good), testBins.good) + `"},"extra":1}`)
+	p := Plan{Name: "v2", Height: 5, Info: pinned(srv.blob("/info.json", info), info)}
+	if _, err := Fetch(context.Background(), cfg, p, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPlantedSymlinkRefused(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	elsewhere := t.TempDir()
+	os.MkdirAll(filepath.Join(CosmovisorRoot(cfg.Home), UpgradesDir), 0o755)
+	if err := os.Symlink(elsewhere, UpgradeDir(cfg.Home, "v2")); err != nil {
+		t.Fatal(err)
+	}
+	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
+	_, err := Fetch(context.Background(), cfg, p, nil)
+	if !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
+		t.Fatalf("err = %v", err)
+	}
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("wrote through the planted symlink: %v", ents)
+	}
+	if srv.count("/exampled") != 0 {
+		t.Error("downloaded despite the planted symlink")
+	}
+}
+
+func TestHandPlaced(t *testing.T) {
+	place := func(t *testing.T, cfg Config, b []byte) string {
+		bin := BinPath(cfg.Home, daemon, "v2")
+		os.MkdirAll(filepath.Dir(bin), 0o755)
+		if err := os.WriteFile(bin, b, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		return bin
+	}
+	t.Run("no info, downloads disabled", func(t *testing.T) {
+		cfg := testConfig(t)
+		cfg.AllowDownload = false
+		place(t, cfg, testBins.good)
+		inst, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Height: 7}, nil)
+		if err != nil || inst.Record.Source != "hand-placed" || inst.Record.Preflight != "v2.0.0-test" {
+			t.Fatalf("Fetch = %+v, %v", inst, err)
+		}
+		if fi, _ := os.Stat(inst.Path); fi.Mode().Perm() != 0o755 {
+			t.Errorf("mode %v", fi.Mode())
+		}
+	})
+	t.Run("matches plan checksum", func(t *testing.T) {
+		cfg := testConfig(t)
+		srv := newServer(t)
+		place(t, cfg, testBins.good)
+		p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
+		inst, err := Fetch(context.Background(), cfg, p, nil)
+		if err != nil || inst.Record.Checksum != "sha256:"+sha(testBins.good) {
+			t.Fatalf("Fetch = %+v, %v", inst, err)
+		}
+		if srv.count("/exampled") != 0 {
+			t.Error("downloaded although a binary was placed by hand")
+		}
+	})
+	t.Run("differs from plan checksum", func(t *testing.T) {
+		cfg := testConfig(t)
+		bin := place(t, cfg, testBins.bad)
+		p := Plan{Name: "v2", Info: infoJSON("https://example.invalid/exampled?checksum=sha256:" + sha(testBins.good))}
+		_, err := Fetch(context.Background(), cfg, p, nil)
+		if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), "hand-placed") {
+			t.Fatalf("err = %v", err)
+		}
+		if b, _ := os.ReadFile(bin); !bytes.Equal(b, testBins.bad) {
+			t.Error("the operator's file was changed")
+		}
+		if _, err := os.Lstat(bin + RecordSuffix); err == nil {
+			t.Error("a record was written for a mismatching binary")
+		}
+	})
+	t.Run("fails preflight", func(t *testing.T) {
+		cfg := testConfig(t)
+		place(t, cfg, testBins.bad)
+		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2"}, nil)
+		if !errors.Is(err, ErrPreflight) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("symlink refused", func(t *testing.T) {
+		cfg := testConfig(t)
+		bin := BinPath(cfg.Home, daemon, "v2")
+		os.MkdirAll(filepath.Dir(bin), 0o755)
+		os.Symlink("/bin/true", bin)
+		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2"}, nil)
+		if !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func TestTrusted(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
+	inst, err := Fetch(context.Background(), cfg, p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Trusted(cfg.Home, daemon, "v3"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "no completion record") {
+		t.Errorf("unstaged plan: %v", err)
+	}
+	if _, err := Trusted(cfg.Home, daemon, ".."); !errors.Is(err, ErrNotTrusted) {
+		t.Errorf("hostile name: %v", err)
+	}
+
+	// Modify one byte after verification.
+	b, _ := os.ReadFile(inst.Path)
+	b[len(b)-1] ^= 0xff
+	os.WriteFile(inst.Path, b, 0o755)
+	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "modified after verification") {
+		t.Errorf("modified binary: %v", err)
+	}
+	// Fetch must not silently replace or accept it either.
+	if _, err := Fetch(context.Background(), cfg, p, nil); !errors.Is(err, ErrNotTrusted) {
+		t.Errorf("Fetch over a modified binary: %v", err)
+	}
+	// Swap for a symlink to the original bytes.
+	orig := filepath.Join(t.TempDir(), "orig")
+	os.WriteFile(orig, testBins.good, 0o755)
+	os.Remove(inst.Path)
+	os.Symlink(orig, inst.Path)
+	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("symlinked binary: %v", err)
+	}
+	// Corrupt record.
+	os.Remove(inst.Path)
+	os.WriteFile(inst.Path, testBins.good, 0o755)
+	os.WriteFile(inst.Path+RecordSuffix, []byte("{"), 0o644)
+	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("corrupt record: %v", err)
+	}
+}
+
+func TestSameNameDifferentInfo(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
+	if _, err := Fetch(context.Background(), cfg, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.Info = infoJSON(pinned(srv.blob("/other", testBins.good), testBins.good))
+	if _, err := Fetch(context.Background(), cfg, p, nil); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "different info") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -1,0 +1,418 @@
+package staging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func startStager(t *testing.T, cfg Config) (*Stager, func()) {
+	t.Helper()
+	s, err := New(cfg, &testLogger{t: t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		s.Close()
+	}
+	t.Cleanup(func() {
+		select {
+		case <-ctx.Done():
+		default:
+			stop()
+		}
+	})
+	return s, stop
+}
+
+func waitStatus(t *testing.T, s *Stager, what string, ok func(Status) bool) Status {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if st := s.Status(); ok(st) {
+			return st
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; status %+v", what, s.Status())
+	return Status{}
+}
+
+// slowBody serves len(body) bytes: the first chunk at once, then blocks until the
+// request is cancelled (or release is closed, then the rest).
+func slowBody(body []byte, release <-chan struct{}, cancelled *atomic.Int32) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.Write(body[:64<<10])
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+			cancelled.Add(1)
+		case <-release:
+			w.Write(body[64<<10:])
+		}
+	}
+}
+
+func TestStagerRetriesThenReady(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	var n atomic.Int32
+	u := srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) <= 2 {
+			http.Error(w, "try later", http.StatusBadGateway)
+			return
+		}
+		w.Write(testBins.good)
+	})
+	s, _ := startStager(t, cfg)
+	p := &Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))}
+	s.Offer(p)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	inst, err := s.WaitReady(ctx, "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.SHA256 != sha(testBins.good) {
+		t.Errorf("sha = %s", inst.SHA256)
+	}
+	st := s.Status()
+	if st.State != StateReady || st.Attempt != 3 || st.Install == nil || st.Err != "" {
+		t.Errorf("status = %+v", st)
+	}
+	// Offering the same plan again is a no-op: no new request.
+	for range 100 {
+		s.Offer(p)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := n.Load(); got != 3 {
+		t.Errorf("requests = %d, want 3", got)
+	}
+	assertNoTemp(t, cfg)
+}
+
+func TestStagerCancelMidDownload(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.IdleTimeout = 10 * time.Second // the server stalls on purpose
+	srv := newServer(t)
+	var cancelled atomic.Int32
+	release := make(chan struct{})
+	defer close(release)
+	u := srv.handle("/exampled", slowBody(testBins.good, release, &cancelled))
+	s, _ := startStager(t, cfg)
+	s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))})
+	waitStatus(t, s, "downloading with bytes", func(st Status) bool {
+		return st.State == StateDownloading && st.BytesDone > 0
+	})
+	if m, _ := filepath.Glob(filepath.Join(CosmovisorRoot(cfg.Home), TempPrefix+"*")); len(m) != 1 {
+		t.Fatalf("want one temp dir during the download, got %v", m)
+	}
+	start := time.Now()
+	s.Offer(nil)
+	st := waitStatus(t, s, "cancelled", func(st Status) bool { return st.State == StateCancelled })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("cancel took %v", d)
+	}
+	if !strings.Contains(st.Err, "cancelled") {
+		t.Errorf("status error %q", st.Err)
+	}
+	assertNothingInstalled(t, cfg, "v2")
+	deadline := time.Now().Add(2 * time.Second)
+	for cancelled.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if cancelled.Load() == 0 {
+		t.Error("the server never saw the request cancelled")
+	}
+}
+
+func TestStagerPlanReplaced(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.IdleTimeout = 10 * time.Second
+	srv := newServer(t)
+	var cancelled atomic.Int32
+	release := make(chan struct{})
+	defer close(release)
+	slow := srv.handle("/old", slowBody(testBins.bad, release, &cancelled))
+	fast := srv.blob("/new", testBins.good)
+	s, _ := startStager(t, cfg)
+	s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(slow, testBins.bad))})
+	waitStatus(t, s, "downloading", func(st Status) bool { return st.State == StateDownloading && st.BytesDone > 0 })
+
+	s.Offer(&Plan{Name: "v3", Height: 60, Info: infoJSON(pinned(fast, testBins.good))})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	inst, err := s.WaitReady(ctx, "v3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.Name != "v3" || inst.SHA256 != sha(testBins.good) {
+		t.Errorf("install = %+v", inst)
+	}
+	if st := s.Status(); st.Plan == nil || st.Plan.Name != "v3" || st.State != StateReady {
+		t.Errorf("status = %+v", st)
+	}
+	assertNothingInstalled(t, cfg, "v2")
+
+	// Same name, new height: the old work is cancelled as well.
+	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if _, err := s.WaitReady(short, "v2"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("WaitReady for a superseded plan: %v", err)
+	}
+}
+
+func TestStagerHandPlacedLater(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AllowDownload = false
+	s, _ := startStager(t, cfg)
+	s.Offer(&Plan{Name: "v2", Height: 9})
+	st := waitStatus(t, s, "failed", func(st Status) bool { return st.State == StateFailed })
+	if !strings.Contains(st.Err, BinPath(cfg.Home, daemon, "v2")) {
+		t.Errorf("status error does not say where to put the binary: %q", st.Err)
+	}
+	// The operator places the binary (written elsewhere, then renamed in, as they should).
+	bin := BinPath(cfg.Home, daemon, "v2")
+	os.MkdirAll(filepath.Dir(bin), 0o755)
+	tmp := bin + ".part"
+	os.WriteFile(tmp, testBins.good, 0o755)
+	os.Rename(tmp, bin)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	inst, err := s.WaitReady(ctx, "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.Record.Source != "hand-placed" {
+		t.Errorf("record = %+v", inst.Record)
+	}
+}
+
+func TestStagerConcurrentUse(t *testing.T) {
+	cfg := testConfig(t)
+	srv := newServer(t)
+	infos := make([]string, 3)
+	for i := range infos {
+		infos[i] = infoJSON(pinned(srv.blob(fmt.Sprintf("/b%d", i), testBins.good), testBins.good))
+	}
+	s, stop := startStager(t, cfg)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 200 {
+				k := (g + i) % 4
+				if k == 3 {
+					s.Offer(nil)
+				} else {
+					s.Offer(&Plan{Name: fmt.Sprintf("v%d", k), Height: int64(k), Info: infos[k]})
+				}
+				_ = s.Status()
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		s.WaitReady(ctx, "v1")
+	}()
+	wg.Wait()
+	final := &Plan{Name: "v1", Height: 1, Info: infos[1]}
+	s.Offer(final)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.WaitReady(ctx, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	assertNoTemp(t, cfg)
+}
+
+func TestOfferUnchangedIsCheap(t *testing.T) {
+	cfg := testConfig(t)
+	s, err := New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := &Plan{Name: "v2", Height: 3, Info: "{}"}
+	s.Offer(p)
+	if a := testing.AllocsPerRun(1000, func() { s.Offer(p) }); a != 0 {
+		t.Errorf("Offer of an unchanged plan allocates %v times", a)
+	}
+	// Offer never blocks, even without a running worker.
+	done := make(chan struct{})
+	go func() {
+		for i := range 1000 {
+			s.Offer(&Plan{Name: fmt.Sprint(i)})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Offer blocked")
+	}
+}
+
+func TestNew(t *testing.T) {
+	t.Run("second stager on one home is locked out", func(t *testing.T) {
+		cfg := testConfig(t)
+		a, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = New(cfg, nil)
+		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprint(os.Getpid())) {
+			t.Fatalf("second New: %v", err)
+		}
+		a.Close()
+		b, err := New(cfg, nil)
+		if err != nil {
+			t.Fatalf("New after Close: %v", err)
+		}
+		b.Close()
+	})
+	t.Run("leftover temp dirs removed", func(t *testing.T) {
+		cfg := testConfig(t)
+		root := CosmovisorRoot(cfg.Home)
+		left := filepath.Join(root, TempPrefix+"123", "root", "bin")
+		os.MkdirAll(left, 0o755)
+		os.WriteFile(filepath.Join(left, daemon), []byte("half"), 0o755)
+		keep := filepath.Join(root, UpgradesDir, "v1", "bin")
+		os.MkdirAll(keep, 0o755)
+		s, err := New(cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		assertNoTemp(t, cfg)
+		if _, err := os.Stat(keep); err != nil {
+			t.Errorf("New removed an upgrade dir: %v", err)
+		}
+	})
+	t.Run("unwritable home", func(t *testing.T) {
+		if os.Geteuid() == 0 {
+			t.Skip("root ignores permissions")
+		}
+		cfg := testConfig(t)
+		os.Chmod(cfg.Home, 0o500)
+		defer os.Chmod(cfg.Home, 0o700)
+		if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "writable") {
+			t.Fatalf("New on an unwritable home: %v", err)
+		}
+	})
+	t.Run("invalid config names the field", func(t *testing.T) {
+		cfg := testConfig(t)
+		cfg.RetryMax = time.Millisecond
+		if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "RetryMax") {
+			t.Fatalf("New: %v", err)
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	cases := []struct {
+		field  string
+		mutate func(*Config)
+	}{
+		{"Home", func(c *Config) { c.Home = "" }},
+		{"Home", func(c *Config) { c.Home = "relative/home" }},
+		{"DaemonName", func(c *Config) { c.DaemonName = "" }},
+		{"DaemonName", func(c *Config) { c.DaemonName = "../x" }},
+		{"DaemonName", func(c *Config) { c.DaemonName = ".." }},
+		{"IdleTimeout", func(c *Config) { c.IdleTimeout = 0 }},
+		{"Deadline", func(c *Config) { c.Deadline = -1 }},
+		{"MaxBinaryBytes", func(c *Config) { c.MaxBinaryBytes = 0 }},
+		{"MaxArchiveEntries", func(c *Config) { c.MaxArchiveEntries = -1 }},
+		{"PreflightArgs", func(c *Config) { c.PreflightArgs = nil }},
+		{"RetryMax", func(c *Config) { c.RetryMin, c.RetryMax = time.Minute, time.Second }},
+		{"MinThroughput", func(c *Config) { c.MinThroughput = -1 }},
+	}
+	base := DefaultConfig()
+	base.Home, base.DaemonName = "/home/node", "exampled"
+	if err := base.Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, tc := range cases {
+		c := base
+		tc.mutate(&c)
+		err := c.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: err = %v", tc.field, err)
+		}
+	}
+}
+
+func TestSafeName(t *testing.T) {
+	cases := []struct {
+		in, want string
+		bad      bool
+	}{
+		{in: "v2", want: "v2"},
+		{in: "v2.0.0-rc1", want: "v2.0.0-rc1"},
+		{in: "a/b", want: "a%2Fb"},
+		{in: "../../etc", want: "..%2F..%2Fetc"},
+		{in: "sp ace", want: "sp%20ace"},
+		{in: "", bad: true},
+		{in: ".", bad: true},
+		{in: "..", bad: true},
+		{in: "a\x00b", bad: true},
+		{in: "line\nbreak", bad: true},
+		{in: "\xff\xfe", bad: true},
+		{in: strings.Repeat("a", 256), bad: true},
+		{in: strings.Repeat("/", 100), bad: true}, // 300 bytes escaped
+		{in: strings.Repeat("a", 255), want: strings.Repeat("a", 255)},
+	}
+	for _, tc := range cases {
+		got, err := SafeName(tc.in)
+		if tc.bad {
+			if err == nil || !errors.Is(err, ErrBadName) {
+				t.Errorf("SafeName(%q) = %q, %v; want ErrBadName", tc.in, got, err)
+			}
+			if d := UpgradeDir("/h", tc.in); !strings.HasPrefix(filepath.Base(d), ".invalid-") || filepath.Dir(d) != "/h/cosmovisor/upgrades" {
+				t.Errorf("UpgradeDir(%q) = %q", tc.in, d)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("SafeName(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if d := UpgradeDir("/h", tc.in); d != "/h/cosmovisor/upgrades/"+tc.want {
+			t.Errorf("UpgradeDir(%q) = %q", tc.in, d)
+		}
+	}
+	if got := BinPath("/h", "exampled", "v2"); got != "/h/cosmovisor/upgrades/v2/bin/exampled" {
+		t.Errorf("BinPath = %q", got)
+	}
+}
+
+func TestFetchHostileNameRefused(t *testing.T) {
+	cfg := testConfig(t)
+	_, err := Fetch(context.Background(), cfg, Plan{Name: "..", Info: "{}"}, nil)
+	if !errors.Is(err, ErrBadName) {
+		t.Fatalf("err = %v", err)
+	}
+	if ents, _ := os.ReadDir(cfg.Home); len(ents) != 0 {
+		t.Errorf("home touched: %v", ents)
+	}
+}
