@@ -316,7 +316,7 @@ func (s *Stager) Run(ctx context.Context) error {
 		attempt++
 		inst, err := s.attempt(ctx, cur)
 		if ctx.Err() != nil {
-			s.update(func(st *Status) { st.State, st.Err = StateCancelled, "stager stopped: " + context.Cause(ctx).Error() })
+			s.update(func(st *Status) { st.State, st.Err = StateCancelled, "stager stopped: "+context.Cause(ctx).Error() })
 			return nil
 		}
 		if errors.Is(err, ErrPlanSuperseded) || errors.Is(err, ErrPlanCancelled) {

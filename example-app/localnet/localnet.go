@@ -199,7 +199,7 @@ func (n *Node) Start(args ...string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(n.Bin, append([]string{"start", "--home", n.Home}, args...)...)
+	cmd := exec.Command(n.Bin, append([]string{"start", "--home", n.Home, "--log_no_color"}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), n.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -1,0 +1,84 @@
+// Package e2e runs real exampled processes on a real chain on 127.0.0.1.
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/invisor/invisor/example-app/localnet"
+)
+
+// builds returns the directory holding exampled-v1, -v2 and -v3 (make build).
+func builds(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("EXAMPLED_BUILD")
+	if dir == "" {
+		t.Skip("EXAMPLED_BUILD is not set: run `make test` or `make test-e2e`, which build exampled-v1..v3 first")
+	}
+	for _, v := range []string{"v1", "v2", "v3"} {
+		if _, err := os.Stat(filepath.Join(dir, "exampled-"+v)); err != nil {
+			t.Fatalf("missing %s: %v (run make build)", "exampled-"+v, err)
+		}
+	}
+	return dir
+}
+
+// TestUpgradeTwiceInPlace starts a fresh chain with plain `exampled-v1 start`
+// and passes two governance upgrades, v1 to v2 and v2 to v3. Each time invisor
+// must stage the binary before the height, keep the PID, exec the staged binary
+// at the height, and the new handler must run; the chain must reach H+5.
+func TestUpgradeTwiceInPlace(t *testing.T) {
+	dir := builds(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	work := t.TempDir()
+
+	node, err := localnet.NewSingle(ctx, filepath.Join(dir, "exampled-v1"), filepath.Join(work, "node0"),
+		localnet.Settings{ChainID: "invisor-e2e-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}
+	t.Cleanup(func() {
+		if err := node.Stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("---- node log tail ----\n%s", node.LogTail(8000))
+		}
+	})
+
+	var pid int
+	for i, up := range []struct{ name, bin string }{{"v2", "exampled-v2"}, {"v3", "exampled-v3"}} {
+		r, err := localnet.RunUpgrade(ctx, node, localnet.UpgradeSpec{
+			Name: up.name, Binary: filepath.Join(dir, up.bin), ServeDir: filepath.Join(work, "www"),
+			Start: i == 0, Progress: func(s string) { t.Log(s) },
+		})
+		if err != nil {
+			t.Fatalf("upgrade %s: %v\n%s", up.name, err, r.Summary())
+		}
+		t.Logf("\n%s", r.Summary())
+		if r.SeenBlock == 0 || r.SeenBlock > r.StagedAtHeight {
+			t.Errorf("upgrade %s: plan seen in block %d, staged at %d: the hook must notice the plan before staging ends", up.name, r.SeenBlock, r.StagedAtHeight)
+		}
+		if i == 0 {
+			pid = r.PIDBefore
+		}
+		if r.PIDAfter != pid {
+			t.Errorf("upgrade %s: PID %d, want the original %d", up.name, r.PIDAfter, pid)
+		}
+		if want := "v" + up.name[1:] + ".0.0"; r.VersionAfter != want {
+			t.Errorf("upgrade %s: app version %q, want %q", up.name, r.VersionAfter, want)
+		}
+		link, err := os.Readlink(filepath.Join(node.Home, "cosmovisor", "current"))
+		if err != nil || filepath.Base(link) != up.name {
+			t.Errorf("upgrade %s: cosmovisor/current -> %q (%v), want upgrades/%s", up.name, link, err, up.name)
+		}
+		if _, err := os.Stat(filepath.Join(node.Home, "data", "upgrade-info.json")); err != nil {
+			t.Errorf("upgrade %s: data/upgrade-info.json must stay for the new binary: %v", up.name, err)
+		}
+	}
+}

@@ -1,0 +1,230 @@
+package localnet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/invisor/invisor/staging"
+)
+
+// DaemonName is the example chain's binary name under cosmovisor/*/bin.
+const DaemonName = "exampled"
+
+// TraceDenom is the denom whose metadata the example upgrade handlers write.
+const TraceDenom = "uinvisor"
+
+// UpgradeSpec describes one governance upgrade to drive on a node.
+type UpgradeSpec struct {
+	Name     string // plan name, e.g. "v2"
+	Binary   string // the new binary, served over loopback HTTP
+	ServeDir string // where to put it for the server
+	Start    bool   // start the node first
+	// PlanDelay is how many blocks after the proposal the plan height is (default 30).
+	PlanDelay int64
+	// After is how many blocks past the plan height to wait (default 5).
+	After int64
+	// Progress receives one line per step (optional).
+	Progress func(string)
+}
+
+// UpgradeResult is what happened, measured from RPC polling every 20 ms.
+type UpgradeResult struct {
+	Name           string
+	PlanHeight     int64
+	ProposedAt     int64 // app height when the proposal was submitted
+	SeenBlock      int64 // block in which invisor noticed the plan (from its log line)
+	StagedAtHeight int64 // app height when the staged binary was first trusted
+	StagedSHA256   string
+	PIDBefore      int
+	PIDAfter       int
+	ExeBefore      string
+	ExeAfter       string
+	VersionBefore  string
+	VersionAfter   string
+	HaltSeen       time.Time // first time the app was seen at H-1
+	ResumedSeen    time.Time // first time the app was seen at H
+	Downtime       time.Duration
+	Trace          string // what the upgrade handler wrote into state
+	FinalHeight    int64
+}
+
+// Summary is a few readable lines about the upgrade.
+func (r UpgradeResult) Summary() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "upgrade %q at height %d\n", r.Name, r.PlanHeight)
+	fmt.Fprintf(&b, "  plan seen by invisor in block  %d (proposal submitted at %d)\n", r.SeenBlock, r.ProposedAt)
+	fmt.Fprintf(&b, "  binary staged and verified at  height %d, %d blocks before the upgrade (sha256 %.12s...)\n",
+		r.StagedAtHeight, r.PlanHeight-r.StagedAtHeight, r.StagedSHA256)
+	fmt.Fprintf(&b, "  halt at height                 %d (last block of %s: %d)\n", r.PlanHeight, r.VersionBefore, r.PlanHeight-1)
+	fmt.Fprintf(&b, "  PID before / after             %d / %d (%s -> %s)\n", r.PIDBefore, r.PIDAfter, r.ExeBefore, r.ExeAfter)
+	fmt.Fprintf(&b, "  first block by %-15s %d; handler trace: %q\n", r.VersionAfter, r.PlanHeight, r.Trace)
+	fmt.Fprintf(&b, "  downtime (app at H-1 -> app at H, /abci_info every 20 ms): %s\n", r.Downtime.Round(time.Millisecond))
+	fmt.Fprintf(&b, "  chain height now               %d", r.FinalHeight)
+	return b.String()
+}
+
+// RunUpgrade proposes, votes and waits through one upgrade on n, asserting on the
+// way that invisor staged the binary before the height and switched in place.
+func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, error) {
+	if s.PlanDelay == 0 {
+		s.PlanDelay = 30
+	}
+	if s.After == 0 {
+		s.After = 5
+	}
+	say := func(format string, a ...any) {
+		if s.Progress != nil {
+			s.Progress(fmt.Sprintf(format, a...))
+		}
+	}
+	r := UpgradeResult{Name: s.Name}
+	if s.Start {
+		if err := n.Start(); err != nil {
+			return r, err
+		}
+		say("started %s start (PID %d)", filepath.Base(n.Bin), n.Pid())
+		if _, err := n.WaitHeight(ctx, 2); err != nil {
+			return r, err
+		}
+	}
+
+	// Serve the new binary from a loopback HTTP server.
+	dir := filepath.Join(s.ServeDir, s.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return r, err
+	}
+	served := filepath.Join(dir, DaemonName)
+	if err := copyFile(s.Binary, served); err != nil {
+		return r, err
+	}
+	sha, err := SHA256File(served)
+	if err != nil {
+		return r, err
+	}
+	srv, err := ServeDir(s.ServeDir)
+	if err != nil {
+		return r, err
+	}
+	defer srv.Close()
+	url := srv.URL + "/" + s.Name + "/" + DaemonName
+	info := PlanInfo(runtime.GOOS, runtime.GOARCH, url, sha)
+
+	before, err := n.AppInfo(ctx)
+	if err != nil {
+		return r, err
+	}
+	r.VersionBefore, r.PIDBefore = before.Version, n.Pid()
+	r.ExeBefore, _ = n.Exe()
+	r.ProposedAt = before.Height
+	r.PlanHeight = before.Height + s.PlanDelay
+	say("proposing upgrade %q at height %d (now %d), binary %s", s.Name, r.PlanHeight, before.Height, url)
+	id, err := n.ProposeUpgrade(ctx, s.Name, r.PlanHeight, info)
+	if err != nil {
+		return r, err
+	}
+	if err := n.Vote(ctx, id); err != nil {
+		return r, err
+	}
+	if err := n.WaitPassed(ctx, id); err != nil {
+		return r, err
+	}
+	cur, _ := n.AppInfo(ctx)
+	say("proposal %d passed at height %d", id, cur.Height)
+	if cur.Height >= r.PlanHeight-1 {
+		return r, fmt.Errorf("proposal passed at height %d, too late for plan height %d", cur.Height, r.PlanHeight)
+	}
+
+	// Poll the app every 20 ms through the halt and the switch.
+	home := n.Home
+	target := r.PlanHeight + s.After
+	for {
+		info, err := n.AppInfo(ctx)
+		now := time.Now()
+		if err == nil {
+			if r.StagedAtHeight == 0 {
+				if inst, terr := staging.Trusted(home, DaemonName, s.Name); terr == nil {
+					r.StagedAtHeight, r.StagedSHA256 = info.Height, inst.SHA256
+					say("staged and verified %s at height %d", inst.Path, info.Height)
+				}
+			}
+			if info.Height >= r.PlanHeight-1 && r.HaltSeen.IsZero() {
+				r.HaltSeen = now
+			}
+			if info.Height >= r.PlanHeight && r.ResumedSeen.IsZero() {
+				r.ResumedSeen = now
+				say("height %d committed by %s", info.Height, info.Version)
+			}
+			if info.Height >= target {
+				r.FinalHeight, r.VersionAfter = info.Height, info.Version
+				break
+			}
+		}
+		if done, exitErr := n.Exited(); done {
+			return r, fmt.Errorf("node process exited (%v) at height %d; upgrade %q did not complete", exitErr, info.Height, s.Name)
+		}
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("waiting for height %d (at %d): %w", target, info.Height, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	r.Downtime = r.ResumedSeen.Sub(r.HaltSeen)
+	r.PIDAfter = n.Pid()
+	r.ExeAfter, _ = n.Exe()
+	r.SeenBlock = seenBlock(n.LogTail(64<<20), s.Name)
+	r.Trace, _ = n.TraceDescription(ctx, TraceDenom)
+
+	// The outcomes the walking skeleton promises.
+	want := staging.BinPath(home, DaemonName, s.Name)
+	switch {
+	case r.StagedAtHeight == 0 || r.StagedAtHeight >= r.PlanHeight:
+		return r, fmt.Errorf("binary for %q was not staged and verified before height %d (staged at %d)", s.Name, r.PlanHeight, r.StagedAtHeight)
+	case r.PIDAfter != r.PIDBefore:
+		return r, fmt.Errorf("PID changed across the upgrade: %d -> %d", r.PIDBefore, r.PIDAfter)
+	case r.ExeAfter != want:
+		return r, fmt.Errorf("process %d executes %s, want the staged %s", r.PIDAfter, r.ExeAfter, want)
+	case r.VersionAfter == r.VersionBefore:
+		return r, fmt.Errorf("app version still %s after the upgrade", r.VersionAfter)
+	case !strings.Contains(r.Trace, "upgrade handler "+s.Name+" ran at height "+strconv.FormatInt(r.PlanHeight, 10)):
+		return r, fmt.Errorf("upgrade handler %s left no trace in state (denom metadata description %q)", s.Name, r.Trace)
+	}
+	return r, nil
+}
+
+var seenRe = regexp.MustCompile(`upgrade plan seen.*?block=(\d+).*?upgrade=(\S+)`)
+
+// seenBlock finds the block in which invisor logged the plan named name.
+func seenBlock(log, name string) int64 {
+	for _, m := range seenRe.FindAllStringSubmatch(log, -1) {
+		if m[2] == name {
+			h, _ := strconv.ParseInt(m[1], 10, 64)
+			return h
+		}
+	}
+	return 0
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

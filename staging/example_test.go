@@ -1,0 +1,37 @@
+package staging_test
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/invisor/invisor/staging"
+)
+
+// Example shows the wiring: one Stager per home, Run in the background, Offer from
+// the consensus hook every block, WaitReady (or Trusted) from the relauncher.
+func Example() {
+	cfg := staging.DefaultConfig()
+	cfg.Home = "/var/lib/exampled"
+	cfg.DaemonName = "exampled"
+
+	s, err := staging.New(cfg, staging.NopLogger{})
+	if err != nil {
+		fmt.Println("refuse to start:", err) // unwritable home, ErrLocked, noexec, ...
+		return
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Run(ctx)
+
+	// In the PreBlocker wrapper, every block (cheap when unchanged, never blocks):
+	s.Offer(&staging.Plan{Name: "v2", Height: 1000, Info: `{"binaries":{"linux/amd64":"https://example.com/exampled?checksum=sha256:..."}}`})
+
+	// In the relauncher at the halt height:
+	wctx, wcancel := context.WithTimeout(ctx, time.Minute)
+	defer wcancel()
+	if inst, err := s.WaitReady(wctx, "v2"); err == nil {
+		fmt.Println("exec", inst.Path)
+	}
+}
