@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
 	"github.com/invisor/invisor/relauncher"
@@ -21,15 +23,100 @@ type Config struct {
 	Enabled    bool
 	Staging    staging.Config
 	Relauncher relauncher.Config
-	// Sources says where each setting came from: "default", "app.toml", or "env NAME".
+	// Sources says where each setting came from: "default", "app.toml", "env NAME"
+	// or "flag --invisor.KEY".
 	Sources map[string]string
+	// Values holds the effective value of each setting as text, keyed like Sources.
+	Values map[string]string
+}
+
+// Setting describes one key of the [invisor] section of app.toml.
+type Setting struct {
+	Key     string // app.toml key under [invisor]; the flag is --invisor.<Key>
+	Env     string // environment variable that overrides app.toml
+	Default string // default as written in app.toml ("" means: see Doc)
+	Doc     string // one-line meaning
+}
+
+// Settings returns the reference of the [invisor] section, in app.toml order.
+func Settings() []Setting {
+	out := make([]Setting, len(settings))
+	for i, s := range settings {
+		out[i] = Setting{Key: s.key, Env: s.env, Default: s.def, Doc: s.doc}
+	}
+	return out
+}
+
+// FlagPrefix prefixes the flag of every setting: --invisor.allow-download.
+const FlagPrefix = "invisor."
+
+// AddFlags adds a --invisor.<key> flag for every setting to fs (the `start`
+// command, and the `invisor` commands that show what start would do). A flag
+// that is given wins over the environment and app.toml. Boolean settings take
+// --invisor.key or --invisor.key=false; values are checked by LoadConfigFlags,
+// which names the flag.
+func AddFlags(fs *pflag.FlagSet) {
+	for _, s := range settings {
+		if fs.Lookup(FlagPrefix+s.key) != nil {
+			continue
+		}
+		// pflag reads a `quoted` word of the usage as the value's name: drop backquotes.
+		usage := fmt.Sprintf("invisor: %s (app.toml [invisor] %s, env %s)", strings.ReplaceAll(s.doc, "`", ""), s.key, s.env)
+		v := &settingValue{s: s.def, isBool: s.def == "true" || s.def == "false"}
+		f := fs.VarPF(v, FlagPrefix+s.key, "", usage)
+		if v.isBool {
+			f.NoOptDefVal = "true"
+		}
+	}
+}
+
+// settingValue is the flag value of a setting. It accepts any text (LoadConfigFlags
+// validates it and names the flag) and remembers whether the command line set it:
+// the SDK's config interceptor copies app.toml values into unset flags and marks
+// them changed, which would otherwise pass app.toml values off as flags.
+type settingValue struct {
+	s                 string
+	isBool            bool
+	marked, onCmdLine bool
+}
+
+func (v *settingValue) String() string { return v.s }
+func (v *settingValue) Set(s string) error {
+	v.s = s
+	return nil
+}
+
+func (v *settingValue) Type() string {
+	if v.isBool {
+		return "bool"
+	}
+	return "string"
+}
+
+// markCommandLineFlags records, for the command about to run, which --invisor.*
+// flags the command line set. It must run after flag parsing and before the SDK's
+// config interceptor: Execute wraps the root's PersistentPreRunE with it.
+func markCommandLineFlags(cmd *cobra.Command) {
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if v, ok := f.Value.(*settingValue); ok {
+			v.marked, v.onCmdLine = true, f.Changed
+		}
+	})
+}
+
+// flagGiven reports whether the command line set flag f.
+func flagGiven(f *pflag.Flag) bool {
+	if v, ok := f.Value.(*settingValue); ok && v.marked {
+		return v.onCmdLine
+	}
+	return f.Changed
 }
 
 // setting is one [invisor] key of app.toml, with its environment name and how it
 // lands in the typed configs.
 type setting struct {
 	key, env, def, doc string
-	apply           func(c *Config, v string) error
+	apply              func(c *Config, v string) error
 }
 
 func boolSetting(key, env, def, doc string, set func(c *Config, b bool)) setting {
@@ -58,8 +145,11 @@ func durationSetting(key, env, def, doc string, set func(c *Config, d time.Durat
 var settings = []setting{
 	boolSetting("enabled", "INVISOR_ENABLED", "true", "turn invisor on or off",
 		func(c *Config, b bool) { c.Enabled = b }),
-	{"daemon-name", "DAEMON_NAME", "", "binary name under cosmovisor/*/bin (default: the chain's own name)",
+	{"daemon-name", "DAEMON_NAME", "", "binary name under cosmovisor/*/bin (empty: the chain's own name)",
 		func(c *Config, v string) error {
+			if v = strings.TrimSpace(v); v == "" {
+				return nil // keep Options.DaemonName
+			}
 			c.Staging.DaemonName, c.Relauncher.DaemonName = v, v
 			return nil
 		}},
@@ -102,11 +192,18 @@ var settings = []setting{
 // (which wins), for the node at home. Unknown keys and bad values are errors that
 // name the key.
 func LoadConfig(v *viper.Viper, home string, opts Options) (Config, error) {
+	return LoadConfigFlags(v, nil, home, opts)
+}
+
+// LoadConfigFlags is LoadConfig with the --invisor.* flags of fs (see AddFlags) on
+// top: flag > environment > app.toml > default. fs may be nil.
+func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Options) (Config, error) {
 	home, err := filepath.Abs(home)
 	if err != nil {
 		return Config{}, fmt.Errorf("invisor: node home: %w", err)
 	}
-	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Sources: map[string]string{}}
+	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(),
+		Sources: map[string]string{}, Values: map[string]string{}}
 	c.Staging.Home, c.Relauncher.Home = home, home
 	c.Staging.DaemonName, c.Relauncher.DaemonName = opts.DaemonName, opts.DaemonName
 
@@ -137,7 +234,13 @@ func LoadConfig(v *viper.Viper, home string, opts Options) (Config, error) {
 		if e, ok := os.LookupEnv(s.env); ok {
 			val, src = e, "env "+s.env
 		}
+		if fs != nil {
+			if f := fs.Lookup(FlagPrefix + s.key); f != nil && flagGiven(f) {
+				val, src = f.Value.String(), "flag --"+FlagPrefix+s.key
+			}
+		}
 		c.Sources[s.key] = src
+		c.Values[s.key] = val
 		if src == "default" && val == "" {
 			continue
 		}
@@ -145,11 +248,19 @@ func LoadConfig(v *viper.Viper, home string, opts Options) (Config, error) {
 			where := "invisor." + s.key + " in app.toml"
 			if strings.HasPrefix(src, "env ") {
 				where = strings.TrimPrefix(src, "env ")
+			} else if strings.HasPrefix(src, "flag ") {
+				where = "--" + FlagPrefix + s.key
 			} else if src == "default" {
 				where = "default of invisor." + s.key
 			}
 			return Config{}, fmt.Errorf("invisor: bad value for %s: %w", where, err)
 		}
+	}
+	if c.Values["daemon-name"] == "" {
+		c.Values["daemon-name"] = c.Staging.DaemonName
+	}
+	if c.Values["backup-dir"] == "" {
+		c.Values["backup-dir"] = home
 	}
 	if err := c.Staging.Validate(); err != nil {
 		return Config{}, fmt.Errorf("invisor: %w", err)
@@ -166,4 +277,21 @@ func keys() []string {
 		out[i] = s.key
 	}
 	return out
+}
+
+// wrapFlagMarking runs markCommandLineFlags before the root's PersistentPreRunE
+// (where the SDK intercepts the config), for every command of the tree.
+func wrapFlagMarking(root *cobra.Command) {
+	pre, preE := root.PersistentPreRun, root.PersistentPreRunE
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		markCommandLineFlags(cmd)
+		if preE != nil {
+			return preE(cmd, args)
+		}
+		if pre != nil {
+			pre(cmd, args)
+		}
+		return nil
+	}
+	root.PersistentPreRun = nil
 }

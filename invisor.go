@@ -60,21 +60,26 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 		return errors.New("invisor: the root command has no `start` subcommand")
 	}
 	wrapStart(start, opts)
+	wrapFlagMarking(rootCmd)
 	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
 }
 
 // node is invisor's per-process state for one `start`.
 type node struct {
-	log     log.Logger
-	stager  *staging.Stager
-	rl      *relauncher.Relauncher
+	log       log.Logger
+	stager    *staging.Stager
+	rl        *relauncher.Relauncher
+	verifier  relauncher.Verifier
 	stageOnly bool
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	home      string // set by startReporting; "" before
+	daemon    string
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 func wrapStart(start *cobra.Command, opts Options) {
 	var n *node
+	AddFlags(start.Flags())
 	preRun, run := start.PreRunE, start.RunE
 	start.PreRunE = func(cmd *cobra.Command, args []string) error {
 		if preRun != nil {
@@ -83,7 +88,7 @@ func wrapStart(start *cobra.Command, opts Options) {
 			}
 		}
 		var err error
-		n, err = boot(server.GetServerContextFromCmd(cmd), opts)
+		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts)
 		return err
 	}
 	start.RunE = func(cmd *cobra.Command, args []string) error {
@@ -106,8 +111,8 @@ func wrapStart(start *cobra.Command, opts Options) {
 
 // boot builds invisor for the node home, runs the boot redirect (which may exec
 // another binary and not return), starts staging and registers the hook's sink.
-func boot(sctx *server.Context, opts Options) (*node, error) {
-	cfg, err := LoadConfig(sctx.Viper, sctx.Config.RootDir, opts)
+func boot(sctx *server.Context, cmd *cobra.Command, opts Options) (*node, error) {
+	cfg, err := LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +132,7 @@ func boot(sctx *server.Context, opts Options) (*node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
-	n := &node{log: logger, rl: rl, stageOnly: relauncher.UnderCosmovisor()}
+	n := &node{log: logger, rl: rl, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
 	if n.stageOnly {
 		logger.Info("invisor: running under cosmovisor; staging binaries only and leaving the switch to cosmovisor")
 	} else {
@@ -151,6 +156,7 @@ func boot(sctx *server.Context, opts Options) (*node, error) {
 			logger.Error("invisor: staging stopped", "err", err)
 		}
 	}()
+	n.startReporting(ctx, cfg, sctx.Config.RPC.ListenAddress)
 	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
 	logger.Info("invisor: watching upgrade plans", "home", cfg.Staging.Home, "daemon", cfg.Staging.DaemonName,
 		"allow_download", cfg.Staging.AllowDownload)
@@ -184,8 +190,13 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 func (n *node) Halted(p hook.Plan, height int64) {
 	n.log.Info("invisor: the chain halted for the upgrade as planned; the CONSENSUS FAILURE logged by CometBFT at this height is expected",
 		"upgrade", p.Name, "height", height)
+	n.recordHalt(p.Name, height)
 	if n.stageOnly {
 		n.log.Info("invisor: cosmovisor will switch the binary", "upgrade", p.Name)
+		return
+	}
+	if !inConsensus() {
+		n.switchInPlace(p.Name, height)
 		return
 	}
 	n.rl.OnHalt(p.Name, height)

@@ -82,6 +82,10 @@ type Config struct {
 	ProgressInterval time.Duration
 	// UserAgent is sent with every request.
 	UserAgent string
+	// CAFile, when set, is a PEM bundle of the root CAs that https servers are
+	// verified against instead of the system roots (a private mirror). Empty uses
+	// the system roots. Certificates are always verified.
+	CAFile string
 }
 
 // DefaultConfig returns the documented defaults. Home and DaemonName are left empty.
@@ -161,6 +165,9 @@ func (c Config) Validate() error {
 	}
 	if c.MinThroughput < 0 {
 		return bad("MinThroughput", "must be >= 0")
+	}
+	if c.CAFile != "" && !filepath.IsAbs(c.CAFile) {
+		return bad("CAFile", fmt.Sprintf("%q must be an absolute path", c.CAFile))
 	}
 	if len(c.PreflightArgs) == 0 {
 		return bad("PreflightArgs", `is empty (default {"version"})`)

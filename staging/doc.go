@@ -5,8 +5,9 @@
 // # Use
 //
 // The app wiring creates one Stager per home with New (which fails at boot if the
-// home is unwritable, temp and upgrades/ are on different filesystems, upgrades/ is
-// mounted noexec, or another Stager holds the lock), runs Stager.Run in a goroutine,
+// home is unwritable or read-only, temp and upgrades/ are on different filesystems,
+// upgrades/ is mounted noexec, Config.CAFile does not load, or another Stager holds
+// the lock), runs Stager.Run in a goroutine,
 // and lets the consensus hook call Stager.Offer every block with the plan in force
 // (nil when none). The relauncher calls Stager.WaitReady or Trusted before exec.
 // Fetch runs a single attempt synchronously, for CLIs and tests.
@@ -21,12 +22,24 @@
 //     byte is requested. The info URL of a plan must be pinned too.
 //   - Every attempt downloads into a fresh temp directory under <home>/cosmovisor
 //     (same filesystem as upgrades/), never resumes, and streams: body -> size cap ->
-//     hashes -> file with a 64 KiB buffer, so memory does not grow with the binary.
-//     Caps (MaxBinaryBytes, MaxArchiveBytes, MaxArchiveEntries, MaxInfoBytes) are
-//     errors (ErrTooLarge), never silent truncation.
+//     hashes -> file through one 1 MiB buffer, so memory does not grow with the
+//     binary (TestStage1GiBRSS: staging 1 GiB raises RSS by a few MiB). Caps
+//     (MaxBinaryBytes, MaxArchiveBytes, MaxArchiveEntries, MaxInfoBytes) are errors
+//     (ErrTooLarge), never silent truncation.
+//   - A body whose Content-Length exceeds the free space of the home is refused
+//     before it is read (SpaceError, naming needed and available bytes); a disk that
+//     fills up during download or unpacking is ErrNoSpace. Either way the temp
+//     directory is removed and upgrades/ is untouched.
+//   - Each byte is hashed once, as it is written. A downloaded binary (or one
+//     unpacked from tar/zip) is not read again: its stamp (inode, size, mtime, ctime)
+//     taken before preflight must be unchanged after it, or it is re-hashed and must
+//     still match (a mismatch is ErrNotTrusted). A plain download is renamed into
+//     place, never copied.
 //   - Transfers have a response-header timeout, a stall/minimum-throughput watchdog
 //     (IdleTimeout, MinThroughput) and an overall Deadline, and stop at once when the
-//     plan is withdrawn or replaced. Redirects only go to http(s), never https->http.
+//     plan is withdrawn or replaced. TLS certificates are always verified (against
+//     the system roots, or Config.CAFile); a failed verification is an error naming
+//     TLS. Redirects only go to http(s), never https->http.
 //   - Archives (tar, tar.gz/tgz, tar.bz2/tbz2, tar.xz/txz, tar.zst/tzst, zip) are
 //     unpacked only after the checksum matched. Entries with "..", absolute paths,
 //     links, devices or duplicates reject the whole archive; all writes go through an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,18 +18,42 @@ import (
 	"time"
 )
 
+// copyBufSize is the one buffer a transfer or a hash pass streams through. 1 MiB keeps
+// syscalls per byte low (loopback and disk) while memory stays flat for any file size.
+const copyBufSize = 1 << 20
+
+// loadRoots returns the root CAs of Config.CAFile, or nil for the system roots.
+func loadRoots(cfg Config) (*x509.CertPool, error) {
+	if cfg.CAFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("staging: Config.CAFile: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("staging: Config.CAFile %s holds no PEM certificate", cfg.CAFile)
+	}
+	return pool, nil
+}
+
 // newHTTPClient builds a client for one attempt. Timeouts: ResponseHeaderTimeout per
 // request; the body is watched for stalls by watchBody; the whole attempt is bounded
-// by the caller's context (Deadline). Redirects may only go to http(s) and never
-// downgrade https to http.
-func newHTTPClient(cfg Config) *http.Client {
+// by the caller's context (Deadline). Certificates are always verified. Redirects may
+// only go to http(s) and never downgrade https to http.
+func newHTTPClient(cfg Config) (*http.Client, error) {
+	roots, err := loadRoots(cfg)
+	if err != nil {
+		return nil, err
+	}
 	tr := &http.Transport{
 		Proxy: http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{
 			Timeout:   cfg.ResponseHeaderTimeout,
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: roots},
 		TLSHandshakeTimeout:   cfg.ResponseHeaderTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 		ExpectContinueTimeout: time.Second,
@@ -52,11 +77,11 @@ func newHTTPClient(cfg Config) *http.Client {
 			}
 			return nil
 		},
-	}
+	}, nil
 }
 
 // transfer is one streaming download: bytes go through the size cap and the hashes to
-// w in a single pass with a fixed 64 KiB buffer.
+// w in a single pass with one copyBufSize buffer.
 type transfer struct {
 	cfg      Config
 	client   *http.Client
@@ -67,6 +92,9 @@ type transfer struct {
 	progress func(done, total int64)
 	log      Logger
 	plan     string
+	// spaceDir, when set, is where w writes: a body of known length that does not fit
+	// in the free space there is refused before it is read.
+	spaceDir string
 }
 
 type transferResult struct {
@@ -89,6 +117,11 @@ func (t *transfer) run(ctx context.Context, w io.Writer) (transferResult, error)
 	if total > t.limit {
 		return transferResult{}, &SizeError{What: fmt.Sprintf("%s of %s (Content-Length %d)", t.what, redact(t.src.URL.String()), total), Limit: t.limit, Field: t.field}
 	}
+	if t.spaceDir != "" && total > 0 {
+		if avail, ok := freeBytes(t.spaceDir); ok && avail < total {
+			return transferResult{}, &SpaceError{Dir: t.spaceDir, What: fmt.Sprintf("%s of %s", t.what, redact(t.src.URL.String())), Need: total, Avail: avail}
+		}
+	}
 
 	var done atomic.Int64
 	stopWatch := watchBody(ctx, cancel, &done, t.cfg)
@@ -102,7 +135,7 @@ func (t *transfer) run(ctx context.Context, w io.Writer) (transferResult, error)
 		hashes = append(hashes, planHash)
 	}
 	out := io.MultiWriter(hashes...)
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, copyBufSize)
 	start := time.Now()
 	lastLog := start
 	var n int64
@@ -114,7 +147,7 @@ func (t *transfer) run(ctx context.Context, w io.Writer) (transferResult, error)
 				return transferResult{}, &SizeError{What: fmt.Sprintf("%s of %s", t.what, redact(t.src.URL.String())), Limit: t.limit, Field: t.field}
 			}
 			if _, werr := out.Write(buf[:m]); werr != nil {
-				return transferResult{}, fmt.Errorf("%w: writing %s: %w (disk full?)", ErrDownload, t.what, werr)
+				return transferResult{}, diskFull(fmt.Errorf("%w: writing %s: %w", ErrDownload, t.what, werr), t.what, t.spaceDir)
 			}
 			done.Store(n)
 			if t.progress != nil {
@@ -177,6 +210,10 @@ func (t *transfer) open(ctx context.Context) (io.ReadCloser, int64, error) {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w (%w)", cause, err)
 		}
+		if isTLSError(err) {
+			return nil, 0, fmt.Errorf("%w: GET %s: TLS verification failed: %w; the server's certificate is not trusted by this host (for a private mirror set Config.CAFile); nothing was downloaded",
+				ErrDownload, redact(t.src.URL.String()), err)
+		}
 		return nil, 0, fmt.Errorf("%w: GET %s: %w", ErrDownload, redact(t.src.URL.String()), err)
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -184,6 +221,18 @@ func (t *transfer) open(ctx context.Context) (io.ReadCloser, int64, error) {
 		return nil, 0, fmt.Errorf("%w: GET %s: HTTP %s; check the URL in the plan info", ErrDownload, redact(t.src.URL.String()), resp.Status)
 	}
 	return resp.Body, resp.ContentLength, nil
+}
+
+// isTLSError reports a failed certificate verification or handshake.
+func isTLSError(err error) bool {
+	var (
+		verr *tls.CertificateVerificationError
+		rerr tls.RecordHeaderError
+		aerr x509.UnknownAuthorityError
+		herr x509.HostnameError
+		ierr x509.CertificateInvalidError
+	)
+	return errors.As(err, &verr) || errors.As(err, &rerr) || errors.As(err, &aerr) || errors.As(err, &herr) || errors.As(err, &ierr)
 }
 
 // watchBody cancels the transfer when fewer than MinThroughput bytes/s (or no bytes at

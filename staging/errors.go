@@ -3,6 +3,7 @@ package staging
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Sentinel errors callers branch on with errors.Is. Errors returned by this package
@@ -35,8 +36,12 @@ var (
 	ErrNotExecutable = errors.New("not an executable for this platform")
 	// ErrPreflight: the binary did not run `<bin> version` successfully.
 	ErrPreflight = errors.New("preflight failed")
-	// ErrDownload: the transfer failed (status, reset, truncation, stall, deadline).
+	// ErrDownload: the transfer failed (status, reset, truncation, stall, deadline, TLS).
 	ErrDownload = errors.New("download failed")
+	// ErrNoSpace: the filesystem of the home has too little free space for the
+	// download (checked before the body is read when its length is known), or a write
+	// failed with ENOSPC.
+	ErrNoSpace = errors.New("not enough disk space")
 )
 
 // ChecksumError describes a checksum mismatch. It matches ErrChecksumMismatch.
@@ -99,3 +104,28 @@ func (e *PreflightError) Error() string {
 func (e *PreflightError) Is(target error) bool { return target == ErrPreflight }
 
 func (e *PreflightError) Unwrap() error { return e.Err }
+
+// SpaceError reports that a download of known length does not fit. It matches ErrNoSpace.
+type SpaceError struct {
+	Dir   string
+	What  string // what needs the space, e.g. "download of https://..."
+	Need  int64  // bytes needed
+	Avail int64  // bytes available to this user on Dir's filesystem
+}
+
+func (e *SpaceError) Error() string {
+	return fmt.Sprintf("not enough disk space for the %s: needs %d bytes, %d available under %s; free space there before the upgrade height",
+		e.What, e.Need, e.Avail, e.Dir)
+}
+
+// Is makes errors.Is(err, ErrNoSpace) true.
+func (e *SpaceError) Is(target error) bool { return target == ErrNoSpace }
+
+// diskFull wraps a write error with ErrNoSpace when the disk is full, so callers and
+// the status line see the cause rather than a bare errno.
+func diskFull(err error, what, dir string) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: disk full while writing %s under %s: %w; nothing was installed, free space and it is retried", ErrNoSpace, what, dir, err)
+	}
+	return err
+}

@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"archive/zip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	getter "github.com/hashicorp/go-getter"
 )
@@ -34,27 +37,31 @@ var tarCodec = map[string]string{
 }
 
 // unpack turns the verified download at file into <root>/bin/<daemon>. root must be an
-// empty directory; scratch is a directory for intermediate files.
-func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string) error {
+// empty directory; scratch is a directory for intermediate files. dl is the digest of
+// file. It returns the digest of the binary when it was computed while writing it (a
+// plain download is renamed, not copied; tar and zip entries are hashed as they are
+// written), or nil when the caller must hash it (single compressed binaries).
+func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string, dl digest) (*digest, error) {
 	binRel := path.Join("bin", cfg.DaemonName)
+	x := &extractor{ctx: ctx, lim: limitsOf(cfg), hashed: map[string]*digest{binRel: nil, cfg.DaemonName: nil}}
 	switch {
 	case archive == "":
 		if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
-			return err
+			return nil, err
 		}
-		return os.Rename(file, filepath.Join(root, "bin", cfg.DaemonName))
+		return &dl, os.Rename(file, filepath.Join(root, "bin", cfg.DaemonName))
 	case archive == "zip":
-		if err := extractZip(ctx, file, root, limitsOf(cfg)); err != nil {
-			return err
+		if err := extractZip(x, file, root); err != nil {
+			return nil, err
 		}
 	default:
 		codec, isTar := tarCodec[archive]
 		if !isTar {
 			// A single compressed binary (.gz, .xz, .zst, .bz2).
 			if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
-				return err
+				return nil, err
 			}
-			return decompressFile(archive, file, filepath.Join(root, filepath.FromSlash(binRel)),
+			return nil, decompressFile(archive, file, filepath.Join(root, filepath.FromSlash(binRel)),
 				&SizeError{What: "decompressed binary", Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"})
 		}
 		tarFile := file
@@ -62,24 +69,31 @@ func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string
 			tarFile = filepath.Join(scratch, "archive.tar")
 			if err := decompressFile(codec, file, tarFile,
 				&SizeError{What: "decompressed archive", Limit: cfg.MaxArchiveBytes, Field: "MaxArchiveBytes"}); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
+			return nil, context.Cause(ctx)
 		}
 		f, err := os.Open(tarFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		err = extractTar(ctx, f, root, limitsOf(cfg))
+		err = extractTar(x, f, root)
 		f.Close()
 		os.Remove(tarFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return placeBinary(root, cfg.DaemonName)
+	if err := placeBinary(root, cfg.DaemonName); err != nil {
+		return nil, err
+	}
+	// placeBinary prefers bin/<daemon> and renames <daemon> there otherwise.
+	if d := x.hashed[binRel]; d != nil {
+		return d, nil
+	}
+	return x.hashed[cfg.DaemonName], nil
 }
 
 // decompressFile runs one go-getter codec with a limit of cap+1 bytes and turns
@@ -90,6 +104,9 @@ func decompressFile(codec, src, dst string, tooLarge *SizeError) error {
 		return fmt.Errorf("%w: no decompressor for %q", ErrBadInfo, codec)
 	}
 	if err := d.Decompress(dst, src, false, 0o077); err != nil {
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			return fmt.Errorf("decompress %s: %w", codec, err) // the caller reports the full disk
+		}
 		return fmt.Errorf("%w: decompress %s: %w; the file is corrupt or not %s", ErrUnsafeArchive, codec, err, codec)
 	}
 	fi, err := os.Lstat(dst)
@@ -172,6 +189,9 @@ type extractor struct {
 	lim     extractLimits
 	entries int64
 	bytes   int64
+	// hashed holds the entries (clean relative paths) whose sha256 is computed while
+	// they are written; a nil value is filled in when the entry is extracted.
+	hashed map[string]*digest
 }
 
 func (x *extractor) entry(name string) (string, error) {
@@ -211,10 +231,19 @@ func (x *extractor) file(rel, name string, mode fs.FileMode, r io.Reader) error 
 		return &ArchiveError{Entry: name, Reason: fmt.Sprintf("cannot be created (duplicate or conflicting entry?): %v", err)}
 	}
 	remaining := x.lim.Bytes - x.bytes
-	n, err := io.Copy(f, io.LimitReader(ctxReader{x.ctx, io.NopCloser(r)}, remaining+1))
+	var w io.Writer = f
+	_, hashIt := x.hashed[rel]
+	h := sha256.New()
+	if hashIt {
+		w = io.MultiWriter(f, h)
+	}
+	n, err := io.CopyBuffer(w, io.LimitReader(ctxReader{x.ctx, io.NopCloser(r)}, remaining+1), make([]byte, 256<<10))
 	x.bytes += n
 	if err == nil && n > remaining {
 		err = &SizeError{What: "unpacked archive", Limit: x.lim.Bytes, Field: "MaxArchiveBytes"}
+	}
+	if err == nil && hashIt {
+		x.hashed[rel] = &digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
 	}
 	if err == nil {
 		err = f.Chmod(safeMode(mode))
@@ -229,13 +258,14 @@ func linkErr(name, kind, target string) error {
 	return &ArchiveError{Entry: name, Reason: fmt.Sprintf("is a %s to %q; links are not allowed in upgrade archives", kind, target)}
 }
 
-func extractTar(ctx context.Context, r io.Reader, root string, lim extractLimits) error {
+// extractTar unpacks r into root under x's limits.
+func extractTar(x *extractor, r io.Reader, root string) error {
 	rt, err := os.OpenRoot(root)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	x := &extractor{ctx: ctx, root: rt, lim: lim}
+	x.root = rt
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -277,21 +307,22 @@ func extractTar(ctx context.Context, r io.Reader, root string, lim extractLimits
 	return nil
 }
 
-func extractZip(ctx context.Context, file, root string, lim extractLimits) error {
+// extractZip unpacks file into root under x's limits.
+func extractZip(x *extractor, file, root string) error {
 	zr, err := zip.OpenReader(file)
 	if err != nil {
 		return fmt.Errorf("%w: reading zip: %w", ErrUnsafeArchive, err)
 	}
 	defer zr.Close()
-	if int64(len(zr.File)) > lim.Entries {
-		return &SizeError{What: "archive entry count", Limit: lim.Entries, Field: "MaxArchiveEntries"}
+	if int64(len(zr.File)) > x.lim.Entries {
+		return &SizeError{What: "archive entry count", Limit: x.lim.Entries, Field: "MaxArchiveEntries"}
 	}
 	rt, err := os.OpenRoot(root)
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
-	x := &extractor{ctx: ctx, root: rt, lim: lim}
+	x.root = rt
 	for _, zf := range zr.File {
 		rel, err := x.entry(zf.Name)
 		if err != nil {

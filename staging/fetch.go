@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -155,9 +156,13 @@ func resolve(ctx context.Context, cfg Config, p Plan, log Logger) (Source, error
 		if src.Archive != "" {
 			return Source{}, fmt.Errorf("%w: plan info URL %s must point at JSON, not a %s archive", ErrBadInfo, redact(info), src.Archive)
 		}
+		client, err := newHTTPClient(cfg)
+		if err != nil {
+			return Source{}, err
+		}
+		defer client.CloseIdleConnections()
 		body := &capBuffer{max: int(cfg.MaxInfoBytes) + 1}
-		t := transfer{cfg: cfg, client: newHTTPClient(cfg), src: src, limit: cfg.MaxInfoBytes, field: "MaxInfoBytes", what: "plan info", plan: p.Name}
-		defer t.client.CloseIdleConnections()
+		t := transfer{cfg: cfg, client: client, src: src, limit: cfg.MaxInfoBytes, field: "MaxInfoBytes", what: "plan info", plan: p.Name}
 		if _, err := t.run(ctx, body); err != nil {
 			return Source{}, fmt.Errorf("plan info URL: %w", err)
 		}
@@ -204,19 +209,24 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err != nil {
 		return Install{}, err
 	}
+	client, err := newHTTPClient(cfg)
+	if err != nil {
+		f.Close()
+		return Install{}, err
+	}
 	log.Info("staging: downloading", "plan", p.Name, "url", redact(src.URL.String()), "archive", src.Archive, "checksum", checksumString(src.Checksum))
 	start := time.Now()
-	t := transfer{cfg: cfg, client: newHTTPClient(cfg), src: src, limit: limit, field: field, what: "download", log: log, plan: p.Name}
+	t := transfer{cfg: cfg, client: client, src: src, limit: limit, field: field, what: "download", log: log, plan: p.Name, spaceDir: CosmovisorRoot(cfg.Home)}
 	if obs != nil {
 		t.progress = obs.progress
 	}
 	res, err := t.run(ctx, f)
-	t.client.CloseIdleConnections()
+	client.CloseIdleConnections()
 	if err == nil {
-		err = f.Sync()
+		err = diskFull(f.Sync(), "download", CosmovisorRoot(cfg.Home))
 	}
 	if cerr := f.Close(); err == nil {
-		err = cerr
+		err = diskFull(cerr, "download", CosmovisorRoot(cfg.Home))
 	}
 	if err != nil {
 		return Install{}, err
@@ -232,11 +242,16 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return Install{}, err
 	}
-	if err := unpack(ctx, cfg, src.Archive, dl, root, tmp); err != nil {
-		return Install{}, err
+	known, err := unpack(ctx, cfg, src.Archive, dl, root, tmp, digest{SHA256: res.SHA256, Size: res.N})
+	if err != nil {
+		return Install{}, diskFull(err, "the unpacked archive", CosmovisorRoot(cfg.Home))
 	}
 	staged := filepath.Join(root, "bin", cfg.DaemonName)
-	sum, size, version, err := verifyBinary(ctx, cfg, staged)
+	// The temp root is private: fix the mode before verifyBinary takes its stamp.
+	if err := chmodExec(staged); err != nil {
+		return Install{}, err
+	}
+	sum, size, version, err := verifyBinary(ctx, cfg, staged, nil, known)
 	if err != nil {
 		return Install{}, err
 	}
@@ -254,8 +269,8 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err := install(cfg, p, root, rec, log); err != nil {
 		return Install{}, err
 	}
-	// The bytes were hashed after preflight and cannot have changed since (the temp
-	// root is private to this attempt); Trusted re-hashes them at boot and before exec.
+	// The bytes were hashed as they were written and proven unchanged across
+	// preflight (verifyBinary); Trusted re-hashes them at boot and before exec.
 	return Install{Name: p.Name, Path: bin, SHA256: sum, Size: size, Record: rec}, nil
 }
 
@@ -266,24 +281,27 @@ func checksumString(c *Checksum) string {
 	return c.String()
 }
 
-// verifyBinary checks size, header and mode of a staged binary, preflights it and
-// returns its sha256, size and version line.
-func verifyBinary(ctx context.Context, cfg Config, bin string) (sum string, size int64, version string, err error) {
-	fi, err := os.Lstat(bin)
+// digest is the sha256 and size of bytes as this package wrote them, computed while
+// writing so that they need not be read again.
+type digest struct {
+	SHA256 string
+	Size   int64
+}
+
+// verifyBinary checks that bin is a regular file under MaxBinaryBytes holding an
+// executable for this platform, makes it 0755, preflights it and returns its sha256,
+// size and version line.
+//
+// known is the digest of the bytes as this package wrote them into its private temp
+// directory (0700, under the home lock), so the file is not read again. Otherwise
+// (known == nil, e.g. a binary placed by hand) it is hashed here in one pass together
+// with want's algorithm, and a mismatch with want is a ChecksumError before anything
+// else happens to the file. Either way, the stamp of the file (inode, size, mtime,
+// ctime) taken before preflight must be unchanged after it, or the file is hashed
+// again and must still match: the recorded hash is that of the bytes that passed.
+func verifyBinary(ctx context.Context, cfg Config, bin string, want *Checksum, known *digest) (sum string, size int64, version string, err error) {
+	d, stamp, stamped, err := inspectBinary(ctx, cfg, bin, want, known)
 	if err != nil {
-		return "", 0, "", err
-	}
-	if !fi.Mode().IsRegular() {
-		return "", 0, "", fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, bin)
-	}
-	if fi.Size() > cfg.MaxBinaryBytes {
-		return "", 0, "", &SizeError{What: "binary " + filepath.Base(bin), Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
-	}
-	goos, goarch := hostPlatform()
-	if err := checkExecutable(bin, goos, goarch); err != nil {
-		return "", 0, "", err
-	}
-	if err := os.Chmod(bin, 0o755); err != nil {
 		return "", 0, "", err
 	}
 	version, err = preflight(ctx, bin, cfg.PreflightArgs, cfg.PreflightTimeout)
@@ -293,12 +311,101 @@ func verifyBinary(ctx context.Context, cfg Config, bin string) (sum string, size
 		}
 		return "", 0, "", err
 	}
-	// Hash after preflight: the recorded hash is of the bytes that will be execed.
-	sum, size, err = hashRegularExecutable(bin)
-	if err != nil {
-		return "", 0, "", err
+	if fi, err := os.Lstat(bin); err == nil && stamped {
+		if now, ok := stampOf(fi); ok && now == stamp {
+			return d.SHA256, d.Size, version, nil
+		}
 	}
-	return sum, size, version, nil
+	s, n, err := hashRegularExecutable(ctx, bin)
+	if err != nil {
+		return "", 0, "", fmt.Errorf("%w: %w", ErrNotTrusted, err)
+	}
+	if s != d.SHA256 || n != d.Size {
+		return "", 0, "", fmt.Errorf("%w: %s changed while it was verified (now sha256 %s, %d bytes; verified %s, %d bytes); another process writes there",
+			ErrNotTrusted, bin, s, n, d.SHA256, d.Size)
+	}
+	return d.SHA256, d.Size, version, nil
+}
+
+// inspectBinary is the part of verifyBinary before preflight, on one open file
+// description: type and size checks, the hash (unless known), want, the header check
+// and the mode. stamped is false when the stamp cannot prove the file unchanged.
+func inspectBinary(ctx context.Context, cfg Config, bin string, want *Checksum, known *digest) (d digest, stamp fileStamp, stamped bool, err error) {
+	f, err := os.OpenFile(bin, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return d, stamp, false, fmt.Errorf("%w: %w", ErrNotExecutable, err)
+	}
+	defer f.Close() // before preflight: an exec of a file open for writing fails, keep it tidy
+	fi, err := f.Stat()
+	if err != nil {
+		return d, stamp, false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return d, stamp, false, fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, bin)
+	}
+	if fi.Size() > cfg.MaxBinaryBytes {
+		return d, stamp, false, &SizeError{What: "binary " + filepath.Base(bin), Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
+	}
+	stamp, stamped = stampOf(fi)
+	if known != nil {
+		if known.Size != fi.Size() {
+			return d, stamp, false, fmt.Errorf("%w: %s is %d bytes, %d were written", ErrNotTrusted, bin, fi.Size(), known.Size)
+		}
+		d = *known
+	} else {
+		sha := sha256.New()
+		var planHash hash.Hash
+		if want != nil && want.Algo != "sha256" {
+			planHash = want.newHash()
+		}
+		n, err := hashStream(ctx, f, sha, planHash)
+		if err != nil {
+			return d, stamp, false, err
+		}
+		d = digest{SHA256: hex.EncodeToString(sha.Sum(nil)), Size: n}
+		if want != nil {
+			actual := d.SHA256
+			if planHash != nil {
+				actual = hex.EncodeToString(planHash.Sum(nil))
+			}
+			if actual != want.Hex {
+				return d, stamp, false, &ChecksumError{URL: "file://" + bin, Algo: want.Algo, Expected: want.Hex, Actual: actual}
+			}
+		}
+	}
+	goos, goarch := hostPlatform()
+	if err := checkExecutable(f, bin, goos, goarch); err != nil {
+		return d, stamp, false, err
+	}
+	if fi.Mode().Perm() != 0o755 {
+		// Only now, so a file that failed the checks above is not made executable.
+		if err := f.Chmod(0o755); err != nil {
+			return d, stamp, false, err
+		}
+		stamped = false // the chmod changed ctime; re-hash after preflight
+	}
+	return d, stamp, stamped, nil
+}
+
+// chmodExec makes a regular file 0755; it is used only inside the private temp root.
+func chmodExec(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Perm() == 0o755 || !fi.Mode().IsRegular() {
+		return err // a non-regular file is reported by inspectBinary
+	}
+	return os.Chmod(path, 0o755)
+}
+
+// hashStream feeds r to the non-nil hashes through one copyBufSize buffer, checking ctx
+// between reads, and returns the byte count.
+func hashStream(ctx context.Context, r io.Reader, hashes ...hash.Hash) (int64, error) {
+	ws := make([]io.Writer, 0, len(hashes))
+	for _, h := range hashes {
+		if h != nil {
+			ws = append(ws, h)
+		}
+	}
+	return io.CopyBuffer(io.MultiWriter(ws...), ctxReader{ctx, io.NopCloser(r)}, make([]byte, copyBufSize))
 }
 
 // syncTree fsyncs every regular file and directory under root.
@@ -310,15 +417,7 @@ func syncTree(root string) error {
 		if !d.IsDir() && !d.Type().IsRegular() {
 			return nil
 		}
-		f, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-			return fmt.Errorf("fsync %s: %w", p, err)
-		}
-		return nil
+		return syncPath(p)
 	})
 }
 
@@ -340,7 +439,7 @@ func install(cfg Config, p Plan, root string, rec Record, log Logger) error {
 	var undo func()
 	if err := os.Rename(root, upDir); err == nil {
 		undo = func() { os.RemoveAll(upDir) }
-		if err := syncDir(upgrades); err != nil {
+		if err := syncPath(upgrades); err != nil {
 			undo()
 			return err
 		}
@@ -358,7 +457,7 @@ func install(cfg Config, p Plan, root string, rec Record, log Logger) error {
 			return err
 		}
 		undo = func() { os.Remove(bin) }
-		if err := syncDir(filepath.Dir(bin)); err != nil {
+		if err := syncPath(filepath.Dir(bin)); err != nil {
 			undo()
 			return err
 		}
@@ -395,27 +494,14 @@ func adoptPlaced(ctx context.Context, cfg Config, p Plan, log Logger, obs *obser
 			log.Warn("staging: cannot resolve plan info; the hand-placed binary is trusted on preflight alone", "plan", p.Name, "err", err)
 		}
 	}
-	if sum != nil {
-		h := sum.newHash()
-		f, err := os.OpenFile(bin, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-		if err != nil {
-			return Install{}, err
-		}
-		_, err = copyCtx(ctx, h, f)
-		f.Close()
-		if err != nil {
-			return Install{}, err
-		}
-		if actual := hex.EncodeToString(h.Sum(nil)); actual != sum.Hex {
-			return Install{}, fmt.Errorf("hand-placed %s: %w; replace it with the binary the plan names", bin,
-				&ChecksumError{URL: "file://" + bin, Algo: sum.Algo, Expected: sum.Hex, Actual: actual})
-		}
-	}
-	s, size, version, err := verifyBinary(ctx, cfg, bin)
+	s, size, version, err := verifyBinary(ctx, cfg, bin, sum, nil)
 	if err != nil {
+		if errors.Is(err, ErrChecksumMismatch) {
+			return Install{}, fmt.Errorf("hand-placed %s: %w; replace it with the binary the plan names", bin, err)
+		}
 		return Install{}, fmt.Errorf("hand-placed binary %s: %w", bin, err)
 	}
-	if err := syncFile(bin); err != nil {
+	if err := syncPath(bin); err != nil {
 		return Install{}, err
 	}
 	rec := Record{
@@ -427,17 +513,4 @@ func adoptPlaced(ctx context.Context, cfg Config, p Plan, log Logger, obs *obser
 	}
 	log.Info("staging: hand-placed binary verified and recorded", "plan", p.Name, "sha256", s, "version", version)
 	return Trusted(cfg.Home, cfg.DaemonName, p.Name)
-}
-
-func syncFile(p string) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
-func copyCtx(ctx context.Context, dst io.Writer, src *os.File) (int64, error) {
-	return io.CopyBuffer(dst, ctxReader{ctx, src}, make([]byte, 64<<10))
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,19 +20,16 @@ import (
 )
 
 func xzBytes(t testing.TB, b []byte) []byte {
-	var buf bytes.Buffer
-	w, err := xz.NewWriter(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Write(b)
-	w.Close()
-	return buf.Bytes()
+	return compressWith(t, b, func(w io.Writer) (io.WriteCloser, error) { return xz.NewWriter(w) })
 }
 
 func zstBytes(t testing.TB, b []byte) []byte {
+	return compressWith(t, b, func(w io.Writer) (io.WriteCloser, error) { return zstd.NewWriter(w) })
+}
+
+func compressWith(t testing.TB, b []byte, newWriter func(io.Writer) (io.WriteCloser, error)) []byte {
 	var buf bytes.Buffer
-	w, err := zstd.NewWriter(&buf)
+	w, err := newWriter(&buf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +50,7 @@ func TestFetchInstalls(t *testing.T) {
 		extraOK func(t *testing.T, cfg Config)
 	}{
 		{name: "plain binary", path: "/exampled", body: func(testing.TB) []byte { return good }},
-		{name: "tar.gz bin/daemon with lib", path: "/v2.tar.gz", body: func(t testing.TB) []byte {
+		{name: "fault09 tar.gz bin/daemon with setuid world-writable lib", path: "/v2.tar.gz", body: func(t testing.TB) []byte {
 			return gz(makeTar(t, []tarEntry{{Name: "bin/", Type: tar.TypeDir}, {Name: "bin/exampled", Body: good}, {Name: "lib/libx.so", Body: lib, Mode: 0o6777}}))
 		}, extraOK: func(t *testing.T, cfg Config) {
 			fi, err := os.Stat(filepath.Join(UpgradeDir(cfg.Home, "v2"), "lib", "libx.so"))
@@ -63,7 +61,7 @@ func TestFetchInstalls(t *testing.T) {
 				t.Errorf("setuid/world-writable not stripped: %v", fi.Mode())
 			}
 		}},
-		{name: "tgz daemon at root, setuid", path: "/v2.tgz", body: func(t testing.TB) []byte {
+		{name: "fault09 tgz daemon at root, setuid", path: "/v2.tgz", body: func(t testing.TB) []byte {
 			return gz(makeTar(t, []tarEntry{{Name: "./exampled", Body: good, Mode: 0o4777}}))
 		}},
 		{name: "tar.xz", path: "/v2.tar.xz", body: func(t testing.TB) []byte {
@@ -72,7 +70,7 @@ func TestFetchInstalls(t *testing.T) {
 		{name: "tar.zst", path: "/v2.tar.zst", body: func(t testing.TB) []byte {
 			return zstBytes(t, makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}}))
 		}},
-		{name: "zip", path: "/v2.zip", body: func(t testing.TB) []byte {
+		{name: "fault09 zip setuid", path: "/v2.zip", body: func(t testing.TB) []byte {
 			return makeZip(t, []zipEntry{{Name: "bin/exampled", Body: good, Mode: 0o4777}})
 		}},
 		{name: "single gz", path: "/exampled.gz", body: func(testing.TB) []byte { return gz(good) }},
@@ -83,10 +81,10 @@ func TestFetchInstalls(t *testing.T) {
 			rawURL: func(u string, b []byte) string {
 				return u + "?checksum=sha512:" + hexSum(b, Checksum{Algo: "sha512"})
 			}},
-		{name: "md5 allowed when checksum not required", path: "/exampled", body: func(testing.TB) []byte { return good },
+		{name: "fault02 md5 allowed when RequireChecksum is false", path: "/exampled", body: func(testing.TB) []byte { return good },
 			mutate: func(c *Config) { c.RequireChecksum = false },
 			rawURL: func(u string, b []byte) string { return u + "?checksum=md5:" + hexSum(b, Checksum{Algo: "md5"}) }},
-		{name: "unpinned allowed when checksum not required", path: "/exampled", body: func(testing.TB) []byte { return good },
+		{name: "fault02 unpinned allowed when RequireChecksum is false", path: "/exampled", body: func(testing.TB) []byte { return good },
 			mutate: func(c *Config) { c.RequireChecksum = false },
 			rawURL: func(u string, b []byte) string { return u }},
 	}
@@ -171,7 +169,7 @@ func TestFetchRejects(t *testing.T) {
 		return func(t *testing.T, srv *blobServer) string { return infoJSON(pinned(srv.blob(path, body), body)) }
 	}
 	cases := []tc{
-		{name: "checksum mismatch", want: ErrChecksumMismatch, substr: "expected",
+		{name: "fault01 checksum mismatch", want: ErrChecksumMismatch, substr: "expected",
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.blob("/exampled", good), []byte("something else")))
 			},
@@ -181,18 +179,18 @@ func TestFetchRejects(t *testing.T) {
 					t.Errorf("ChecksumError = %+v", ce)
 				}
 			}},
-		{name: "no checksum", want: ErrNoChecksum, substr: "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM",
+		{name: "fault02 no checksum", want: ErrNoChecksum, substr: "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM",
 			setup: func(t *testing.T, srv *blobServer) string { return infoJSON(srv.blob("/exampled", good)) },
 			check: func(t *testing.T, cfg Config, srv *blobServer, err error) {
 				if srv.count("/exampled") != 0 {
 					t.Error("an unpinned URL was requested")
 				}
 			}},
-		{name: "md5 refused by default", want: ErrNoChecksum, substr: "too weak",
+		{name: "fault02 md5 refused by default", want: ErrNoChecksum, substr: "too weak",
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(srv.blob("/exampled", good) + "?checksum=md5:" + hexSum(good, Checksum{Algo: "md5"}))
 			}},
-		{name: "truncated body (connection reset)", want: ErrDownload, substr: "after",
+		{name: "fault03 truncated body (connection reset)", want: ErrDownload, substr: "after",
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
 					w.Header().Set("Content-Length", fmt.Sprint(len(good)))
@@ -201,37 +199,39 @@ func TestFetchRejects(t *testing.T) {
 					panic(http.ErrAbortHandler)
 				}), good))
 			}},
-		{name: "5xx", want: ErrDownload, substr: "503",
+		{name: "fault02 sha1 refused by default", want: ErrNoChecksum, substr: "too weak",
+			setup: func(t *testing.T, srv *blobServer) string {
+				return infoJSON(srv.blob("/exampled", good) + "?checksum=sha1:" + hexSum(good, Checksum{Algo: "sha1"}))
+			},
+			check: func(t *testing.T, cfg Config, srv *blobServer, err error) {
+				if srv.count("/exampled") != 0 {
+					t.Error("a weakly pinned URL was requested")
+				}
+			}},
+		{name: "fault04 5xx", want: ErrDownload, substr: "503",
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
 					http.Error(w, "busy", http.StatusServiceUnavailable)
 				}), good))
 			}},
-		{name: "server hangs before headers", want: ErrDownload, substr: "timeout",
+		{name: "fault05 server hangs before headers", want: ErrDownload, substr: "timeout",
 			mutate: func(c *Config) { c.ResponseHeaderTimeout = 200 * time.Millisecond },
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
 					<-r.Context().Done()
 				}), good))
 			}},
-		{name: "server trickles", want: ErrDownload, substr: "below the minimum",
+		{name: "fault05 server trickles", want: ErrDownload, substr: "below the minimum",
 			setup: func(t *testing.T, srv *blobServer) string {
-				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
-					w.Header().Set("Content-Length", fmt.Sprint(len(good)))
-					for i := 0; ; i++ {
-						if _, err := w.Write(good[i : i+1]); err != nil {
-							return
-						}
-						w.(http.Flusher).Flush()
-						select {
-						case <-r.Context().Done():
-							return
-						case <-time.After(20 * time.Millisecond):
-						}
-					}
-				}), good))
+				return infoJSON(pinned(srv.handle("/exampled", trickle(good, 1, 20*time.Millisecond)), good))
 			}},
-		{name: "endless body over cap", want: ErrTooLarge, substr: "MaxBinaryBytes",
+		{name: "fault05 overall deadline", want: ErrDownload, substr: "Config.Deadline",
+			mutate: func(c *Config) { c.Deadline = 300 * time.Millisecond },
+			setup: func(t *testing.T, srv *blobServer) string {
+				// 200 KB/s: fast enough for the stall watchdog, too slow to finish in time.
+				return infoJSON(pinned(srv.handle("/exampled", trickle(good, 4096, 20*time.Millisecond)), good))
+			}},
+		{name: "fault06 endless body over cap", want: ErrTooLarge, substr: "MaxBinaryBytes",
 			mutate: func(c *Config) { c.MaxBinaryBytes = 1 << 20 },
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
@@ -243,81 +243,81 @@ func TestFetchRejects(t *testing.T) {
 					}
 				}), good))
 			}},
-		{name: "content-length over cap", want: ErrTooLarge, substr: "Content-Length",
+		{name: "fault06 content-length over cap", want: ErrTooLarge, substr: "Content-Length",
 			mutate: func(c *Config) { c.MaxBinaryBytes = 1 << 10 },
 			setup:  blob("/exampled", good)},
-		{name: "redirect to file://", want: ErrDownload, substr: `scheme "file"`,
+		{name: "fault29 redirect to file://", want: ErrDownload, substr: `scheme "file"`,
 			setup: func(t *testing.T, srv *blobServer) string {
 				return infoJSON(pinned(srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) {
 					http.Redirect(w, r, "file:///etc/passwd", http.StatusFound)
 				}), good))
 			}},
-		{name: "tar with .. entry", want: ErrUnsafeArchive, substr: `".." component`,
+		{name: "fault07 tar with .. entry", want: ErrUnsafeArchive, substr: `".." component`,
 			setup: blob("/a.tar.gz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}, {Name: "../../evil", Body: []byte("x")}})))},
-		{name: "tar with absolute path", want: ErrUnsafeArchive, substr: "absolute",
+		{name: "fault07 tar with absolute path", want: ErrUnsafeArchive, substr: "absolute",
 			setup: blob("/a.tar", makeTar(t, []tarEntry{{Name: "/tmp/evil", Body: []byte("x")}}))},
-		{name: "tar with symlink", want: ErrUnsafeArchive, substr: "symlink",
+		{name: "fault08 tar with symlink", want: ErrUnsafeArchive, substr: "symlink",
 			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Type: tar.TypeSymlink, Link: "/bin/sh"}})))},
-		{name: "tar with hardlink", want: ErrUnsafeArchive, substr: "hardlink",
+		{name: "fault08 tar with hardlink", want: ErrUnsafeArchive, substr: "hardlink",
 			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "x", Body: good}, {Name: "bin/exampled", Type: tar.TypeLink, Link: "/etc/passwd"}})))},
-		{name: "tar with device", want: ErrUnsafeArchive, substr: "unsupported type",
+		{name: "fault08 tar with device", want: ErrUnsafeArchive, substr: "unsupported type",
 			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "dev", Type: tar.TypeChar}})))},
-		{name: "tar with duplicate entry", want: ErrUnsafeArchive, substr: "duplicate",
+		{name: "fault07 tar with duplicate entry", want: ErrUnsafeArchive, substr: "duplicate",
 			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}, {Name: "bin/exampled", Body: []byte("#!/bin/sh")}})))},
-		{name: "too many entries", want: ErrTooLarge, substr: "MaxArchiveEntries",
+		{name: "fault10 too many entries", want: ErrTooLarge, substr: "MaxArchiveEntries",
 			setup: blob("/a.tgz", gz(makeTar(t, many)))},
-		{name: "tar bomb", want: ErrTooLarge, substr: "MaxArchiveBytes",
+		{name: "fault10 tar bomb", want: ErrTooLarge, substr: "MaxArchiveBytes",
 			mutate: func(c *Config) { c.MaxArchiveBytes = 4 << 20 },
 			setup:  blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "zeros", Body: make([]byte, 8<<20)}})))},
-		{name: "gz bomb single file", want: ErrTooLarge, substr: "MaxBinaryBytes",
+		{name: "fault10 gz bomb single file", want: ErrTooLarge, substr: "MaxBinaryBytes",
 			mutate: func(c *Config) { c.MaxBinaryBytes = 2 << 20 },
 			setup:  blob("/exampled.gz", gz(make([]byte, 8<<20)))},
-		{name: "zip with ..", want: ErrUnsafeArchive, substr: `".."`,
+		{name: "fault07 zip with ..", want: ErrUnsafeArchive, substr: `".."`,
 			setup: blob("/a.zip", makeZip(t, []zipEntry{{Name: "../evil", Body: []byte("x")}}))},
-		{name: "zip with symlink", want: ErrUnsafeArchive, substr: "symlink",
+		{name: "fault08 zip with symlink", want: ErrUnsafeArchive, substr: "symlink",
 			setup: blob("/a.zip", makeZip(t, []zipEntry{{Name: "bin/exampled", Body: []byte("/bin/sh"), Mode: os.ModeSymlink | 0o777}}))},
 		{name: "archive without the daemon", want: ErrNotFound, substr: "neither bin/exampled",
 			setup: blob("/a.tgz", gz(makeTar(t, []tarEntry{{Name: "bin/otherd", Body: good}})))},
-		{name: "wrong architecture ELF", want: ErrNotExecutable, substr: "wrong build",
+		{name: "fault11 wrong architecture ELF", want: ErrNotExecutable, substr: "wrong build",
 			setup: blob("/exampled", wrongArch(good))},
-		{name: "HTML error page", want: ErrNotExecutable, substr: "HTML",
+		{name: "fault12 HTML error page", want: ErrNotExecutable, substr: "HTML",
 			setup: blob("/exampled", []byte("<!DOCTYPE html><html><body>404</body></html>"))},
-		{name: "shell script", want: ErrNotExecutable, substr: "script",
+		{name: "fault12 shell script", want: ErrNotExecutable, substr: "script",
 			setup: blob("/exampled", []byte("#!/bin/sh\necho v9\n"))},
-		{name: "empty file", want: ErrNotExecutable, substr: "empty",
+		{name: "fault12 empty file", want: ErrNotExecutable, substr: "empty",
 			setup: blob("/exampled", []byte{})},
-		{name: "preflight exits non-zero", want: ErrPreflight, substr: "libwasmvm",
+		{name: "fault13 preflight exits non-zero (missing shared library)", want: ErrPreflight, substr: "libwasmvm",
 			setup: blob("/exampled", testBins.bad)},
-		{name: "preflight hangs", want: ErrPreflight, substr: "timed out",
+		{name: "fault12 preflight hangs", want: ErrPreflight, substr: "timed out",
 			mutate: func(c *Config) { c.PreflightTimeout = 300 * time.Millisecond },
 			setup:  blob("/exampled", testBins.hang)},
-		{name: "info URL unpinned", want: ErrNoChecksum, substr: "no ?checksum",
+		{name: "fault18 info URL unpinned", want: ErrNoChecksum, substr: "no ?checksum",
 			setup: func(t *testing.T, srv *blobServer) string {
 				return srv.blob("/info.json", []byte(infoJSON(pinned(srv.blob("/exampled", good), good))))
 			}},
-		{name: "info URL oversized", want: ErrTooLarge, substr: "MaxInfoBytes",
+		{name: "fault18 info URL oversized", want: ErrTooLarge, substr: "MaxInfoBytes",
 			setup: func(t *testing.T, srv *blobServer) string {
 				big := []byte(`{"binaries":{},"pad":"` + strings.Repeat("x", 128<<10) + `"}`)
 				return pinned(srv.blob("/info.json", big), big)
 			}},
-		{name: "info URL malformed JSON", want: ErrBadInfo, substr: "not valid JSON",
+		{name: "fault18 info URL malformed JSON", want: ErrBadInfo, substr: "not valid JSON",
 			setup: func(t *testing.T, srv *blobServer) string {
 				b := []byte(`{"binaries":`)
 				return pinned(srv.blob("/info.json", b), b)
 			}},
-		{name: "inline info empty map", want: ErrBadInfo, substr: "no \"binaries\"",
+		{name: "fault18 inline info empty map", want: ErrBadInfo, substr: "no \"binaries\"",
 			setup: func(*testing.T, *blobServer) string { return `{"binaries":{}}` }},
-		{name: "inline info bad key", want: ErrBadInfo, substr: "neither",
+		{name: "fault18 inline info bad key", want: ErrBadInfo, substr: "neither",
 			setup: func(*testing.T, *blobServer) string { return `{"binaries":{"Linux-AMD64":"https://x/y"}}` }},
-		{name: "no binary for this platform", want: ErrNotFound, substr: "no binary for",
+		{name: "fault11 no binary for this platform", want: ErrNotFound, substr: "no binary for",
 			setup: func(*testing.T, *blobServer) string {
 				return `{"binaries":{"plan9/mips":"https://x/y?checksum=sha256:` + sha(nil) + `"}}`
 			}},
-		{name: "ftp scheme", want: ErrBadInfo, substr: "not allowed",
+		{name: "fault29 ftp scheme", want: ErrBadInfo, substr: "not allowed",
 			setup: func(*testing.T, *blobServer) string {
 				return infoJSON("ftp://example.com/x?checksum=sha256:" + sha(nil))
 			}},
-		{name: "file scheme refused by default", want: ErrBadInfo, substr: "AllowFileURLs",
+		{name: "fault29 file scheme refused by default", want: ErrBadInfo, substr: "AllowFileURLs",
 			setup: func(*testing.T, *blobServer) string {
 				return infoJSON("file:///bin/true?checksum=sha256:" + sha(nil))
 			}},
@@ -383,7 +383,7 @@ func TestFetchInfoURL(t *testing.T) {
 	}
 }
 
-func TestPlantedSymlinkRefused(t *testing.T) {
+func TestFault08PlantedSymlinkRefused(t *testing.T) {
 	cfg := testConfig(t)
 	srv := newServer(t)
 	elsewhere := t.TempDir()
@@ -473,7 +473,7 @@ func TestHandPlaced(t *testing.T) {
 	})
 }
 
-func TestTrusted(t *testing.T) {
+func TestFault28Trusted(t *testing.T) {
 	cfg := testConfig(t)
 	srv := newServer(t)
 	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}

@@ -86,13 +86,22 @@ func FuzzExtract(f *testing.F) {
 		outer := t.TempDir()
 		root := filepath.Join(outer, "root")
 		os.Mkdir(root, 0o755)
+		x := &extractor{ctx: context.Background(), lim: lim, hashed: map[string]*digest{"bin/d": nil}}
+		var err error
 		if isZip {
 			zf := filepath.Join(outer, "a.zip")
 			os.WriteFile(zf, data, 0o600)
-			extractZip(context.Background(), zf, root, lim)
+			err = extractZip(x, zf, root)
 			os.Remove(zf)
 		} else {
-			extractTar(context.Background(), bytes.NewReader(data), root, lim)
+			err = extractTar(x, bytes.NewReader(data), root)
+		}
+		// The digest taken while writing is that of the bytes on disk.
+		if d := x.hashed["bin/d"]; err == nil && d != nil {
+			b, rerr := os.ReadFile(filepath.Join(root, "bin", "d"))
+			if rerr != nil || sha(b) != d.SHA256 || int64(len(b)) != d.Size {
+				t.Fatalf("digest %+v does not match bin/d on disk (%d bytes, %v)", d, len(b), rerr)
+			}
 		}
 		ents, _ := os.ReadDir(outer)
 		if len(ents) != 1 || ents[0].Name() != "root" {

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -43,6 +44,9 @@ var mode = "good"
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "version" {
+		if os.Getenv("STAGING_TEST_REWRITE_SELF") != "" {
+			rewriteSelf()
+		}
 		switch mode {
 		case "bad":
 			fmt.Fprintln(os.Stderr, "boom: missing libwasmvm.so")
@@ -55,9 +59,29 @@ func main() {
 	}
 	fmt.Println("usage")
 }
+
+// rewriteSelf replaces the running file with a copy that differs in its last byte:
+// rename is not blocked by ETXTBSY, so this is how a binary could alter itself.
+func rewriteSelf() {
+	self := os.Args[0]
+	b, err := os.ReadFile(self)
+	if err != nil {
+		panic(err)
+	}
+	b[len(b)-1] ^= 0xff
+	if err := os.WriteFile(self+".new", b, 0o755); err != nil {
+		panic(err)
+	}
+	if err := os.Rename(self+".new", self); err != nil {
+		panic(err)
+	}
+}
 `
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild())
+	}
 	dir, err := os.MkdirTemp("", "staging-testbins-")
 	if err != nil {
 		panic(err)
@@ -176,6 +200,37 @@ func (s *blobServer) count(path string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.hits[path]
+}
+
+// trickle serves body with its Content-Length, chunk bytes every interval, until done
+// or the request is cancelled.
+func trickle(body []byte, chunk int, every time.Duration) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		for i := 0; i < len(body); i += chunk {
+			if _, err := w.Write(body[i:min(i+chunk, len(body))]); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(every):
+			}
+		}
+	}
+}
+
+// untilFixed serves like broken until fixed is set, then the good test binary.
+func untilFixed(broken http.HandlerFunc) (h http.HandlerFunc, fixed *atomic.Bool) {
+	fixed = new(atomic.Bool)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if fixed.Load() {
+			w.Write(testBins.good)
+			return
+		}
+		broken(w, r)
+	}, fixed
 }
 
 type tarEntry struct {

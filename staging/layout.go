@@ -1,6 +1,7 @@
 package staging
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -128,7 +129,7 @@ func Trusted(home, daemon, name string) (Install, error) {
 		return Install{}, fmt.Errorf("%w: record %s is for plan %q, not %q; remove %s and let it be staged again",
 			ErrNotTrusted, RecordPath(home, daemon, name), rec.Plan, name, UpgradeDir(home, name))
 	}
-	sum, size, err := hashRegularExecutable(bin)
+	sum, size, err := hashRegularExecutable(context.Background(), bin)
 	if err != nil {
 		return Install{}, fmt.Errorf("%w: %w", ErrNotTrusted, err)
 	}
@@ -161,7 +162,7 @@ func readRecord(path string) (Record, error) {
 
 // hashRegularExecutable opens path without following symlinks, checks it is a regular
 // file with an execute bit, and returns its sha256 and size (streaming).
-func hashRegularExecutable(path string) (string, int64, error) {
+func hashRegularExecutable(ctx context.Context, path string) (string, int64, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -181,7 +182,7 @@ func hashRegularExecutable(path string) (string, int64, error) {
 		return "", 0, fmt.Errorf("%s is not executable (mode %v)", path, fi.Mode().Perm())
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, f)
+	n, err := hashStream(ctx, f, h)
 	if err != nil {
 		return "", 0, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -220,17 +221,19 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	ok = true
-	return syncDir(dir)
+	return syncPath(dir)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// syncPath fsyncs a file or directory. EINVAL (a filesystem without fsync for
+// directories) is not an error.
+func syncPath(p string) error {
+	f, err := os.Open(p)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+	defer f.Close()
+	if err := f.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("fsync %s: %w", p, err)
 	}
 	return nil
 }

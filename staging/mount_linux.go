@@ -19,3 +19,12 @@ func checkExecMount(dir string) error {
 	}
 	return nil
 }
+
+// freeBytes returns the bytes available to an unprivileged writer on dir's filesystem.
+func freeBytes(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
+}

@@ -61,9 +61,9 @@ type Stager struct {
 	closeErr  error
 }
 
-// New validates cfg, checks that <home>/cosmovisor is writable, that temp directories
-// and upgrades/ share a filesystem and that upgrades/ is not mounted noexec, takes the
-// lock (ErrLocked if another Stager holds it) and removes temp directories left by a
+// New validates cfg (including that Config.CAFile loads), checks that <home>/cosmovisor
+// is writable, that temp directories and upgrades/ share a filesystem and that
+// upgrades/ is not mounted noexec, takes the lock (ErrLocked if another Stager holds it) and removes temp directories left by a
 // crash. Close releases the lock.
 func New(cfg Config, log Logger) (*Stager, error) {
 	if err := cfg.Validate(); err != nil {
@@ -71,6 +71,9 @@ func New(cfg Config, log Logger) (*Stager, error) {
 	}
 	if log == nil {
 		log = NopLogger{}
+	}
+	if _, err := loadRoots(cfg); err != nil {
+		return nil, err
 	}
 	root := CosmovisorRoot(cfg.Home)
 	upgrades := filepath.Join(root, UpgradesDir)
@@ -106,7 +109,8 @@ func New(cfg Config, log Logger) (*Stager, error) {
 func takeLock(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("staging: open lock %s: %w", path, err)
+		return nil, fmt.Errorf("staging: %s is not writable (lock file: %w); check that the node home is writable by this user and not mounted read-only",
+			filepath.Dir(path), err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()

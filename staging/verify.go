@@ -7,7 +7,6 @@ import (
 	"debug/macho"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -24,24 +23,13 @@ var elfMachine = map[string]elf.Machine{
 
 var machoCPU = map[string]macho.Cpu{"amd64": macho.CpuAmd64, "arm64": macho.CpuArm64}
 
-// checkExecutable verifies that path is a regular file holding an ELF (Linux, BSDs) or
-// Mach-O (darwin) executable for goos/goarch. Scripts, HTML error pages, empty files
-// and binaries for other platforms are rejected with what was found instead.
-func checkExecutable(path, goos, goarch string) error {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNotExecutable, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, path)
-	}
+// checkExecutable verifies that f (opened from path, a regular file) holds an ELF
+// (Linux, BSDs) or Mach-O (darwin) executable for goos/goarch. Scripts, HTML error
+// pages, empty files and binaries for other platforms are rejected with what was found
+// instead. It reads only the headers.
+func checkExecutable(f *os.File, path, goos, goarch string) error {
 	var head [512]byte
-	n, _ := io.ReadFull(f, head[:])
+	n, _ := f.ReadAt(head[:], 0)
 	what := sniff(head[:n])
 	switch goos {
 	case "darwin", "ios":

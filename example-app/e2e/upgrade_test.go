@@ -30,6 +30,8 @@ func builds(t *testing.T) string {
 // and passes two governance upgrades, v1 to v2 and v2 to v3. Each time invisor
 // must stage the binary before the height, keep the PID, exec the staged binary
 // at the height, and the new handler must run; the chain must reach H+5.
+// Then a fresh full node with only v1 and downloads allowed syncs from genesis
+// (block sync) and crosses both upgrades on its own, in one process.
 func TestUpgradeTwiceInPlace(t *testing.T) {
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -51,10 +53,16 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 		}
 	})
 
+	srv, err := localnet.ServeDir(filepath.Join(work, "www"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
 	var pid int
 	for i, up := range []struct{ name, bin string }{{"v2", "exampled-v2"}, {"v3", "exampled-v3"}} {
 		r, err := localnet.RunUpgrade(ctx, node, localnet.UpgradeSpec{
-			Name: up.name, Binary: filepath.Join(dir, up.bin), ServeDir: filepath.Join(work, "www"),
+			Name: up.name, Binary: filepath.Join(dir, up.bin), Server: srv,
 			Start: i == 0, Progress: func(s string) { t.Log(s) },
 		})
 		if err != nil {
@@ -80,5 +88,37 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(node.Home, "data", "upgrade-info.json")); err != nil {
 			t.Errorf("upgrade %s: data/upgrade-info.json must stay for the new binary: %v", up.name, err)
 		}
+	}
+
+	// The late joiner: v1 only, downloads allowed, block sync from genesis.
+	head, err := node.AppInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := localnet.NewFullNode(ctx, "late", filepath.Join(dir, "exampled-v1"), filepath.Join(work, "late"), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true"}
+	if err := late.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := late.Stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("---- late joiner log tail ----\n%s", late.LogTail(8000))
+		}
+	})
+	latePID := late.Pid()
+	got, err := late.WaitHeight(ctx, head.Height+3)
+	if err != nil {
+		t.Fatalf("late joiner did not catch up through both upgrades: %v", err)
+	}
+	exe, _ := late.Exe()
+	t.Logf("late joiner: PID %d, at height %d with %s (%s)", late.Pid(), got.Height, got.Version, exe)
+	if late.Pid() != latePID || got.Version != "v3.0.0" || exe != filepath.Join(late.Home, "cosmovisor", "upgrades", "v3", "bin", "exampled") {
+		t.Errorf("late joiner: PID %d (started as %d), version %s, exe %s; want the same PID running the staged v3", late.Pid(), latePID, got.Version, exe)
 	}
 }

@@ -377,20 +377,25 @@ const GovAddress = "cosmos10d07y265gmmuvt4z0w9aw880jnsr700j6zn9kn"
 // ProposeUpgrade submits a MsgSoftwareUpgrade proposal with the full deposit and
 // returns its id.
 func (n *Node) ProposeUpgrade(ctx context.Context, name string, height int64, info string) (uint64, error) {
+	return n.propose(ctx, name, map[string]any{
+		"@type":     "/cosmos.upgrade.v1beta1.MsgSoftwareUpgrade",
+		"authority": GovAddress,
+		"plan":      map[string]any{"name": name, "height": strconv.FormatInt(height, 10), "info": info},
+	})
+}
+
+// propose submits a gov proposal carrying msg with the full deposit and returns its id.
+func (n *Node) propose(ctx context.Context, title string, msg map[string]any) (uint64, error) {
 	before, _ := n.lastProposalID(ctx)
 	prop := map[string]any{
-		"messages": []any{map[string]any{
-			"@type":     "/cosmos.upgrade.v1beta1.MsgSoftwareUpgrade",
-			"authority": GovAddress,
-			"plan":      map[string]any{"name": name, "height": strconv.FormatInt(height, 10), "info": info},
-		}},
+		"messages": []any{msg},
 		"deposit":  "10000000" + Denom,
-		"title":    "Upgrade to " + name,
-		"summary":  "Software upgrade " + name + " rehearsed with invisor",
+		"title":    "Upgrade " + title,
+		"summary":  "Software upgrade " + title + " rehearsed with invisor",
 		"metadata": "",
 	}
 	b, _ := json.Marshal(prop)
-	f := filepath.Join(n.Home, "proposal-"+name+".json")
+	f := filepath.Join(n.Home, fmt.Sprintf("proposal-%s-%d.json", title, time.Now().UnixNano()))
 	if err := os.WriteFile(f, b, 0o644); err != nil {
 		return 0, err
 	}
@@ -404,7 +409,7 @@ func (n *Node) ProposeUpgrade(ctx context.Context, name string, height int64, in
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("proposal for %s did not appear: %w", name, ctx.Err())
+			return 0, fmt.Errorf("proposal %q did not appear: %w", title, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -514,18 +519,22 @@ func (n *Node) TraceDescription(ctx context.Context, denom string) (string, erro
 // FileServer serves a directory on 127.0.0.1 (plain net/http, closed by Close).
 type FileServer struct {
 	URL string
+	Dir string
 	srv *http.Server
 }
 
 // ServeDir serves dir over HTTP on a free loopback port.
 func ServeDir(dir string) (*FileServer, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
 	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
-	return &FileServer{URL: "http://" + l.Addr().String(), srv: srv}, nil
+	return &FileServer{URL: "http://" + l.Addr().String(), Dir: dir, srv: srv}, nil
 }
 
 // Close stops the server.

@@ -25,8 +25,11 @@ const TraceDenom = "uinvisor"
 type UpgradeSpec struct {
 	Name     string // plan name, e.g. "v2"
 	Binary   string // the new binary, served over loopback HTTP
-	ServeDir string // where to put it for the server
-	Start    bool   // start the node first
+	ServeDir string // where to put it for the server (ignored when Server is set)
+	// Server serves the binary; nil starts one for this upgrade only. Pass a
+	// long-lived one when a node must download it later (a late joiner).
+	Server *FileServer
+	Start  bool // start the node first
 	// PlanDelay is how many blocks after the proposal the plan height is (default 30).
 	PlanDelay int64
 	// After is how many blocks past the plan height to wait (default 5).
@@ -97,47 +100,28 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 	}
 
 	// Serve the new binary from a loopback HTTP server.
-	dir := filepath.Join(s.ServeDir, s.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return r, err
+	srv := s.Server
+	if srv == nil {
+		var err error
+		if srv, err = ServeDir(s.ServeDir); err != nil {
+			return r, err
+		}
+		defer srv.Close()
 	}
-	served := filepath.Join(dir, DaemonName)
-	if err := copyFile(s.Binary, served); err != nil {
-		return r, err
-	}
-	sha, err := SHA256File(served)
-	if err != nil {
-		return r, err
-	}
-	srv, err := ServeDir(s.ServeDir)
-	if err != nil {
-		return r, err
-	}
-	defer srv.Close()
-	url := srv.URL + "/" + s.Name + "/" + DaemonName
-	info := PlanInfo(runtime.GOOS, runtime.GOARCH, url, sha)
-
 	before, err := n.AppInfo(ctx)
 	if err != nil {
 		return r, err
 	}
 	r.VersionBefore, r.PIDBefore = before.Version, n.Pid()
 	r.ExeBefore, _ = n.Exe()
-	r.ProposedAt = before.Height
-	r.PlanHeight = before.Height + s.PlanDelay
-	say("proposing upgrade %q at height %d (now %d), binary %s", s.Name, r.PlanHeight, before.Height, url)
-	id, err := n.ProposeUpgrade(ctx, s.Name, r.PlanHeight, info)
+	say("proposing upgrade %q at height %d (now %d), binary served at %s", s.Name, before.Height+s.PlanDelay, before.Height, srv.URL)
+	sc, err := n.ScheduleUpgrade(ctx, srv, s.Name, s.Binary, s.PlanDelay)
+	r.ProposedAt, r.PlanHeight = sc.ProposedAt, sc.Height
 	if err != nil {
 		return r, err
 	}
-	if err := n.Vote(ctx, id); err != nil {
-		return r, err
-	}
-	if err := n.WaitPassed(ctx, id); err != nil {
-		return r, err
-	}
 	cur, _ := n.AppInfo(ctx)
-	say("proposal %d passed at height %d", id, cur.Height)
+	say("proposal passed at height %d", cur.Height)
 	if cur.Height >= r.PlanHeight-1 {
 		return r, fmt.Errorf("proposal passed at height %d, too late for plan height %d", cur.Height, r.PlanHeight)
 	}
@@ -227,4 +211,59 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// Scheduled is an upgrade plan that governance has passed.
+type Scheduled struct {
+	Name       string
+	Height     int64
+	SHA256     string // of the served binary
+	ProposedAt int64
+}
+
+// ScheduleUpgrade serves bin under srv as the binary of upgrade name and passes
+// a MsgSoftwareUpgrade for height now+delay through governance (propose, vote,
+// wait for PASSED).
+func (n *Node) ScheduleUpgrade(ctx context.Context, srv *FileServer, name, bin string, delay int64) (Scheduled, error) {
+	s := Scheduled{Name: name}
+	dir := filepath.Join(srv.Dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return s, err
+	}
+	served := filepath.Join(dir, DaemonName)
+	if err := copyFile(bin, served); err != nil {
+		return s, err
+	}
+	sha, err := SHA256File(served)
+	if err != nil {
+		return s, err
+	}
+	now, err := n.AppInfo(ctx)
+	if err != nil {
+		return s, err
+	}
+	s.SHA256, s.ProposedAt, s.Height = sha, now.Height, now.Height+delay
+	info := PlanInfo(runtime.GOOS, runtime.GOARCH, srv.URL+"/"+name+"/"+DaemonName, sha)
+	id, err := n.ProposeUpgrade(ctx, name, s.Height, info)
+	if err != nil {
+		return s, err
+	}
+	if err := n.Vote(ctx, id); err != nil {
+		return s, err
+	}
+	return s, n.WaitPassed(ctx, id)
+}
+
+// CancelUpgrade passes a MsgCancelUpgrade through governance.
+func (n *Node) CancelUpgrade(ctx context.Context) error {
+	id, err := n.propose(ctx, "cancel", map[string]any{
+		"@type": "/cosmos.upgrade.v1beta1.MsgCancelUpgrade", "authority": GovAddress,
+	})
+	if err != nil {
+		return err
+	}
+	if err := n.Vote(ctx, id); err != nil {
+		return err
+	}
+	return n.WaitPassed(ctx, id)
 }

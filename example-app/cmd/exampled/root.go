@@ -21,6 +21,8 @@ import (
 	"github.com/cosmos/cosmos-sdk/x/auth/types"
 	genutilcli "github.com/cosmos/cosmos-sdk/x/genutil/client/cli"
 
+	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/cli"
 	"github.com/invisor/invisor/example-app/app"
 )
 
@@ -56,7 +58,8 @@ func newRootCmd() *cobra.Command {
 			if err := client.SetCmdClientContextHandler(clientCtx, cmd); err != nil {
 				return err
 			}
-			return server.InterceptConfigsPreRunHandler(cmd, "", serverconfig.DefaultConfig(), cmtcfg.DefaultConfig())
+			appTemplate, appConfig := invisor.InitAppConfig(serverconfig.DefaultConfig())
+			return server.InterceptConfigsPreRunHandler(cmd, appTemplate, appConfig, cmtcfg.DefaultConfig())
 		},
 	}
 
@@ -68,6 +71,8 @@ func newRootCmd() *cobra.Command {
 		server.StatusCommand(),
 		queryCommand(),
 		txCommand(),
+		preUpgradeCmd(),
+		cli.Command(invisor.Options{DaemonName: app.DaemonName, DefaultHome: app.DefaultNodeHome}),
 	)
 	server.AddCommands(rootCmd, app.DefaultNodeHome, newApp, exportApp, func(*cobra.Command) {})
 

@@ -1,0 +1,140 @@
+// Package cli is the operator's `invisor` command: one line adds it to any chain
+// that embeds invisor,
+//
+//	rootCmd.AddCommand(cli.Command(invisor.Options{DaemonName: "appd", DefaultHome: app.DefaultNodeHome}))
+//
+// and `appd invisor config|status|stage|prepare|verify|history` then work on the
+// node home (--home), with the node running or stopped.
+//
+// It reads the same configuration as `start` (app.toml [invisor], environment,
+// --invisor.* flags) through invisor.LoadConfigFlags, the home directory, the
+// status file a running node publishes (invisor.StatusFile) and the node's
+// CometBFT RPC (config.toml rpc.laddr, or --node). It writes only when asked to
+// stage: binaries are verified and recorded by the staging package exactly as an
+// automatic download is.
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cosmos/cosmos-sdk/server"
+
+	"github.com/invisor/invisor"
+)
+
+// Command returns the `invisor` command tree for a chain binary.
+func Command(opts invisor.Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "invisor",
+		Short: "Inspect and drive invisor, the in-process upgrade manager (cosmovisor built in)",
+		Long: `invisor stages governance upgrade binaries in the background and, at the upgrade
+height, stops the node cleanly and execs the new binary in the same process.
+
+These commands work on the node home (--home) whether the node runs or not.`,
+		SilenceUsage: true,
+	}
+	cmd.AddCommand(
+		configCmd(opts),
+		statusCmd(opts),
+		stageCmd(opts),
+		prepareCmd(opts),
+		verifyCmd(opts),
+		historyCmd(opts),
+	)
+	for _, c := range cmd.Commands() {
+		c.SilenceUsage = true // errors here are about the node, not the command line
+	}
+	return cmd
+}
+
+// env is what every subcommand starts from.
+type env struct {
+	opts    invisor.Options
+	home    string
+	rpc     string // CometBFT rpc.laddr from config.toml
+	cfg     invisor.Config
+	cfgErr  error
+	log     interface{ Info(string, ...any) }
+	json    bool
+	out     io.Writer
+	errOut  io.Writer
+	execCmd *cobra.Command
+}
+
+const flagOutput = "output"
+
+func addOutputFlag(cmd *cobra.Command) {
+	cmd.Flags().StringP(flagOutput, "o", "text", "output format: text or json")
+}
+
+// loadEnv reads the server context the root command prepared (home, config.toml,
+// app.toml through viper) and invisor's configuration with this command's flags.
+func loadEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
+	sctx := server.GetServerContextFromCmd(cmd)
+	e := &env{opts: opts, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr(), execCmd: cmd}
+	e.home = sctx.Config.RootDir
+	if e.home == "" {
+		e.home = opts.DefaultHome
+	}
+	e.rpc = sctx.Config.RPC.ListenAddress
+	if f := cmd.Flags().Lookup(flagNode); f != nil && f.Changed {
+		e.rpc = f.Value.String()
+	}
+	if f := cmd.Flags().Lookup(flagOutput); f != nil {
+		switch o := f.Value.String(); o {
+		case "json":
+			e.json = true
+		case "text", "":
+		default:
+			return nil, fmt.Errorf("--output %q: want text or json", o)
+		}
+	}
+	e.cfg, e.cfgErr = invisor.LoadConfigFlags(sctx.Viper, cmd.Flags(), e.home, opts)
+	if e.cfgErr == nil {
+		e.home = e.cfg.Staging.Home
+	}
+	e.log = sctx.Logger
+	return e, nil
+}
+
+// daemon returns the binary name in force (the default when the config is bad).
+func (e *env) daemon() string {
+	if e.cfgErr == nil {
+		return e.cfg.Staging.DaemonName
+	}
+	if d := os.Getenv("DAEMON_NAME"); d != "" {
+		return d
+	}
+	return e.opts.DaemonName
+}
+
+func (e *env) printJSON(v any) error {
+	enc := json.NewEncoder(e.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// table writes rows aligned in columns.
+func table(w io.Writer, header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return tw.Flush()
+}
+
+// appName is how the chain binary is called in hints.
+func (e *env) appName() string {
+	if e.execCmd != nil && e.execCmd.Root() != nil && e.execCmd.Root().Name() != "" {
+		return e.execCmd.Root().Name()
+	}
+	return e.opts.DaemonName
+}

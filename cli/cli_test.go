@@ -1,0 +1,213 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/viper"
+
+	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/staging"
+)
+
+func TestAverageBlockSeconds(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		pts     []blockPoint
+		want    float64
+		wantErr bool
+	}{
+		{"two blocks", []blockPoint{{10, t0}, {11, t0.Add(2 * time.Second)}}, 2, false},
+		{"unordered", []blockPoint{{20, t0.Add(10 * time.Second)}, {10, t0}, {15, t0.Add(3 * time.Second)}}, 1, false},
+		{"one block", []blockPoint{{10, t0}}, 0, true},
+		{"no time", []blockPoint{{10, t0}, {11, t0}}, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := averageBlockSeconds(tc.pts)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Fatalf("got %v, %v; want %v (err %v)", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestETA(t *testing.T) {
+	latest := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	e := eta(110, 100, 0.5, latest)
+	if e.BlocksLeft != 10 || e.Seconds != 5 || !e.At.Equal(latest.Add(5*time.Second)) {
+		t.Fatalf("eta = %+v", e)
+	}
+	if e := eta(100, 100, 0.5, latest); e.BlocksLeft != 0 || e.Seconds != 0 {
+		t.Fatalf("eta at the height = %+v", e)
+	}
+	if e := eta(110, 100, 0, latest); e.Seconds != 0 {
+		t.Fatalf("eta without block times = %+v", e)
+	}
+}
+
+func TestSourceURL(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "appd")
+	if err := os.WriteFile(f, []byte("binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("binary"))
+	hexsum := hex.EncodeToString(sum[:])
+	pin := "sha256:" + strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name, url, file, checksum string
+		want                      string // substring of the result
+		wantErr                   string
+	}{
+		{name: "file pins its own hash", file: f, want: "file://" + f + "?checksum=sha256%3A" + hexsum},
+		{name: "file with checksum", file: f, checksum: pin, want: "checksum=sha256%3A" + strings.Repeat("a", 64)},
+		{name: "url with checksum flag", url: "https://example.com/appd", checksum: pin, want: "https://example.com/appd?checksum="},
+		{name: "url with its own checksum", url: "https://example.com/appd?checksum=" + pin, want: "https://example.com/appd?checksum=" + pin},
+		{name: "url and flag disagree", url: "https://example.com/appd?checksum=" + pin, checksum: "sha256:" + strings.Repeat("b", 64), wantErr: "differs"},
+		{name: "bad checksum", url: "https://example.com/appd", checksum: "sha256:xyz", wantErr: "--checksum"},
+		{name: "both", url: "https://x", file: f, wantErr: "exactly one"},
+		{name: "neither", wantErr: "exactly one"},
+		{name: "missing file", file: f + ".nope", wantErr: "no such file"},
+		{name: "directory", file: filepath.Dir(f), wantErr: "not a regular file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := sourceURL(tc.url, tc.file, tc.checksum)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(got, tc.want) {
+				t.Fatalf("got %q, %v; want it to contain %q", got, err, tc.want)
+			}
+			if _, err := url.Parse(got); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestPlanInfoParses checks that the synthetic plan info of `stage` is accepted by
+// staging's own parser and resolves to the source for this platform.
+func TestPlanInfoParses(t *testing.T) {
+	src := "https://example.com/appd?checksum=sha256:" + strings.Repeat("c", 64)
+	bins, err := staging.ParseInfo(planInfo(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := bins.Pick(runtime.GOOS, runtime.GOARCH)
+	if err != nil || got != src {
+		t.Fatalf("Pick = %q, %v", got, err)
+	}
+}
+
+func TestRPCBaseURL(t *testing.T) {
+	for laddr, want := range map[string]string{
+		"tcp://127.0.0.1:26657": "http://127.0.0.1:26657",
+		"tcp://0.0.0.0:26657":   "http://127.0.0.1:26657",
+		"tcp://[::]:26657":      "http://127.0.0.1:26657",
+		"unix:///tmp/rpc.sock":  "http://unix",
+	} {
+		got, _, err := invisor.RPCBaseURL(laddr)
+		if err != nil || got != want {
+			t.Errorf("RPCBaseURL(%q) = %q, %v; want %q", laddr, got, err, want)
+		}
+	}
+	if _, _, err := invisor.RPCBaseURL("grpc://x:1"); err == nil {
+		t.Error("grpc:// accepted")
+	}
+}
+
+func TestConfigReportSources(t *testing.T) {
+	v := viper.New()
+	v.Set("invisor.allow-download", true)
+	t.Setenv("INVISOR_RETRY_MIN", "2s")
+	home := t.TempDir()
+	c, err := invisor.LoadConfig(v, home, invisor.Options{DaemonName: "appd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := configReport(c)
+	got := map[string]ConfigEntry{}
+	for _, s := range rep.Settings {
+		got[s.Key] = s
+	}
+	if len(got) != len(invisor.Settings()) {
+		t.Fatalf("%d entries, want %d", len(got), len(invisor.Settings()))
+	}
+	for key, want := range map[string][2]string{
+		"allow-download": {"true", "app.toml"},
+		"retry-min":      {"2s", "env INVISOR_RETRY_MIN"},
+		"retry-max":      {"5m", "default"},
+		"daemon-name":    {"appd", "default"},
+		"backup-dir":     {home, "default"},
+	} {
+		if e := got[key]; e.Value != want[0] || e.Source != want[1] {
+			t.Errorf("%s = %q from %q, want %q from %q", key, e.Value, e.Source, want[0], want[1])
+		}
+	}
+}
+
+func TestHomeViews(t *testing.T) {
+	home := t.TempDir()
+	bin := staging.BinPath(home, "appd", "v2")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if b := binaryView(home, "appd", "v2"); b.Present || b.Trusted || homeState(b) != "missing" {
+		t.Fatalf("empty: %+v", b)
+	}
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := binaryView(home, "appd", "v2")
+	if !b.Present || b.Trusted || homeState(b) != "placed" || !strings.Contains(b.Error, "no completion record") {
+		t.Fatalf("placed: %+v", b)
+	}
+	if got := stagedBinaries(home, "appd"); len(got) != 1 || got[0].Name != "v2" {
+		t.Fatalf("stagedBinaries = %+v", got)
+	}
+	// current -> upgrades/v2, relative.
+	root := staging.CosmovisorRoot(home)
+	if err := os.Symlink("upgrades/v2", filepath.Join(root, "current")); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := currentTarget(home); err != nil || cur != "upgrades/v2" {
+		t.Fatalf("currentTarget = %q, %v", cur, err)
+	}
+	os.Remove(filepath.Join(root, "current"))
+	os.Symlink("upgrades/nope", filepath.Join(root, "current"))
+	if _, err := currentTarget(home); err == nil {
+		t.Fatal("dangling current link not reported")
+	}
+}
+
+func TestHistoryJoin(t *testing.T) {
+	home := t.TempDir()
+	os.MkdirAll(staging.CosmovisorRoot(home), 0o755)
+	t0 := time.Now().UTC().Truncate(time.Second)
+	for _, e := range []invisor.HistoryEntry{
+		{Event: invisor.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
+		{Event: invisor.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"},
+	} {
+		if err := invisor.AppendHistory(home, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := history(home, "appd")
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("history = %+v, %v", rows, err)
+	}
+	r := rows[0]
+	if r.Upgrade != "v2" || r.Height != 30 || r.SHA256 != "abc" || r.Halted == nil || r.Switched == nil || r.SwitchSeconds != 1 {
+		t.Fatalf("row = %+v", r)
+	}
+}

@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/invisor/invisor"
+)
+
+// HistoryRow is one upgrade in `invisor history`.
+type HistoryRow struct {
+	Upgrade  string     `json:"upgrade"`
+	Height   int64      `json:"height"`
+	SHA256   string     `json:"sha256,omitempty"`
+	Staged   *time.Time `json:"staged,omitempty"` // when the completion record was written
+	Origin   string     `json:"origin,omitempty"` // download or hand-placed
+	Halted   *time.Time `json:"halted,omitempty"`
+	Switched *time.Time `json:"switched,omitempty"`
+	// Seconds from the halt to the new binary's boot (not the first new block).
+	SwitchSeconds float64 `json:"switch_seconds,omitempty"`
+	Current       bool    `json:"current"` // cosmovisor/current points at it
+}
+
+func historyCmd(opts invisor.Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "history",
+		Short: "List the upgrades of this home: height, binary sha256, when staged, halted and switched",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := loadEnv(cmd, opts)
+			if err != nil {
+				return err
+			}
+			rows, err := history(e.home, e.daemon())
+			if err != nil {
+				return err
+			}
+			if e.json {
+				return e.printJSON(rows)
+			}
+			if len(rows) == 0 {
+				fmt.Fprintln(e.out, "no upgrades on this home yet")
+				return nil
+			}
+			out := make([][]string, 0, len(rows))
+			for _, r := range rows {
+				out = append(out, []string{r.Upgrade, fmt.Sprint(r.Height), short(r.SHA256), ts(r.Staged), ts(r.Switched),
+					map[bool]string{true: fmt.Sprintf("%.2fs", r.SwitchSeconds), false: "-"}[r.Switched != nil],
+					map[bool]string{true: "*", false: ""}[r.Current]})
+			}
+			return table(e.out, []string{"UPGRADE", "HEIGHT", "SHA256", "STAGED", "SWITCHED", "HALT->BOOT", "CURRENT"}, out)
+		},
+	}
+	addOutputFlag(cmd)
+	return cmd
+}
+
+func ts(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
+}
+
+// history joins the staged binaries with the halt/switch log.
+func history(home, daemon string) ([]HistoryRow, error) {
+	entries, err := invisor.ReadHistory(home)
+	if err != nil {
+		return nil, err
+	}
+	cur, _ := currentTarget(home)
+	byName := map[string]*HistoryRow{}
+	var order []string
+	row := func(name string) *HistoryRow {
+		if r, ok := byName[name]; ok {
+			return r
+		}
+		r := &HistoryRow{Upgrade: name}
+		byName[name] = r
+		order = append(order, name)
+		return r
+	}
+	for _, b := range stagedBinaries(home, daemon) {
+		r := row(b.Name)
+		r.Height, r.SHA256, r.Origin = b.Height, b.SHA256, b.Origin
+		if !b.Time.IsZero() {
+			t := b.Time
+			r.Staged = &t
+		}
+		r.Current = cur == "upgrades/"+mustSafe(b.Name)
+	}
+	for _, h := range entries {
+		r := row(h.Upgrade)
+		if h.Height > 0 {
+			r.Height = h.Height
+		}
+		t := h.Time
+		switch h.Event {
+		case invisor.EventHalt:
+			r.Halted = &t
+		case invisor.EventSwitched:
+			r.Switched, r.SwitchSeconds = &t, h.Seconds
+			if h.SHA256 != "" {
+				r.SHA256 = h.SHA256
+			}
+		}
+	}
+	out := make([]HistoryRow, 0, len(order))
+	for _, n := range order {
+		out = append(out, *byName[n])
+	}
+	return out, nil
+}
+
+func unescape(dir string) (string, error) { return url.PathUnescape(dir) }
+
+func sha256File(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,479 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/relauncher"
+	"github.com/invisor/invisor/staging"
+)
+
+// PlanView is the upgrade plan in force as far as status can tell.
+type PlanView struct {
+	Name   string `json:"name"`
+	Height int64  `json:"height"`
+	Info   string `json:"info"`
+	// Source: "node" (asked over RPC), "upgrade-info.json" (the node halted for it),
+	// or "last seen by the node" (the status file of a node that is not running).
+	Source string `json:"source"`
+}
+
+// ETAView estimates when the plan height is reached.
+type ETAView struct {
+	BlocksLeft      int64     `json:"blocks_left"`
+	AvgBlockSeconds float64   `json:"avg_block_seconds"`
+	Seconds         float64   `json:"seconds"`
+	At              time.Time `json:"at"`
+}
+
+// StagingView is the staging state of the plan.
+type StagingView struct {
+	// State is the node's stager state (idle, pending, downloading, verifying, ready,
+	// failed, cancelled) when the node runs, else what the home shows: ready,
+	// placed (a binary without a completion record) or missing.
+	State      string     `json:"state"`
+	Source     string     `json:"source"` // "node" or "home"
+	BytesDone  int64      `json:"bytes_done"`
+	BytesTotal int64      `json:"bytes_total"`
+	Rate       float64    `json:"rate_bytes_per_second"`
+	Attempt    int        `json:"attempt"`
+	Failures   int        `json:"failures"`
+	NextRetry  *time.Time `json:"next_retry,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	Since      time.Time  `json:"since,omitzero"`
+}
+
+// BinaryView is a staged binary on disk.
+type BinaryView struct {
+	Name      string    `json:"name"`
+	Path      string    `json:"path"`
+	Present   bool      `json:"present"`
+	Trusted   bool      `json:"trusted"`
+	SHA256    string    `json:"sha256,omitempty"`
+	Size      int64     `json:"size,omitempty"`
+	Checksum  string    `json:"checksum,omitempty"` // the plan checksum it was verified against
+	Preflight string    `json:"preflight,omitempty"`
+	Origin    string    `json:"origin,omitempty"` // download or hand-placed
+	URL       string    `json:"url,omitempty"`
+	Height    int64     `json:"height,omitempty"`
+	Time      time.Time `json:"time,omitzero"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// StatusReport is `invisor status -o json`.
+type StatusReport struct {
+	Home        string                  `json:"home"`
+	Daemon      string                  `json:"daemon"`
+	Enabled     bool                    `json:"enabled"`
+	Running     bool                    `json:"running"` // a node process holds the staging lock on this home
+	PID         int                     `json:"pid,omitempty"`
+	Node        NodeView                `json:"node"`
+	Plan        *PlanView               `json:"plan"`
+	ETA         *ETAView                `json:"eta,omitempty"`
+	Staging     StagingView             `json:"staging"`
+	Binary      *BinaryView             `json:"binary,omitempty"`
+	AtHalt      string                  `json:"at_halt"`
+	Current     string                  `json:"current,omitempty"`
+	UpgradeInfo *relauncher.UpgradeInfo `json:"upgrade_info,omitempty"`
+	Staged      []BinaryView            `json:"staged"`
+	TempDirs    []string                `json:"temp_dirs"`
+	Problems    []string                `json:"problems"`
+}
+
+func statusCmd(opts invisor.Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the upgrade plan, staging state, what happens at the halt, and setup problems",
+		Long: `Show the plan in force (name, height, info), the current height and an ETA, the staging
+state (bytes, rate, last error), the staged binary (sha256, checksum, preflight), what
+will happen at the upgrade height, and anything wrong with the setup.
+
+With the node running the plan and height come from its RPC (config.toml rpc.laddr or
+--node) and the staging state from the status file the node keeps under
+<home>/cosmovisor; with the node stopped, from the home directory alone.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			e, err := loadEnv(cmd, opts)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
+			defer cancel()
+			rep := gatherStatus(ctx, e)
+			if e.json {
+				return e.printJSON(rep)
+			}
+			printStatus(e, rep)
+			return nil
+		},
+	}
+	addOutputFlag(cmd)
+	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node (default: rpc.laddr of config.toml)")
+	invisor.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func gatherStatus(ctx context.Context, e *env) StatusReport {
+	daemon := e.daemon()
+	rep := StatusReport{Home: e.home, Daemon: daemon, Enabled: e.cfgErr != nil || e.cfg.Enabled,
+		Staged: []BinaryView{}, TempDirs: []string{}, Problems: []string{}}
+	problem := func(format string, a ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...)) }
+	if e.cfgErr != nil {
+		problem("configuration: %v (the node will refuse to start)", e.cfgErr)
+	}
+	if _, err := os.Stat(filepath.Join(e.home, "config", "config.toml")); err != nil {
+		problem("%s is not an initialised node home: %v", e.home, err)
+	}
+
+	rep.PID, rep.Running = lockHolder(e.home)
+
+	// The node, over RPC.
+	if nc, err := newNodeClient(e.rpc); err != nil {
+		rep.Node = NodeView{RPC: e.rpc, Error: err.Error()}
+	} else {
+		rep.Node = nc.view(ctx)
+		if rep.Node.Reachable {
+			if p, err := nc.currentPlan(ctx); err != nil {
+				rep.Node.Error = err.Error()
+			} else if p != nil {
+				rep.Plan = &PlanView{Name: p.Name, Height: p.Height, Info: p.Info, Source: "node"}
+			}
+		}
+	}
+
+	// The home: upgrade-info.json, current, staged binaries, leftovers.
+	ui, uiOK, err := relauncher.ReadUpgradeInfo(e.home)
+	if err != nil {
+		problem("%v", err)
+	}
+	if uiOK {
+		rep.UpgradeInfo = &ui
+	}
+	cur, curErr := currentTarget(e.home)
+	rep.Current = cur
+	if curErr != nil {
+		problem("%v", curErr)
+	}
+	rep.Staged = stagedBinaries(e.home, daemon)
+	for _, b := range rep.Staged {
+		if b.Present && !b.Trusted && b.Error != "" && !strings.Contains(b.Error, "no completion record") {
+			problem("upgrade %q: %s", b.Name, b.Error)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(staging.CosmovisorRoot(e.home), staging.TempPrefix+"*")); len(m) > 0 {
+		rep.TempDirs = m
+		if !rep.Running {
+			problem("%d staging temp dir(s) left by an interrupted attempt under %s; the node removes them at its next start",
+				len(m), staging.CosmovisorRoot(e.home))
+		}
+	}
+
+	// What the running node published.
+	ns, nsOK, nsErr := invisor.ReadNodeStatus(e.home)
+	if nsErr != nil {
+		problem("%v", nsErr)
+	}
+	live := nsOK && rep.Running && ns.PID == rep.PID
+
+	// The plan: node > halted (upgrade-info.json not yet applied) > last seen.
+	if rep.Plan == nil && uiOK && cur != filepath.Join("upgrades", mustSafe(ui.Name)) {
+		rep.Plan = &PlanView{Name: ui.Name, Height: ui.Height, Info: ui.Info, Source: "upgrade-info.json"}
+	}
+	if rep.Plan == nil && nsOK && ns.Plan != nil && !rep.Node.Reachable {
+		rep.Plan = &PlanView{Name: ns.Plan.Name, Height: ns.Plan.Height, Info: ns.Plan.Info,
+			Source: "last seen by the node at " + ns.Time.Format(time.RFC3339)}
+	}
+
+	if rep.Plan != nil {
+		if rep.Node.Reachable && rep.Node.Height > 0 {
+			rep.ETA = eta(rep.Plan.Height, rep.Node.Height, rep.Node.AvgBlockSeconds, rep.Node.LatestBlockTime)
+		}
+		b := binaryView(e.home, daemon, rep.Plan.Name)
+		rep.Binary = &b
+	}
+
+	// Staging state.
+	switch {
+	case live && rep.Plan != nil && ns.Plan != nil && ns.Plan.Name == rep.Plan.Name:
+		rep.Staging = StagingView{State: string(ns.State), Source: "node", BytesDone: ns.BytesDone, BytesTotal: ns.BytesTotal,
+			Rate: ns.Rate, Attempt: ns.Attempt, Failures: ns.Failures, NextRetry: ns.NextRetry, Error: ns.Err, Since: ns.Since}
+	case rep.Binary != nil:
+		rep.Staging = StagingView{State: homeState(*rep.Binary), Source: "home", BytesTotal: -1}
+		if live && ns.Err != "" {
+			rep.Staging.Error = ns.Err
+		}
+	case live:
+		rep.Staging = StagingView{State: string(ns.State), Source: "node", BytesTotal: -1}
+	default:
+		rep.Staging = StagingView{State: "idle", Source: "home", BytesTotal: -1}
+	}
+	if rep.Binary != nil && rep.Binary.Trusted && rep.Staging.State != string(staging.StateReady) && rep.Staging.Source == "node" {
+		// The node has not looked yet (polls every few seconds); the record on disk is authoritative.
+		rep.Staging.State = string(staging.StateReady)
+	}
+
+	rep.AtHalt = atHalt(e, rep, problem)
+	return rep
+}
+
+func mustSafe(name string) string {
+	s, err := staging.SafeName(name)
+	if err != nil {
+		return name
+	}
+	return s
+}
+
+// lockHolder reads the pid in the staging lock file and reports whether that
+// process is alive. It never takes the lock: a CLI holding it for a moment
+// could make a node starting at that moment fail at boot.
+func lockHolder(home string) (int, bool) {
+	b, err := os.ReadFile(filepath.Join(staging.CosmovisorRoot(home), staging.LockName))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+		return pid, false
+	}
+	return pid, true
+}
+
+// currentTarget returns where cosmovisor/current points, relative to the
+// cosmovisor root ("genesis", "upgrades/v2"), or "" if there is no link.
+func currentTarget(home string) (string, error) {
+	root := staging.CosmovisorRoot(home)
+	link := filepath.Join(root, relauncher.CurrentLink)
+	t, err := os.Readlink(link)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", link, err)
+	}
+	abs := t
+	if !filepath.IsAbs(t) {
+		abs = filepath.Join(root, t)
+	}
+	rel, rerr := filepath.Rel(root, abs)
+	if rerr != nil || strings.HasPrefix(rel, "..") {
+		rel = abs
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return rel, fmt.Errorf("%s points to %s, which does not exist; restore it or remove the link", link, t)
+	}
+	return rel, nil
+}
+
+func binaryView(home, daemon, name string) BinaryView {
+	b := BinaryView{Name: name, Path: staging.BinPath(home, daemon, name)}
+	if _, err := os.Lstat(b.Path); err == nil {
+		b.Present = true
+	}
+	inst, err := staging.Trusted(home, daemon, name)
+	if err != nil {
+		b.Error = err.Error()
+		return b
+	}
+	r := inst.Record
+	b.Trusted, b.SHA256, b.Size, b.Checksum, b.Preflight = true, inst.SHA256, inst.Size, r.Checksum, r.Preflight
+	b.Origin, b.URL, b.Height, b.Time = r.Source, r.URL, r.Height, r.Time
+	return b
+}
+
+// stagedBinaries lists every upgrade directory with its binary's trust state.
+func stagedBinaries(home, daemon string) []BinaryView {
+	dir := filepath.Join(staging.CosmovisorRoot(home), staging.UpgradesDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return []BinaryView{}
+	}
+	out := []BinaryView{}
+	for _, d := range ents {
+		if !d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			continue
+		}
+		name, err := unescape(d.Name())
+		if err != nil {
+			continue
+		}
+		out = append(out, binaryView(home, daemon, name))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Height != out[j].Height {
+			return out[i].Height < out[j].Height
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+func homeState(b BinaryView) string {
+	switch {
+	case b.Trusted:
+		return string(staging.StateReady)
+	case b.Present:
+		return "placed"
+	default:
+		return "missing"
+	}
+}
+
+// eta estimates when height plan is reached from height now.
+func eta(plan, now int64, avg float64, latest time.Time) *ETAView {
+	left := plan - now
+	v := &ETAView{BlocksLeft: left, AvgBlockSeconds: avg}
+	if avg > 0 && left > 0 {
+		v.Seconds = float64(left) * avg
+		base := latest
+		if base.IsZero() {
+			base = time.Now()
+		}
+		v.At = base.Add(time.Duration(v.Seconds * float64(time.Second))).UTC()
+	}
+	return v
+}
+
+// atHalt says in one sentence what will happen at the plan height, and adds a
+// problem when it needs the operator.
+func atHalt(e *env, rep StatusReport, problem func(string, ...any)) string {
+	p := rep.Plan
+	switch {
+	case p == nil:
+		return "no upgrade is scheduled; nothing will happen"
+	case e.cfgErr != nil:
+		return "unknown: fix the configuration first"
+	case !e.cfg.Enabled:
+		return fmt.Sprintf("invisor is disabled: at height %d the node halts (CONSENSUS FAILURE) and waits for the binary to be switched by hand or by cosmovisor", p.Height)
+	}
+	b := rep.Binary
+	if b != nil && b.Trusted {
+		steps := []string{}
+		if e.cfg.Relauncher.Backup {
+			steps = append(steps, "backs up data/ to "+e.cfg.Values["backup-dir"])
+		}
+		if e.cfg.Relauncher.RunPreUpgrade {
+			steps = append(steps, "runs `"+filepath.Base(b.Path)+" pre-upgrade`")
+		}
+		steps = append(steps, "points cosmovisor/current at upgrades/"+mustSafe(p.Name))
+		return fmt.Sprintf("at height %d x/upgrade halts the chain (CometBFT logs CONSENSUS FAILURE, which is expected); invisor stops the node cleanly, %s, and execs %s (sha256 %s) in the same process",
+			p.Height, strings.Join(steps, ", "), b.Path, b.SHA256)
+	}
+	hint := fmt.Sprintf("`%s invisor stage %s --file PATH` (or --url URL --checksum sha256:HEX)", e.appName(), p.Name)
+	if e.cfg.Staging.AllowDownload && strings.TrimSpace(p.Info) != "" {
+		if rep.Staging.Error != "" {
+			problem("upgrade %q is not staged yet and the last attempt failed: %s", p.Name, rep.Staging.Error)
+		}
+		return fmt.Sprintf("the binary is not ready yet; staging downloads it from the plan info and retries until it is. If it is not ready at height %d the node waits at the halt until it is (or until you run %s), then switches",
+			p.Height, hint)
+	}
+	why := "downloads are disabled (allow-download = false)"
+	if e.cfg.Staging.AllowDownload {
+		why = "the plan has no info to download from"
+	}
+	problem("upgrade %q is not staged and %s: run %s before height %d", p.Name, why, hint, p.Height)
+	return fmt.Sprintf("the node will halt at height %d and wait for the binary, because %s: run %s", p.Height, why, hint)
+}
+
+func printStatus(e *env, r StatusReport) {
+	w := e.out
+	fmt.Fprintf(w, "home       %s (daemon %s, invisor %s)\n", r.Home, r.Daemon, map[bool]string{true: "enabled", false: "disabled"}[r.Enabled])
+	if r.Node.Reachable {
+		fmt.Fprintf(w, "node       running, height %d, %s, app %s", r.Node.Height, r.Node.Network, r.Node.AppVersion)
+		if r.Node.CatchingUp {
+			fmt.Fprint(w, ", catching up")
+		}
+		fmt.Fprintln(w)
+	} else if r.Running {
+		fmt.Fprintf(w, "node       pid %d holds the home, RPC %s not reachable: %s\n", r.PID, r.Node.RPC, r.Node.Error)
+	} else {
+		fmt.Fprintf(w, "node       not running (RPC %s)\n", r.Node.RPC)
+	}
+	if r.Plan == nil {
+		fmt.Fprintln(w, "plan       none")
+	} else {
+		fmt.Fprintf(w, "plan       %q at height %d (%s)\n", r.Plan.Name, r.Plan.Height, r.Plan.Source)
+		if r.Plan.Info != "" {
+			fmt.Fprintf(w, "info       %s\n", r.Plan.Info)
+		}
+	}
+	if r.ETA != nil {
+		if r.ETA.Seconds > 0 {
+			fmt.Fprintf(w, "eta        %d blocks, about %s (at %s; %.2fs/block)\n", r.ETA.BlocksLeft,
+				time.Duration(r.ETA.Seconds*float64(time.Second)).Round(time.Second), r.ETA.At.Local().Format(time.DateTime), r.ETA.AvgBlockSeconds)
+		} else {
+			fmt.Fprintf(w, "eta        %d blocks\n", r.ETA.BlocksLeft)
+		}
+	}
+	s := r.Staging
+	fmt.Fprintf(w, "staging    %s (from %s)", s.State, s.Source)
+	if s.State == string(staging.StateDownloading) {
+		total := "?"
+		if s.BytesTotal >= 0 {
+			total = strconv.FormatInt(s.BytesTotal, 10)
+		}
+		fmt.Fprintf(w, ", %d/%s bytes at %.0f B/s", s.BytesDone, total, s.Rate)
+	}
+	if s.Attempt > 0 {
+		fmt.Fprintf(w, ", attempt %d, %d failed", s.Attempt, s.Failures)
+	}
+	fmt.Fprintln(w)
+	if s.Error != "" {
+		fmt.Fprintf(w, "last error %s\n", s.Error)
+	}
+	if b := r.Binary; b != nil {
+		if b.Trusted {
+			fmt.Fprintf(w, "binary     %s\n           sha256 %s, %d bytes, %s", b.Path, b.SHA256, b.Size, b.Origin)
+			if b.Checksum != "" {
+				fmt.Fprintf(w, ", verified against %s", b.Checksum)
+			}
+			fmt.Fprintf(w, "\n           preflight: %s\n", b.Preflight)
+		} else {
+			fmt.Fprintf(w, "binary     %s: %s\n", b.Path, b.Error)
+		}
+	}
+	fmt.Fprintf(w, "at halt    %s\n", r.AtHalt)
+	if r.Current != "" {
+		fmt.Fprintf(w, "current    %s\n", r.Current)
+	}
+	if len(r.Staged) > 0 {
+		fmt.Fprintln(w, "staged:")
+		for _, b := range r.Staged {
+			st := "trusted " + short(b.SHA256)
+			if !b.Trusted {
+				st = "NOT trusted: " + b.Error
+			}
+			fmt.Fprintf(w, "  %-12s %s\n", b.Name, st)
+		}
+	}
+	if len(r.Problems) == 0 {
+		fmt.Fprintln(w, "problems   none")
+	} else {
+		fmt.Fprintln(w, "problems:")
+		for _, p := range r.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+	}
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}

@@ -1,0 +1,306 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/invisor/invisor/example-app/localnet"
+	"github.com/invisor/invisor/staging"
+)
+
+// faultChain is a fresh one-validator chain started with exampled-v1, and a
+// loopback server for upgrade binaries.
+type faultChain struct {
+	t    *testing.T
+	ctx  context.Context
+	dir  string // build directory
+	work string
+	node *localnet.Node
+	srv  *localnet.FileServer
+}
+
+func newFaultChain(t *testing.T, env []string, startArgs ...string) *faultChain {
+	t.Helper()
+	dir := builds(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	work := t.TempDir()
+	node, err := localnet.NewSingle(ctx, filepath.Join(dir, "exampled-v1"), filepath.Join(work, "node0"),
+		localnet.Settings{ChainID: "invisor-fault-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Env = env
+	srv, err := localnet.ServeDir(filepath.Join(work, "www"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := node.Stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		srv.Close()
+		if t.Failed() {
+			t.Logf("---- node log tail ----\n%s", node.LogTail(8000))
+		}
+	})
+	if err := node.Start(startArgs...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.WaitHeight(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	return &faultChain{t: t, ctx: ctx, dir: dir, work: work, node: node, srv: srv}
+}
+
+func (c *faultChain) schedule(name string, delay int64) localnet.Scheduled {
+	c.t.Helper()
+	sc, err := c.node.ScheduleUpgrade(c.ctx, c.srv, name, filepath.Join(c.dir, "exampled-"+name), delay)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return sc
+}
+
+func (c *faultChain) waitStaged(name string, before int64) {
+	c.t.Helper()
+	for {
+		if _, err := staging.Trusted(c.node.Home, localnet.DaemonName, name); err == nil {
+			break
+		}
+		info, _ := c.node.AppInfo(c.ctx)
+		if info.Height >= before || c.ctx.Err() != nil {
+			c.t.Fatalf("%s not staged before height %d (at %d)", name, before, info.Height)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitHalted waits until x/upgrade wrote upgrade-info.json for the plan.
+func (c *faultChain) waitHalted() {
+	c.t.Helper()
+	p := filepath.Join(c.node.Home, "data", "upgrade-info.json")
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return
+		}
+		if c.ctx.Err() != nil {
+			c.t.Fatal("the chain never halted for the upgrade")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (c *faultChain) exe() string {
+	exe, _ := c.node.Exe()
+	return exe
+}
+
+func (c *faultChain) stagedPath(name string) string {
+	return filepath.Join(c.node.Home, "cosmovisor", "upgrades", name, "bin", localnet.DaemonName)
+}
+
+// Row 20 of FAULTS.md: the node dies (SIGKILL) after the clean stop at the halt
+// and before the exec. Started again with the OLD binary, it must exec the
+// staged one before opening any store, and the chain must go on.
+func TestFaultKilledBetweenHaltAndExec(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "pre-upgrade-ran")
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true",
+		"EXAMPLED_PRE_UPGRADE_MARKER=" + marker, "EXAMPLED_PRE_UPGRADE_SLEEP=60s"})
+	sc := c.schedule("v2", 30)
+	c.waitStaged("v2", sc.Height)
+	// pre-upgrade runs after the node stopped cleanly and before the exec.
+	for {
+		if _, err := os.Stat(marker); err == nil {
+			break
+		}
+		if done, err := c.node.Exited(); done || c.ctx.Err() != nil {
+			t.Fatalf("node never reached pre-upgrade (exited %v, %v)", done, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c.node.Kill()
+	if info, err := c.node.AppInfo(c.ctx); err == nil {
+		t.Fatalf("node still answers after SIGKILL: %+v", info)
+	}
+
+	c.node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}
+	if err := c.node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.node.Pid()
+	info, err := c.node.WaitHeight(c.ctx, sc.Height+3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.node.Pid() != pid || c.exe() != c.stagedPath("v2") || info.Version != "v2.0.0" {
+		t.Fatalf("after restart with v1: PID %d (started %d), exe %s, version %s; want v1 to exec the staged v2",
+			c.node.Pid(), pid, c.exe(), info.Version)
+	}
+	// The redirect must come before any store is opened in the restarted process.
+	log := c.node.LogTail(1 << 22)
+	restart := strings.LastIndex(log, "invisor: this executable is not the binary the chain needs; redirecting")
+	if restart < 0 {
+		t.Fatal("no boot redirect logged after the restart")
+	}
+	after := log[restart:]
+	execAt, storesAt := strings.Index(after, "invisor: exec"), strings.Index(after, "ABCI Handshake")
+	if execAt < 0 || (storesAt >= 0 && storesAt < execAt) {
+		t.Fatalf("the restarted v1 opened the stores before exec'ing v2 (exec at %d, handshake at %d)", execAt, storesAt)
+	}
+}
+
+// The plan is cancelled by governance before its height: no switch.
+func TestFaultPlanCancelled(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
+	pid, exe := c.node.Pid(), c.exe()
+	sc := c.schedule("v2", 45)
+	c.waitStaged("v2", sc.Height)
+	if err := c.node.CancelUpgrade(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := c.node.AppInfo(c.ctx); info.Height >= sc.Height {
+		t.Fatalf("cancel passed too late (height %d, plan %d)", info.Height, sc.Height)
+	}
+	info, err := c.node.WaitHeight(c.ctx, sc.Height+3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.node.Pid() != pid || c.exe() != exe || info.Version != "v1.0.0" {
+		t.Fatalf("after a cancelled plan: PID %d/%d exe %s version %s; want no switch", c.node.Pid(), pid, c.exe(), info.Version)
+	}
+	if _, err := os.Stat(filepath.Join(c.node.Home, "data", "upgrade-info.json")); err == nil {
+		t.Fatal("upgrade-info.json written for a cancelled plan")
+	}
+	if plan, _ := c.node.UpgradePlan(c.ctx); plan != "" && !strings.Contains(plan, "null") && strings.Contains(plan, "v2") {
+		t.Fatalf("plan still in force: %s", plan)
+	}
+}
+
+// The plan is replaced by one for a later height: the switch happens at the
+// new height only.
+func TestFaultPlanRescheduled(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
+	pid := c.node.Pid()
+	first := c.schedule("v2", 40)
+	second := c.schedule("v2", 45) // replaces the first plan; its height is later
+	if second.Height <= first.Height {
+		t.Fatalf("second plan height %d not after the first %d", second.Height, first.Height)
+	}
+	info, err := c.node.WaitHeight(c.ctx, first.Height+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Version != "v1.0.0" || c.exe() != filepath.Join(c.dir, "exampled-v1") {
+		t.Fatalf("switched at the replaced height %d: version %s exe %s", first.Height, info.Version, c.exe())
+	}
+	info, err = c.node.WaitHeight(c.ctx, second.Height+3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.node.Pid() != pid || info.Version != "v2.0.0" || c.exe() != c.stagedPath("v2") {
+		t.Fatalf("at the new height: PID %d/%d version %s exe %s", c.node.Pid(), pid, info.Version, c.exe())
+	}
+	if trace, _ := c.node.TraceDescription(c.ctx, localnet.TraceDenom); !strings.Contains(trace, "height "+itoa(second.Height)) {
+		t.Fatalf("handler trace %q, want it at height %d", trace, second.Height)
+	}
+}
+
+// Row 16: the plan height is in the node's skip list: no switch.
+func TestFaultSkipHeight(t *testing.T) {
+	const skip = 40
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}, "--unsafe-skip-upgrades", itoa(skip))
+	pid, exe := c.node.Pid(), c.exe()
+	now, _ := c.node.AppInfo(c.ctx)
+	sc := c.schedule("v2", skip-now.Height)
+	if sc.Height != skip {
+		t.Fatalf("plan height %d, want the skip height %d", sc.Height, skip)
+	}
+	info, err := c.node.WaitHeight(c.ctx, skip+3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.node.Pid() != pid || c.exe() != exe || info.Version != "v1.0.0" {
+		t.Fatalf("at a skip height: PID %d/%d exe %s version %s; want no switch", c.node.Pid(), pid, c.exe(), info.Version)
+	}
+}
+
+// Row 28: the staged binary is modified after verification: it is never
+// execed; the node stays halted and says why.
+func TestFaultStagedBinaryModified(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
+	sc := c.schedule("v2", 30)
+	c.waitStaged("v2", sc.Height)
+	f, err := os.OpenFile(c.stagedPath("v2"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("tampered")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	c.waitHalted()
+	time.Sleep(3 * time.Second)
+	if done, err := c.node.Exited(); done {
+		t.Logf("node exited: %v", err)
+	} else if exe := c.exe(); exe == c.stagedPath("v2") {
+		sum, _ := localnet.SHA256File(c.stagedPath("v2"))
+		if sum != sc.SHA256 {
+			t.Fatalf("the modified binary was execed (sha256 %s)", sum)
+		}
+	}
+	if info, err := c.node.AppInfo(c.ctx); err == nil && info.Height >= sc.Height {
+		t.Fatalf("the chain went past the upgrade height with a tampered binary: %+v", info)
+	}
+	log := c.node.LogTail(1 << 20)
+	if !strings.Contains(log, "sha256") && !strings.Contains(log, "checksum") && !strings.Contains(log, "changed") {
+		t.Fatal("no log line says the staged binary does not match")
+	}
+}
+
+// The binary is not ready at the halt (downloads off); the operator places it
+// by hand; invisor verifies it and switches right after.
+func TestFaultBinaryPlacedAfterHalt(t *testing.T) {
+	c := newFaultChain(t, nil)
+	pid := c.node.Pid()
+	sc := c.schedule("v2", 25)
+	c.waitHalted()
+	time.Sleep(2 * time.Second)
+	if info, _ := c.node.AppInfo(c.ctx); info.Height != sc.Height-1 {
+		t.Fatalf("halted node at height %d, want %d", info.Height, sc.Height-1)
+	}
+	if !strings.Contains(c.node.LogTail(1<<20), "binary not ready") {
+		t.Fatal("the halted node does not say what is missing")
+	}
+	// The operator places the binary (atomically, as `cp` to a temp name + `mv`).
+	bin := c.stagedPath("v2")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(c.dir, "exampled-v2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin+".tmp", data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".tmp", bin); err != nil {
+		t.Fatal(err)
+	}
+	placed := time.Now()
+	info, err := c.node.WaitHeight(c.ctx, sc.Height)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("switched %s after the binary was placed", time.Since(placed).Round(time.Millisecond))
+	if c.node.Pid() != pid || info.Version != "v2.0.0" || c.exe() != bin {
+		t.Fatalf("PID %d/%d version %s exe %s; want the placed v2 in the same process", c.node.Pid(), pid, info.Version, c.exe())
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

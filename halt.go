@@ -1,0 +1,50 @@
+package invisor
+
+import (
+	"runtime"
+	"strings"
+	"time"
+)
+
+// inConsensus tells whether the halting block is being executed by CometBFT's
+// consensus state machine. There, x/upgrade's error is recovered, consensus
+// stops and the process idles, so invisor stops the node cleanly (the SIGTERM
+// path) and switches after. Anywhere else — block sync, or a replay — the same
+// error panics a goroutine without recovery and the process dies, so invisor
+// must switch from inside the halting call, before that happens.
+//
+// The call stack is the only in-process signal that needs no extra wiring; it
+// is read once per upgrade, at the halt.
+func inConsensus() bool {
+	buf := make([]byte, 64<<10)
+	stack := string(buf[:runtime.Stack(buf, false)])
+	return strings.Contains(stack, "cometbft/consensus.(*State)")
+}
+
+// switchInPlace is the halt outside consensus (block sync, replay): wait for
+// the trusted binary, then exec it from here. The databases are not closed:
+// every write of the last committed block has already reached the kernel, the
+// halting block was never applied, and exec drops the file locks (all files
+// are close-on-exec), so the new process opens the stores exactly as it would
+// after the crash this prevents. It returns only if the switch failed; the
+// caller then lets the halt error end the process, and a restart goes through
+// the boot redirect.
+func (n *node) switchInPlace(name string, height int64) {
+	n.log.Info("invisor: halted outside consensus (block sync or replay); switching from here, without a restart",
+		"upgrade", name, "height", height)
+	start, lastLog := time.Now(), time.Time{}
+	for {
+		if _, err := n.verifier.Trusted(name); err == nil {
+			break
+		} else if time.Since(lastLog) >= 5*time.Second {
+			lastLog = time.Now()
+			n.log.Error("invisor: waiting for the upgrade binary before switching; block sync resumes once it is staged",
+				"upgrade", name, "height", height, "waited", time.Since(start).Round(time.Second), "missing", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	n.cancel()
+	err := n.rl.Switch(name)
+	n.log.Error("invisor: could not switch to the upgrade binary; the node will stop and a restart goes through the boot redirect",
+		"upgrade", name, "err", err)
+}

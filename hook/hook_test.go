@@ -1,0 +1,252 @@
+package hook_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	abci "github.com/cometbft/cometbft/abci/types"
+
+	"cosmossdk.io/core/header"
+
+	"github.com/cosmos/cosmos-sdk/runtime"
+	storetypes "github.com/cosmos/cosmos-sdk/store/v2/types"
+	"github.com/cosmos/cosmos-sdk/testutil"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	moduletestutil "github.com/cosmos/cosmos-sdk/types/module/testutil"
+	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
+	govtypes "github.com/cosmos/cosmos-sdk/x/gov/types"
+	"github.com/cosmos/cosmos-sdk/x/upgrade"
+	"github.com/cosmos/cosmos-sdk/x/upgrade/keeper"
+	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
+
+	"github.com/invisor/invisor/hook"
+)
+
+// recorder is a Sink that remembers every call.
+type recorder struct {
+	mu     sync.Mutex
+	plans  []*hook.Plan
+	blocks []int64
+	halts  []hook.Plan
+}
+
+func (r *recorder) PlanChanged(p *hook.Plan, h int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.plans = append(r.plans, p)
+	r.blocks = append(r.blocks, h)
+}
+
+func (r *recorder) Halted(p hook.Plan, _ int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.halts = append(r.halts, p)
+}
+
+type logger struct{ errs []string }
+
+func (l *logger) Info(string, ...any) {}
+func (l *logger) Error(msg string, kv ...any) {
+	l.errs = append(l.errs, fmt.Sprint(append([]any{msg}, kv...)...))
+}
+
+// chain is a real x/upgrade keeper on an in-memory store, driven block by block
+// through the real x/upgrade PreBlocker wrapped by the watcher.
+type chain struct {
+	t      testing.TB
+	ctx    sdk.Context
+	k      *keeper.Keeper
+	rec    *recorder
+	log    *logger
+	blocks sdk.PreBlocker
+	height int64
+}
+
+func newChain(t testing.TB, skip map[int64]bool) *chain {
+	key := storetypes.NewKVStoreKey(upgradetypes.StoreKey)
+	tctx := testutil.DefaultContextWithDB(t, key, storetypes.NewTransientStoreKey("transient"))
+	enc := moduletestutil.MakeTestEncodingConfig(upgrade.AppModuleBasic{})
+	k := keeper.NewKeeper(skip, runtime.NewKVStoreService(key), enc.Codec, t.TempDir(), nil,
+		authtypes.NewModuleAddress(govtypes.ModuleName).String())
+	c := &chain{t: t, ctx: tctx.Ctx, k: k, rec: &recorder{}, log: &logger{}}
+	inner := func(ctx sdk.Context, _ *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
+		res, err := upgrade.PreBlocker(ctx, k)
+		if res == nil {
+			return nil, err
+		}
+		return res.(*sdk.ResponsePreBlock), err
+	}
+	c.blocks = hook.NewPlanWatcher(k, c.rec, c.log).Wrap(inner)
+	return c
+}
+
+// block runs the PreBlocker for the next height and returns its result.
+func (c *chain) block() (*sdk.ResponsePreBlock, error) {
+	c.height++
+	ctx := c.ctx.WithBlockHeight(c.height).WithHeaderInfo(headerInfo(c.height)).WithGasMeter(storetypes.NewGasMeter(1_000_000))
+	c.ctx = ctx
+	return c.blocks(ctx, &abci.RequestFinalizeBlock{Height: c.height})
+}
+
+func (c *chain) schedule(name string, h int64, info string) {
+	c.t.Helper()
+	if err := c.k.ScheduleUpgrade(c.ctx, upgradetypes.Plan{Name: name, Height: h, Info: info}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func TestWatcherReportsNewChangedAndVanishedPlans(t *testing.T) {
+	c := newChain(t, nil)
+	if _, err := c.block(); err != nil { // height 1: startup, no plan
+		t.Fatal(err)
+	}
+	c.schedule("v2", 10, "info-a")
+	c.block() // 2: plan appears
+	c.block() // 3: unchanged: no report
+	c.schedule("v2", 12, "info-a")
+	c.block() // 4: re-scheduled to another height
+	if err := c.k.ClearUpgradePlan(c.ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.block() // 5: cancelled
+
+	want := []string{"<nil>@1", "v2/10/info-a@2", "v2/12/info-a@4", "<nil>@5"}
+	var got []string
+	for i, p := range c.rec.plans {
+		s := "<nil>"
+		if p != nil {
+			s = fmt.Sprintf("%s/%d/%s", p.Name, p.Height, p.Info)
+		}
+		got = append(got, fmt.Sprintf("%s@%d", s, c.rec.blocks[i]))
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("reports %v, want %v", got, want)
+	}
+	if len(c.rec.halts) != 0 {
+		t.Fatalf("unexpected halts %v", c.rec.halts)
+	}
+}
+
+func TestWatcherReportsHaltOnceAndKeepsTheError(t *testing.T) {
+	c := newChain(t, nil)
+	c.block()
+	c.schedule("v2", 3, "")
+	c.block() // 2
+	_, err := c.block()
+	if err == nil || !strings.Contains(err.Error(), `UPGRADE "v2" NEEDED at height: 3`) {
+		t.Fatalf("PreBlocker error %v, want x/upgrade's halt error untouched", err)
+	}
+	if len(c.rec.halts) != 1 || c.rec.halts[0].Name != "v2" || c.rec.halts[0].Height != 3 {
+		t.Fatalf("halts %v, want one for v2 at 3", c.rec.halts)
+	}
+	c.height-- // CometBFT retries the same height after a restart of consensus
+	if _, err := c.block(); err == nil {
+		t.Fatal("the retried block must fail again")
+	}
+	if len(c.rec.halts) != 1 {
+		t.Fatalf("halt reported %d times, want once", len(c.rec.halts))
+	}
+}
+
+func TestWatcherSkipHeightIsNoHalt(t *testing.T) {
+	c := newChain(t, map[int64]bool{3: true})
+	c.block()
+	c.schedule("v2", 3, "")
+	c.block()
+	if _, err := c.block(); err != nil {
+		t.Fatalf("skip height must pass: %v", err)
+	}
+	if len(c.rec.halts) != 0 {
+		t.Fatalf("halt reported at a skip height: %v", c.rec.halts)
+	}
+	if last := c.rec.plans[len(c.rec.plans)-1]; last != nil {
+		t.Fatalf("plan should have vanished after the skip, got %+v", last)
+	}
+}
+
+// The wrapped PreBlocker's result must be exactly the inner result, with the
+// same gas consumed, whatever the watcher does.
+func TestWatcherDoesNotChangeTheBlock(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		sink  hook.Sink
+		inner error
+	}{
+		{"panicking sink", panicSink{}, nil},
+		{"panicking sink and inner error", panicSink{}, errors.New("inner failed")},
+		{"recording sink", &recorder{}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newChain(t, nil)
+			c.schedule("v2", 100, "")
+			want := &sdk.ResponsePreBlock{ConsensusParamsChanged: true}
+			inner := func(ctx sdk.Context, _ *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
+				ctx.GasMeter().ConsumeGas(7, "inner")
+				return want, tc.inner
+			}
+			log := &logger{}
+			wrapped := hook.NewPlanWatcher(c.k, tc.sink, log).Wrap(inner)
+			ctx := c.ctx.WithBlockHeight(5).WithGasMeter(storetypes.NewGasMeter(1000))
+			res, err := wrapped(ctx, &abci.RequestFinalizeBlock{Height: 5})
+			if res != want || !errors.Is(err, tc.inner) {
+				t.Fatalf("got (%v, %v), want (%v, %v)", res, err, want, tc.inner)
+			}
+			if used := ctx.GasMeter().GasConsumed(); used != 7 {
+				t.Fatalf("block gas %d, want the inner 7 only", used)
+			}
+			if _, ok := tc.sink.(panicSink); ok && len(log.errs) == 0 {
+				t.Fatal("a recovered panic must be logged")
+			}
+		})
+	}
+}
+
+type panicSink struct{}
+
+func (panicSink) PlanChanged(*hook.Plan, int64) { panic("sink exploded") }
+func (panicSink) Halted(hook.Plan, int64)       { panic("sink exploded") }
+
+type opts map[string]any
+
+func (o opts) Get(k string) any { return o[k] }
+
+func TestWrapWithoutSinkReturnsNextUnchanged(t *testing.T) {
+	called := false
+	next := func(sdk.Context, *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
+		called = true
+		return nil, nil
+	}
+	c := newChain(t, nil)
+	w := hook.Wrap(next, c.k, opts{}, &logger{})
+	_, _ = w(c.ctx, nil)
+	if !called {
+		t.Fatal("next not called")
+	}
+	rec := &recorder{}
+	w = hook.Wrap(next, c.k, opts{hook.SinkKey: hook.Sink(rec)}, &logger{})
+	_, _ = w(c.ctx.WithBlockHeight(1), nil)
+	if len(rec.plans) != 1 {
+		t.Fatalf("sink registered under SinkKey not used: %v", rec.plans)
+	}
+}
+
+// BenchmarkWatcherPerBlock is the hook's cost per block with a real keeper and an
+// in-memory store, with a plan in force that does not change (the common case).
+func BenchmarkWatcherPerBlock(b *testing.B) {
+	c := newChain(b, nil)
+	c.schedule("v2", 1<<40, `{"binaries":{"linux/amd64":"https://example.com/x?checksum=sha256:00"}}`)
+	w := hook.NewPlanWatcher(c.k, &recorder{}, &logger{})
+	ctx := c.ctx.WithBlockHeight(10)
+	w.Observe(ctx, nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		w.Observe(ctx, nil)
+	}
+}
+
+
+func headerInfo(h int64) header.Info { return header.Info{Height: h} }
