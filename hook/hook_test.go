@@ -248,5 +248,4 @@ func BenchmarkWatcherPerBlock(b *testing.B) {
 	}
 }
 
-
 func headerInfo(h int64) header.Info { return header.Info{Height: h} }
