@@ -32,8 +32,11 @@ test-unit:
 test-e2e: build
 	EXAMPLED_BUILD=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 20m -v ./example-app/...
 
-bench:
+# Unit benchmarks, then invisor vs cosmovisor v1.5.0 on real chains (about 40 min
+# on 2 cores; writes BENCHMARKS.md). Not part of `make test`.
+bench: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./staging/ ./relauncher/
+	cd bench && $(GO) run . -runs 5 -v1 $(abspath $(BUILD))/exampled-v1 -v2 $(abspath $(BUILD))/exampled-v2
 
 clean:
 	rm -rf $(BUILD)

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -59,7 +60,11 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 	if err != nil || start == rootCmd {
 		return errors.New("invisor: the root command has no `start` subcommand")
 	}
-	wrapStart(start, opts)
+	// The environment as the process received it: the SDK's Execute rewrites it
+	// (CometBFT's copyEnvVars adds a "<prefix>_" copy of every variable), and the
+	// new binary must get exactly what this one got.
+	environ := os.Environ()
+	wrapStart(start, opts, environ)
 	wrapFlagMarking(rootCmd)
 	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
 }
@@ -77,7 +82,7 @@ type node struct {
 	wg        sync.WaitGroup
 }
 
-func wrapStart(start *cobra.Command, opts Options) {
+func wrapStart(start *cobra.Command, opts Options, environ []string) {
 	var n *node
 	AddFlags(start.Flags())
 	preRun, run := start.PreRunE, start.RunE
@@ -88,7 +93,7 @@ func wrapStart(start *cobra.Command, opts Options) {
 			}
 		}
 		var err error
-		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts)
+		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ)
 		return err
 	}
 	start.RunE = func(cmd *cobra.Command, args []string) error {
@@ -111,7 +116,7 @@ func wrapStart(start *cobra.Command, opts Options) {
 
 // boot builds invisor for the node home, runs the boot redirect (which may exec
 // another binary and not return), starts staging and registers the hook's sink.
-func boot(sctx *server.Context, cmd *cobra.Command, opts Options) (*node, error) {
+func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []string) (*node, error) {
 	cfg, err := LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
 		return nil, err
@@ -128,7 +133,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options) (*node, error)
 		}
 		return relauncher.Binary{Name: name, Path: inst.Path, SHA256: inst.SHA256, Size: inst.Size}, nil
 	})
-	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.DefaultOS())
+	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.OS{Environ: func() []string { return environ }})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}

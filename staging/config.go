@@ -23,7 +23,7 @@ const (
 	DefaultPreflightTimeout      = 30 * time.Second
 	DefaultRetryMin              = 5 * time.Second
 	DefaultRetryMax              = 5 * time.Minute
-	DefaultPollInterval          = 5 * time.Second
+	DefaultPollInterval          = 1 * time.Second
 	DefaultProgressInterval      = 5 * time.Second
 )
 

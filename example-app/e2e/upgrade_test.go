@@ -30,8 +30,11 @@ func builds(t *testing.T) string {
 // and passes two governance upgrades, v1 to v2 and v2 to v3. Each time invisor
 // must stage the binary before the height, keep the PID, exec the staged binary
 // at the height, and the new handler must run; the chain must reach H+5.
-// Then a fresh full node with only v1 and downloads allowed syncs from genesis
-// (block sync) and crosses both upgrades on its own, in one process.
+// A full node without invisor follows the chain and is upgraded by hand at each
+// halt: it can only go past H if its app hash at H matches the one invisor's
+// node committed. Then a fresh full node with only v1 and downloads allowed
+// syncs from genesis (block sync) and crosses both upgrades on its own, in one
+// process.
 func TestUpgradeTwiceInPlace(t *testing.T) {
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -59,14 +62,53 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 	}
 	defer srv.Close()
 
+	byHand, err := localnet.NewFullNode(ctx, "byhand", filepath.Join(dir, "exampled-v1"), filepath.Join(work, "byhand"), node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byHand.Env = []string{"INVISOR_ENABLED=false"}
+	t.Cleanup(func() {
+		_ = byHand.Stop(15 * time.Second)
+		if t.Failed() {
+			t.Logf("---- by-hand node log tail ----\n%s", byHand.LogTail(4000))
+		}
+	})
+
+	if err := node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.WaitHeight(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := byHand.Start(); err != nil {
+		t.Fatal(err)
+	}
+
 	var pid int
 	for i, up := range []struct{ name, bin string }{{"v2", "exampled-v2"}, {"v3", "exampled-v3"}} {
 		r, err := localnet.RunUpgrade(ctx, node, localnet.UpgradeSpec{
 			Name: up.name, Binary: filepath.Join(dir, up.bin), Server: srv,
-			Start: i == 0, Progress: func(s string) { t.Log(s) },
+			Progress: func(s string) { t.Log(s) },
 		})
 		if err != nil {
 			t.Fatalf("upgrade %s: %v\n%s", up.name, err, r.Summary())
+		}
+		// The operator's way: the node halted at H (or died there, in block
+		// sync); stop it, start the new binary.
+		if _, err := byHand.WaitHeight(ctx, r.PlanHeight-1); err != nil {
+			if done, _ := byHand.Exited(); !done {
+				t.Fatalf("by-hand node: %v", err)
+			}
+		}
+		if err := byHand.Stop(15 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		byHand.Bin = filepath.Join(dir, up.bin)
+		if err := byHand.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if info, err := byHand.WaitHeight(ctx, r.PlanHeight+2); err != nil || info.Version != r.VersionAfter {
+			t.Fatalf("node upgraded by hand did not follow past %d (app hash mismatch?): %+v %v", r.PlanHeight, info, err)
 		}
 		t.Logf("\n%s", r.Summary())
 		if r.SeenBlock == 0 || r.SeenBlock > r.StagedAtHeight {

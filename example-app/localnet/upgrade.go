@@ -47,6 +47,8 @@ type UpgradeResult struct {
 	StagedAtHeight int64 // app height when the staged binary was first trusted
 	StagedSHA256   string
 	PIDBefore      int
+	ProcBefore     Proc // argv, environment and cwd of the node process before the upgrade
+	ProcAfter      Proc
 	PIDAfter       int
 	ExeBefore      string
 	ExeAfter       string
@@ -114,6 +116,7 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 	}
 	r.VersionBefore, r.PIDBefore = before.Version, n.Pid()
 	r.ExeBefore, _ = n.Exe()
+	r.ProcBefore, _ = n.Proc()
 	say("proposing upgrade %q at height %d (now %d), binary served at %s", s.Name, before.Height+s.PlanDelay, before.Height, srv.URL)
 	sc, err := n.ScheduleUpgrade(ctx, srv, s.Name, s.Binary, s.PlanDelay)
 	r.ProposedAt, r.PlanHeight = sc.ProposedAt, sc.Height
@@ -163,6 +166,7 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 	r.Downtime = r.ResumedSeen.Sub(r.HaltSeen)
 	r.PIDAfter = n.Pid()
 	r.ExeAfter, _ = n.Exe()
+	r.ProcAfter, _ = n.Proc()
 	r.SeenBlock = seenBlock(n.LogTail(64<<20), s.Name)
 	r.Trace, _ = n.TraceDescription(ctx, TraceDenom)
 
@@ -175,6 +179,8 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 		return r, fmt.Errorf("PID changed across the upgrade: %d -> %d", r.PIDBefore, r.PIDAfter)
 	case r.ExeAfter != want:
 		return r, fmt.Errorf("process %d executes %s, want the staged %s", r.PIDAfter, r.ExeAfter, want)
+	case !r.ProcAfter.Same(r.ProcBefore):
+		return r, fmt.Errorf("argv, environment or cwd changed across the exec:\n before %+v\n after  %+v", r.ProcBefore, r.ProcAfter)
 	case r.VersionAfter == r.VersionBefore:
 		return r, fmt.Errorf("app version still %s after the upgrade", r.VersionAfter)
 	case !strings.Contains(r.Trace, "upgrade handler "+s.Name+" ran at height "+strconv.FormatInt(r.PlanHeight, 10)):
