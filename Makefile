@@ -19,12 +19,15 @@ $(BUILD)/exampled-v%: FORCE
 demo: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 	$(GO) run ./example-app/demo -v1 $(BUILD)/exampled-v1 -v2 $(BUILD)/exampled-v2
 
-# Unit tests (race detector on) and short fuzz runs, then the end-to-end tests
-# against real exampled processes.
+# Unit tests (the race detector on the concurrent libraries; the packages that
+# link the SDK run without it, which would rebuild the SDK instrumented), short
+# fuzz runs, then the end-to-end tests against real exampled processes.
 test: test-unit test-e2e
 
 test-unit:
-	$(GO) test -race -count=1 -timeout 15m ./hook/... ./staging/... ./relauncher/... .
+	$(GO) test -race -count=1 -timeout 15m ./staging/... ./relauncher/...
+	$(GO) test -count=1 -timeout 15m ./hook/... ./cli/... .
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s ./relauncher/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzSafeName -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/

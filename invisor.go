@@ -10,7 +10,7 @@
 // A chain wires it in two places:
 //
 //	// app.go
-//	app.SetPreBlocker(hook.Wrap(app.PreBlocker, app.UpgradeKeeper, appOpts, logger))
+//	hook.Install(app, app.UpgradeKeeper, appOpts, logger) // sets the PreBlocker and EndBlocker
 //
 //	// main.go
 //	err := invisor.Execute(rootCmd, invisor.Options{DaemonName: "appd", DefaultHome: app.DefaultNodeHome})

@@ -1,9 +1,11 @@
 // Package hook watches the x/upgrade plan from inside the consensus path.
 //
-// A PlanWatcher wraps the app's PreBlocker. In every block, after the wrapped
-// PreBlocker has run, it reads the upgrade plan (one KV read) and tells its Sink
-// when the plan in force appeared, changed or vanished, and when x/upgrade halted
-// the chain at the plan height because this binary has no handler for it.
+// A PlanWatcher wraps the app's PreBlocker (and, through Install, its
+// EndBlocker). In every block, after the wrapped blocker has run, it reads the
+// upgrade plan (one KV read) and tells its Sink when the plan in force appeared,
+// changed or vanished — in the very block whose EndBlocker scheduled it — and
+// when x/upgrade halted the chain at the plan height because this binary has no
+// handler for it.
 //
 // Guarantees: the block's result is exactly the wrapped PreBlocker's result —
 // same response, same error, no state written, no gas charged to the block;

@@ -140,3 +140,46 @@ func Wrap(next sdk.PreBlocker, src PlanSource, appOpts AppOptions, log Logger) s
 	}
 	return NewPlanWatcher(src, sink, log).Wrap(next)
 }
+
+// WrapEndBlocker returns an EndBlocker that runs next and then observes the
+// plan, so that a plan scheduled by this block's EndBlockers (gov executing a
+// passed proposal) is noticed in the same block rather than the next one. Its
+// result is always exactly next's result.
+func (w *PlanWatcher) WrapEndBlocker(next sdk.EndBlocker) sdk.EndBlocker {
+	return func(ctx sdk.Context) (sdk.EndBlock, error) {
+		res, err := next(ctx)
+		if err == nil {
+			w.Observe(ctx, nil)
+		}
+		return res, err
+	}
+}
+
+// App is the part of an SDK app that Install wires: its own PreBlocker and
+// EndBlocker methods, and BaseApp's setters.
+type App interface {
+	PreBlocker(sdk.Context, *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error)
+	EndBlocker(sdk.Context) (sdk.EndBlock, error)
+	SetPreBlocker(sdk.PreBlocker)
+	SetEndBlocker(sdk.EndBlocker)
+}
+
+// Install is the one line a chain's app.go needs, in place of its
+// SetPreBlocker and SetEndBlocker calls:
+//
+//	hook.Install(app, app.UpgradeKeeper, appOpts, logger)
+//
+// It sets the app's PreBlocker and EndBlocker, wrapped by one PlanWatcher for
+// the Sink the process edge registered in appOpts under SinkKey; without one
+// (unit tests, `export`, a node started without invisor) they are set unwrapped.
+func Install(app App, src PlanSource, appOpts AppOptions, log Logger) {
+	sink, ok := appOpts.Get(SinkKey).(Sink)
+	if !ok || sink == nil {
+		app.SetPreBlocker(app.PreBlocker)
+		app.SetEndBlocker(app.EndBlocker)
+		return
+	}
+	w := NewPlanWatcher(src, sink, log)
+	app.SetPreBlocker(w.Wrap(app.PreBlocker))
+	app.SetEndBlocker(w.WrapEndBlocker(app.EndBlocker))
+}

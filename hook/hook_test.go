@@ -249,3 +249,47 @@ func BenchmarkWatcherPerBlock(b *testing.B) {
 }
 
 func headerInfo(h int64) header.Info { return header.Info{Height: h} }
+
+// fakeApp records what Install sets.
+type fakeApp struct {
+	pre sdk.PreBlocker
+	end sdk.EndBlocker
+}
+
+func (a *fakeApp) PreBlocker(sdk.Context, *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
+	return &sdk.ResponsePreBlock{}, nil
+}
+func (a *fakeApp) EndBlocker(sdk.Context) (sdk.EndBlock, error) { return sdk.EndBlock{}, nil }
+func (a *fakeApp) SetPreBlocker(f sdk.PreBlocker)               { a.pre = f }
+func (a *fakeApp) SetEndBlocker(f sdk.EndBlocker)               { a.end = f }
+
+// A plan scheduled by this block's EndBlockers (gov) is reported in this block.
+func TestInstallNoticesPlanInTheBlockThatSchedulesIt(t *testing.T) {
+	c := newChain(t, nil)
+	rec := &recorder{}
+	app := &fakeApp{}
+	hook.Install(app, c.k, opts{hook.SinkKey: hook.Sink(rec)}, &logger{})
+	ctx := c.ctx.WithBlockHeight(7)
+	if _, err := app.pre(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	c.schedule("v2", 50, "") // what gov's EndBlocker does when the proposal passes
+	if _, err := app.end(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rec.plans); n != 2 || rec.plans[1] == nil || rec.plans[1].Name != "v2" || rec.blocks[1] != 7 {
+		t.Fatalf("reports %v at %v, want the plan v2 in block 7", rec.plans, rec.blocks)
+	}
+	if _, err := app.pre(ctx.WithBlockHeight(8), nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.plans) != 2 {
+		t.Fatalf("unchanged plan reported again: %v", rec.plans)
+	}
+
+	plain := &fakeApp{}
+	hook.Install(plain, c.k, opts{}, &logger{})
+	if plain.pre == nil || plain.end == nil {
+		t.Fatal("without a sink Install must still set the app's own blockers")
+	}
+}

@@ -221,10 +221,10 @@ func New(logger log.Logger, db dbm.DB, loadLatest bool, appOpts servertypes.AppO
 	app.MountKVStores(keys)
 
 	app.SetInitChainer(app.InitChainer)
-	// invisor: watch the upgrade plan in every block, without touching its outcome.
-	app.SetPreBlocker(hook.Wrap(app.PreBlocker, app.UpgradeKeeper, appOpts, logger))
 	app.SetBeginBlocker(app.BeginBlocker)
-	app.SetEndBlocker(app.EndBlocker)
+	// invisor: sets the PreBlocker and EndBlocker, watching the upgrade plan in
+	// every block without touching its outcome.
+	hook.Install(app, app.UpgradeKeeper, appOpts, logger)
 	anteHandler, err := ante.NewAnteHandler(ante.HandlerOptions{
 		AccountKeeper:   app.AccountKeeper,
 		BankKeeper:      app.BankKeeper,
