@@ -91,7 +91,16 @@ func (r *Relauncher) haltLoop() {
 		req := *r.req
 		r.mu.Unlock()
 
-		_, err := r.trusted(req.name)
+		// Stamp the file before hashing it: any change after this point, even
+		// during the hash, fails the stamp check Switch makes instead of hashing
+		// again after the stop.
+		stamp, serr := stampOf(r.ExpectedBinary(req.name))
+		bin, err := r.trusted(req.name)
+		if err == nil && serr == nil && sameFile(bin.Path, r.ExpectedBinary(req.name)) {
+			r.mu.Lock()
+			r.verified = &verifiedBinary{bin: bin, stamp: stamp}
+			r.mu.Unlock()
+		}
 		if err == nil {
 			r.mu.Lock()
 			if r.closed {

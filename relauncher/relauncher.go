@@ -25,14 +25,23 @@ type Relauncher struct {
 	os   OS
 
 	// Halt coordinator state; the waiter goroutine is the only writer of armed.
-	mu      sync.Mutex
-	req     *haltReq
-	armed   string
-	started bool
-	closed  bool
-	wake    chan struct{}
-	done    chan struct{}
-	exited  chan struct{}
+	mu    sync.Mutex
+	req   *haltReq
+	armed string
+	// verified is the binary the halt waiter hashed, with the stamp taken before.
+	verified *verifiedBinary
+	started  bool
+	closed   bool
+	wake     chan struct{}
+	done     chan struct{}
+	exited   chan struct{}
+}
+
+// verifiedBinary is a binary verified at the halt and the file stamp taken just
+// before its hash.
+type verifiedBinary struct {
+	bin   Binary
+	stamp fileStamp
 }
 
 // New checks cfg and the home directory and returns a Relauncher. log may be nil;
@@ -127,6 +136,14 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("relauncher: executable: %w", err)
 	}
+	// Just exec'd by invisor into the upgrade's binary: Switch verified this very
+	// file (and its stamp) right before the exec, and a running executable cannot
+	// be written to, so hashing it again would only delay the new binary's start.
+	if r.execedBy() != "" && sameFile(self, r.ExpectedBinary(ui.Name)) {
+		r.log.Info("invisor: running the binary the chain needs (verified before the exec)",
+			"upgrade", ui.Name, "height", ui.Height, "path", self)
+		return nil
+	}
 	bin, verr := r.trusted(ui.Name)
 	if verr != nil {
 		// Running the binary from its cosmovisor place (e.g. via current/bin, or an
@@ -178,15 +195,34 @@ func (r *Relauncher) SwitchContext(ctx context.Context, name string) error {
 	if ui.Name != name {
 		return fmt.Errorf("%w: switch to %q but upgrade-info.json names %q", ErrUpgradeMismatch, name, ui.Name)
 	}
-	bin, err := r.trusted(name)
+	bin, err := r.verifiedAtHalt(name)
 	if err != nil {
-		return r.missing(name, ui.Height, err)
+		if bin, err = r.trusted(name); err != nil {
+			return r.missing(name, ui.Height, err)
+		}
 	}
 	self, err := r.os.Executable()
 	if err != nil {
 		self = ""
 	}
 	return r.switchTo(ctx, ui, bin, self, false)
+}
+
+// verifiedAtHalt returns the binary the halt waiter hashed for name if the file
+// is provably unchanged since (same device, inode, size, mode, mtime and ctime
+// as stamped before the hash), so the switch does not hash it a second time
+// while the chain is down. Any doubt is an error and the caller verifies again.
+func (r *Relauncher) verifiedAtHalt(name string) (Binary, error) {
+	r.mu.Lock()
+	v := r.verified
+	r.mu.Unlock()
+	if v == nil || v.bin.Name != name {
+		return Binary{}, errors.New("relauncher: not verified at the halt")
+	}
+	if err := v.stamp.recheck(v.bin.Path); err != nil {
+		return Binary{}, err
+	}
+	return v.bin, nil
 }
 
 // switchTo prepares (backup, pre-upgrade), flips `current` and execs bin.
@@ -254,6 +290,16 @@ func (r *Relauncher) upgradeDirOf(bin Binary) (string, error) {
 		return "", fmt.Errorf("%w: trusted binary %q is outside %s", ErrLayout, bin.Path, filepath.Join(r.Root(), UpgradesDir))
 	}
 	return dir, nil
+}
+
+// execedBy returns the executable that exec'd this process (EnvExecedFrom), or "".
+func (r *Relauncher) execedBy() string {
+	for _, kv := range r.os.Environ() {
+		if k, v, _ := strings.Cut(kv, "="); k == EnvExecedFrom {
+			return v
+		}
+	}
+	return ""
 }
 
 // execEnv is the current environment with the exec markers updated; it enforces
