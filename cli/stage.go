@@ -167,7 +167,7 @@ func sourceURL(rawURL, file, checksum string) (string, error) {
 		}
 		if checksum == "" {
 			// The operator vouches for a local file; pin it so the copy is checked.
-			sum, err := sha256File(abs)
+			sum, err := staging.FileSHA256(abs)
 			if err != nil {
 				return "", err
 			}

@@ -265,3 +265,17 @@ func redact(raw string) string {
 	}
 	return u.String()
 }
+
+// FileSHA256 returns the hex sha256 of the file at path, streaming it.
+func FileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := hashStream(context.Background(), f, h); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

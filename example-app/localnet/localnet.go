@@ -7,8 +7,6 @@ package localnet
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/staging"
 )
 
 // Denom is the staking denom of the local chain.
@@ -541,18 +541,7 @@ func ServeDir(dir string) (*FileServer, error) {
 func (s *FileServer) Close() error { return s.srv.Close() }
 
 // SHA256File returns the hex sha256 of a file.
-func SHA256File(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
+func SHA256File(path string) (string, error) { return staging.FileSHA256(path) }
 
 // PlanInfo returns cosmovisor-format plan info pointing at url with its sha256.
 func PlanInfo(goos, goarch, url, sha string) string {
