@@ -13,6 +13,7 @@ type AppConfig struct {
 	AllowDownload        bool   `mapstructure:"allow-download"`
 	RequireChecksum      bool   `mapstructure:"require-checksum"`
 	AllowFileURLs        bool   `mapstructure:"allow-file-urls"`
+	CAFile               string `mapstructure:"ca-file"`
 	DownloadDeadline     string `mapstructure:"download-deadline"`
 	RetryMin             string `mapstructure:"retry-min"`
 	RetryMax             string `mapstructure:"retry-max"`
@@ -75,6 +76,10 @@ require-checksum = {{ .Invisor.RequireChecksum }}
 
 # Accept file:// sources in plan info (air-gapped setups, tests). env INVISOR_ALLOW_FILE_URLS
 allow-file-urls = {{ .Invisor.AllowFileURLs }}
+
+# PEM file of the root CAs trusted for https downloads (a private mirror), an
+# absolute path. Empty: the system's roots. env INVISOR_CA_FILE
+ca-file = "{{ .Invisor.CAFile }}"
 
 # Bound on one whole staging attempt (info, download, unpack, preflight).
 # env INVISOR_DOWNLOAD_DEADLINE

@@ -159,6 +159,14 @@ var settings = []setting{
 		func(c *Config, b bool) { c.Staging.RequireChecksum = b }),
 	boolSetting("allow-file-urls", "INVISOR_ALLOW_FILE_URLS", "false", "accept file:// sources in plan info",
 		func(c *Config, b bool) { c.Staging.AllowFileURLs = b }),
+	{"ca-file", "INVISOR_CA_FILE", "", "PEM file of the root CAs trusted for https downloads (default: the system's)",
+		func(c *Config, v string) error {
+			if v != "" && !filepath.IsAbs(v) {
+				return fmt.Errorf("want an absolute path, got %q", v)
+			}
+			c.Staging.CAFile = v
+			return nil
+		}},
 	durationSetting("download-deadline", "INVISOR_DOWNLOAD_DEADLINE", "2h", "bound on one whole staging attempt",
 		func(c *Config, d time.Duration) { c.Staging.Deadline = d }),
 	durationSetting("retry-min", "INVISOR_RETRY_MIN", "5s", "first wait before retrying a failed attempt",
