@@ -2,6 +2,7 @@ package staging
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -292,6 +293,7 @@ func (s *Stager) Run(ctx context.Context) error {
 			switch {
 			case p == nil:
 				s.log.Info("staging: plan withdrawn", "plan", cur.Name)
+				s.discard(cur)
 				s.update(func(st *Status) {
 					st.State, st.Err, st.Install = StateCancelled, ErrPlanCancelled.Error(), nil
 				})
@@ -427,4 +429,43 @@ func (s *Stager) sleep(ctx context.Context, p *Plan, delay time.Duration) bool {
 			}
 		}
 	}
+}
+
+// discard removes the install of a withdrawn plan (cancelled by governance, or
+// skipped) that this node downloaded, so that nothing is left that a later run
+// could adopt for a plan no longer in force. A binary placed by hand stays (the
+// operator put it there), and so does an install that the chain's state
+// (data/upgrade-info.json) or cosmovisor's current link points at.
+func (s *Stager) discard(p *Plan) {
+	home, daemon := s.cfg.Home, s.cfg.DaemonName
+	rec, err := readRecord(RecordPath(home, daemon, p.Name))
+	if err != nil || rec.Source != "download" || rec.Plan != p.Name {
+		return
+	}
+	dir := UpgradeDir(home, p.Name)
+	if cur, err := filepath.EvalSymlinks(filepath.Join(CosmovisorRoot(home), "current")); err == nil {
+		if d, err := filepath.EvalSymlinks(dir); err == nil && d == cur {
+			return
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(home, "data", "upgrade-info.json")); err == nil {
+		var ui struct {
+			Name string `json:"name"`
+		}
+		if json.Unmarshal(b, &ui) == nil && ui.Name == p.Name {
+			return
+		}
+	}
+	// Rename first: a crash leaves a temp directory that New removes, never a
+	// half-deleted install.
+	tmp := filepath.Join(CosmovisorRoot(home), TempPrefix+"discard-"+filepath.Base(dir))
+	if err := os.Rename(dir, tmp); err != nil {
+		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", dir, "err", err)
+		return
+	}
+	if err := os.RemoveAll(tmp); err != nil {
+		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", tmp, "err", err)
+		return
+	}
+	s.log.Info("staging: removed the install of the withdrawn plan", "plan", p.Name, "dir", dir)
 }

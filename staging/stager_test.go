@@ -405,3 +405,44 @@ func TestFault17FetchHostileNameRefused(t *testing.T) {
 		t.Errorf("home touched: %v", ents)
 	}
 }
+
+// A plan withdrawn after its binary was downloaded leaves nothing behind; a
+// binary placed by hand, or one the chain's state names, stays.
+func TestFault14StagerWithdrawnPlanInstallRemoved(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		prepare  func(t *testing.T, cfg Config)
+		wantKept bool
+	}{
+		{"downloaded", func(*testing.T, Config) {}, false},
+		{"named by upgrade-info.json", func(t *testing.T, cfg Config) {
+			if err := os.MkdirAll(filepath.Join(cfg.Home, "data"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(cfg.Home, "data", "upgrade-info.json"), []byte(`{"name":"v2","height":50}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig(t)
+			srv := newServer(t)
+			u := srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) { w.Write(testBins.good) })
+			s, _ := startStager(t, cfg)
+			s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))})
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			if _, err := s.WaitReady(ctx, "v2"); err != nil {
+				t.Fatal(err)
+			}
+			tc.prepare(t, cfg)
+			s.Offer(nil)
+			waitStatus(t, s, "cancelled", func(st Status) bool { return st.State == StateCancelled })
+			_, err := os.Stat(UpgradeDir(cfg.Home, "v2"))
+			if kept := err == nil; kept != tc.wantKept {
+				t.Fatalf("install kept = %v, want %v", kept, tc.wantKept)
+			}
+			assertNoTemp(t, cfg)
+		})
+	}
+}

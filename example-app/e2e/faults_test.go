@@ -177,6 +177,9 @@ func TestFaultPlanCancelled(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.node.Home, "data", "upgrade-info.json")); err == nil {
 		t.Fatal("upgrade-info.json written for a cancelled plan")
 	}
+	if _, err := os.Stat(filepath.Join(c.node.Home, "cosmovisor", "upgrades", "v2")); err == nil {
+		t.Fatal("the downloaded binary of the cancelled plan is still installed")
+	}
 	if plan, _ := c.node.UpgradePlan(c.ctx); plan != "" && !strings.Contains(plan, "null") && strings.Contains(plan, "v2") {
 		t.Fatalf("plan still in force: %s", plan)
 	}
