@@ -126,13 +126,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
 		return nil, nil
 	}
-	verifier := relauncher.VerifierFunc(func(name string) (relauncher.Binary, error) {
-		inst, err := staging.Trusted(cfg.Staging.Home, cfg.Staging.DaemonName, name)
-		if err != nil {
-			return relauncher.Binary{}, err
-		}
-		return relauncher.Binary{Name: name, Path: inst.Path, SHA256: inst.SHA256, Size: inst.Size}, nil
-	})
+	verifier := planVerifier(cfg.Staging.Home, cfg.Staging.DaemonName)
 	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.OS{Environ: func() []string { return environ }})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
@@ -166,6 +160,27 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 	logger.Info("invisor: watching upgrade plans", "home", cfg.Staging.Home, "daemon", cfg.Staging.DaemonName,
 		"allow_download", cfg.Staging.AllowDownload)
 	return n, nil
+}
+
+// planVerifier trusts a staged binary only for the plan x/upgrade halted for:
+// the name and info in data/upgrade-info.json, which x/upgrade writes before it
+// halts. So a plan replaced under the same name never gets the old binary, and
+// nothing is trusted for an upgrade the chain has not reached.
+func planVerifier(home, daemon string) relauncher.Verifier {
+	return relauncher.VerifierFunc(func(name string) (relauncher.Binary, error) {
+		ui, ok, err := relauncher.ReadUpgradeInfo(home)
+		if err != nil {
+			return relauncher.Binary{}, err
+		}
+		if !ok || ui.Name != name {
+			return relauncher.Binary{}, fmt.Errorf("invisor: data/upgrade-info.json does not name upgrade %q: the chain has not halted for it", name)
+		}
+		inst, err := staging.TrustedFor(home, daemon, staging.Plan{Name: ui.Name, Height: ui.Height, Info: ui.Info})
+		if err != nil {
+			return relauncher.Binary{}, err
+		}
+		return relauncher.Binary{Name: name, Path: inst.Path, SHA256: inst.SHA256, Size: inst.Size}, nil
+	})
 }
 
 // stop ends staging and releases its lock; the relauncher's state stays readable.

@@ -95,11 +95,30 @@ func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (
 		if err != nil {
 			return Install{}, err
 		}
-		if inst.Record.InfoHash != infoHash(p.Info) {
-			return Install{}, fmt.Errorf("%w: %s was staged for a different info of plan %q (the plan was replaced under the same name); remove %s to stage the new one",
-				ErrNotTrusted, bin, p.Name, upDir)
+		if inst.Record.InfoHash == infoHash(p.Info) {
+			return inst, nil
 		}
-		return inst, nil
+		// Recorded for another plan of the same name: a plan replaced by
+		// governance, or a binary staged by hand before the plan existed.
+		if inst.Record.Source == "hand-placed" {
+			// The operator's binary stays; it is verified again against the plan
+			// in force (its checksum, when it names a plain binary) and recorded
+			// for it, or left untrusted.
+			if err := os.Remove(recPath); err != nil {
+				return Install{}, err
+			}
+			if log != nil {
+				log.Info("staging: verifying the binary placed by hand against the plan in force", "plan", p.Name, "path", bin)
+			}
+			return adoptPlaced(ctx, cfg, p, log, obs, bin)
+		}
+		// Downloaded for a replaced plan: it must never run for this one.
+		if err := removeInstall(cfg.Home, upDir); err != nil {
+			return Install{}, fmt.Errorf("staging: removing %s, staged for a replaced plan %q: %w", upDir, p.Name, err)
+		}
+		if log != nil {
+			log.Info("staging: removed the binary staged for the replaced plan", "plan", p.Name, "dir", upDir)
+		}
 	}
 
 	// 2. Placed by hand (or a crash between rename and record): verify and record.

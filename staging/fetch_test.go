@@ -523,8 +523,58 @@ func TestSameNameDifferentInfo(t *testing.T) {
 	if _, err := Fetch(context.Background(), cfg, p, nil); err != nil {
 		t.Fatal(err)
 	}
+	old := p
 	p.Info = infoJSON(pinned(srv.blob("/other", testBins.good), testBins.good))
-	if _, err := Fetch(context.Background(), cfg, p, nil); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "different info") {
-		t.Fatalf("err = %v", err)
+	if _, err := TrustedFor(cfg.Home, daemon, p); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "different info") {
+		t.Fatalf("the old plan's install must not be trusted for the new plan: %v", err)
+	}
+	inst, err := Fetch(context.Background(), cfg, p, nil)
+	if err != nil {
+		t.Fatalf("re-staging for the replaced plan: %v", err)
+	}
+	if _, err := TrustedFor(cfg.Home, daemon, p); err != nil {
+		t.Fatalf("new install not trusted for the plan in force: %v", err)
+	}
+	if _, err := TrustedFor(cfg.Home, daemon, old); err == nil {
+		t.Fatal("the new install must not be trusted for the replaced plan")
+	}
+	if !strings.Contains(inst.Record.URL, "/other") {
+		t.Fatalf("record URL %q, want the new plan's", inst.Record.URL)
+	}
+	assertNoTemp(t, cfg)
+}
+
+// A binary staged by hand before the plan existed (recorded for a made-up
+// info) is verified again against the real plan and recorded for it.
+func TestHandPlacedRecordAdoptedForRealPlan(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.AllowDownload = false
+	bin := BinPath(cfg.Home, daemon, "v2")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, testBins.good, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: "made up by the operator"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(t)
+	for _, tc := range []struct {
+		name string
+		body []byte
+		ok   bool
+	}{
+		{"checksum matches", testBins.good, true},
+		{"checksum differs", append([]byte("x"), testBins.good...), false},
+	} {
+		real := Plan{Name: "v2", Height: 9, Info: infoJSON(pinned(srv.blob("/"+strings.ReplaceAll(tc.name, " ", "-"), tc.body), tc.body))}
+		_, err := Fetch(context.Background(), cfg, real, nil)
+		if _, terr := TrustedFor(cfg.Home, daemon, real); (err == nil) != tc.ok || (terr == nil) != tc.ok {
+			t.Fatalf("%s: Fetch %v, TrustedFor %v; want trusted = %v", tc.name, err, terr, tc.ok)
+		}
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("%s: the operator's binary was removed: %v", tc.name, err)
+		}
 	}
 }

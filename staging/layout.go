@@ -140,6 +140,37 @@ func Trusted(home, daemon, name string) (Install, error) {
 	return Install{Name: name, Path: bin, SHA256: sum, Size: size, Record: rec}, nil
 }
 
+// TrustedFor is Trusted for the plan in force: the install must also have been
+// staged (or, for a binary placed by hand, verified) for this very plan info, so
+// that a plan replaced under the same name never gets the old plan's binary.
+func TrustedFor(home, daemon string, p Plan) (Install, error) {
+	inst, err := Trusted(home, daemon, p.Name)
+	if err != nil {
+		return Install{}, err
+	}
+	if inst.Record.InfoHash != infoHash(p.Info) {
+		return Install{}, fmt.Errorf("%w: %s was staged for another plan named %q (different info); staging replaces it with the binary of the plan in force",
+			ErrNotTrusted, inst.Path, p.Name)
+	}
+	return inst, nil
+}
+
+// removeInstall removes an upgrade directory by renaming it to a temp name
+// first: a crash leaves a temp directory that New removes, never a
+// half-deleted install.
+func removeInstall(home, dir string) error {
+	tmp, err := os.MkdirTemp(CosmovisorRoot(home), TempPrefix+"remove-")
+	if err != nil {
+		return err
+	}
+	gone := filepath.Join(tmp, filepath.Base(dir))
+	if err := os.Rename(dir, gone); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.RemoveAll(tmp)
+}
+
 func readRecord(path string) (Record, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {

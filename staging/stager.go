@@ -456,15 +456,8 @@ func (s *Stager) discard(p *Plan) {
 			return
 		}
 	}
-	// Rename first: a crash leaves a temp directory that New removes, never a
-	// half-deleted install.
-	tmp := filepath.Join(CosmovisorRoot(home), TempPrefix+"discard-"+filepath.Base(dir))
-	if err := os.Rename(dir, tmp); err != nil {
+	if err := removeInstall(home, dir); err != nil {
 		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", dir, "err", err)
-		return
-	}
-	if err := os.RemoveAll(tmp); err != nil {
-		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", tmp, "err", err)
 		return
 	}
 	s.log.Info("staging: removed the install of the withdrawn plan", "plan", p.Name, "dir", dir)
