@@ -250,6 +250,18 @@ func stageAndRecord(ctx context.Context, e *env, plan, fetch staging.Plan, fileS
 	if err != nil {
 		return fmt.Errorf("staging %q: %w", plan.Name, err)
 	}
+	if plan.Info != fetch.Info {
+		// The real plan is known: the binary must match what governance approved
+		// (its checksum, when it names a plain binary), before anything is placed.
+		if err := os.Remove(staging.RecordPath(scratch, daemon, plan.Name)); err != nil {
+			return err
+		}
+		vcfg := scfg
+		vcfg.AllowDownload = false
+		if _, err := staging.Fetch(ctx, vcfg, plan, stagingLog{e}); err != nil {
+			return fmt.Errorf("this binary is not the one upgrade %q names, nothing was placed: %w", plan.Name, err)
+		}
+	}
 	if err := place(home, daemon, plan.Name, scratch); err != nil {
 		return err
 	}
@@ -312,9 +324,8 @@ func waitTrusted(ctx context.Context, e *env, name, sha string, wait time.Durati
 			return nil
 		}
 		if time.Now().After(deadline) {
-			fmt.Fprintf(e.out, "not recorded yet (%v); the node records it when plan %q is in force. Check with `%s invisor status`\n",
-				err, name, e.appName())
-			return nil
+			return fmt.Errorf("placed, but the running node has not recorded it within %s (%v); it records it only for the plan in force named %q — check `%s invisor status` and the node's log",
+				wait, err, name, e.appName())
 		}
 		select {
 		case <-ctx.Done():
