@@ -8,7 +8,7 @@ SDKV    := github.com/cosmos/cosmos-sdk/version
 ldflags = -X $(SDKV).Name=example -X $(SDKV).AppName=exampled -X $(SDKV).Version=v$(1).0.0 \
           -X $(MOD)/example-app/app.UpgradeLevel=$(1)
 
-.PHONY: build demo test test-unit test-e2e bench clean FORCE
+.PHONY: build demo testnet test test-unit test-e2e bench clean FORCE
 
 build: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2 $(BUILD)/exampled-v3
 
@@ -18,6 +18,11 @@ $(BUILD)/exampled-v%: FORCE
 
 demo: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 	$(GO) run ./example-app/demo -v1 $(BUILD)/exampled-v1 -v2 $(BUILD)/exampled-v2
+
+# Four validators and a full node rehearse two upgrades (v1 -> v2 -> v3) under
+# faults, then a late full node syncs from genesis across both (about 3 minutes).
+testnet: build
+	$(GO) run ./example-app/testnet -build $(BUILD)
 
 # Unit tests (the race detector on the concurrent libraries; the packages that
 # link the SDK run without it, which would rebuild the SDK instrumented), short

@@ -47,6 +47,7 @@ These commands work on the node home (--home) whether the node runs or not.`,
 		prepareCmd(opts),
 		verifyCmd(opts),
 		historyCmd(opts),
+		exportCmd(opts), importCmd(opts),
 	)
 	for _, c := range cmd.Commands() {
 		c.SilenceUsage = true // errors here are about the node, not the command line

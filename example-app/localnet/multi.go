@@ -1,6 +1,7 @@
 package localnet
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -405,7 +406,7 @@ type NodeUpgrade struct {
 	Node        string
 	Role        string
 	SeenBlock   int64  // block in which invisor logged `upgrade plan seen` (0: not logged)
-	ReadyHeight int64  // the node's app height when its staged binary was first trusted
+	ReadyHeight int64  // the node's app height (last answer) when its staged binary was first trusted
 	ReadySource string // "download" or "hand-placed"
 	PIDBefore   int
 	PIDAfter    int
@@ -463,6 +464,9 @@ type Rehearsal struct {
 	intended  map[*Node]bool
 	signerBuf map[int64][]string
 	binDir    string
+	// lastHeight is the last app height each node answered with (a node
+	// halted in block sync, or switching, does not answer /abci_info).
+	lastHeight map[*Node]int64
 }
 
 // Close stops every node by PID (SIGTERM, then SIGKILL of its group after 20 s)
@@ -513,7 +517,7 @@ func Rehearse(ctx context.Context, cfg RehearsalConfig) (*Rehearsal, error) {
 		cfg.After = 10
 	}
 	r := &Rehearsal{Config: cfg, Started: time.Now(), valAddr: map[*Node]string{}, pidStart: map[*Node]int{},
-		intended: map[*Node]bool{}, signerBuf: map[int64][]string{}}
+		intended: map[*Node]bool{}, signerBuf: map[int64][]string{}, lastHeight: map[*Node]int64{}}
 	// A snapshot of the three binaries: the operator's files for the whole
 	// rehearsal, whatever happens to the build directory meanwhile.
 	snap := filepath.Join(cfg.Work, "bin")
@@ -587,6 +591,7 @@ func (r *Rehearsal) describeSet(set []ValidatorPower) string {
 	for _, v := range set {
 		parts = append(parts, fmt.Sprintf("%s=%d", r.nameOf(v.Address), v.Power))
 	}
+	sort.Strings(parts)
 	return strings.Join(parts, " ")
 }
 
@@ -616,6 +621,9 @@ func (r *Rehearsal) pollAll(ctx context.Context) poll {
 		info, err := nodes[i].AppInfo(ctx)
 		mu.Lock()
 		p.info[nodes[i]], p.ok[nodes[i]] = info, err == nil
+		if err == nil {
+			r.lastHeight[nodes[i]] = info.Height
+		}
 		mu.Unlock()
 		return nil
 	})
@@ -673,6 +681,9 @@ func (r *Rehearsal) waitUntil(ctx context.Context, timeout time.Duration, what s
 		}
 		select {
 		case <-ctx.Done():
+			if ctx.Err() == context.Canceled {
+				return p, fmt.Errorf("interrupted while waiting until %s (heights %s)", what, r.heights(p))
+			}
 			return p, fmt.Errorf("timed out after %s waiting until %s (heights %s)", timeout, what, r.heights(p))
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -723,12 +734,9 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 		now := time.Now()
 		for _, n := range net.Nodes() {
 			row := rows[n]
-			if row.ReadyHeight == 0 {
+			if row.ReadySource == "" {
 				if inst, err := staging.Trusted(n.Home, DaemonName, name); err == nil {
-					row.ReadyHeight, row.ReadySource = p.info[n].Height, inst.Record.Source
-					if !p.ok[n] {
-						row.ReadyHeight = -1 // trusted while the node was down
-					}
+					row.ReadyHeight, row.ReadySource = r.lastHeight[n], cmp.Or(inst.Record.Source, "staged")
 				}
 			}
 			if row.HaltAt.IsZero() && haltedFor(n.Home) == name {
@@ -832,7 +840,7 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 	if err != nil {
 		return err
 	}
-	up.WaitingNode, up.WaitingHeight, up.ContinuedTo = manual.Name, p.info[manual].Height, p.chainHeight(vals)
+	up.WaitingNode, up.WaitingHeight, up.ContinuedTo = manual.Name, r.lastHeight[manual], p.chainHeight(vals)
 	if up.WaitingHeight != up.Height-1 {
 		return fmt.Errorf("upgrade %s: val2 (no downloads, nothing staged) is at height %d, want halted at %d", name, up.WaitingHeight, up.Height-1)
 	}
@@ -905,7 +913,7 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 		if row.SeenBlock == 0 {
 			problems = append(problems, fmt.Sprintf("%s never logged `upgrade plan seen` for %s", n.Name, name))
 		}
-		if n != manual && !(kill && n == killed) && (row.ReadyHeight == 0 || row.ReadyHeight >= up.Height) {
+		if n != manual && !(kill && n == killed) && (row.ReadySource == "" || row.ReadyHeight >= up.Height) {
 			problems = append(problems, fmt.Sprintf("%s: binary not ready before the height (ready at %d)", n.Name, row.ReadyHeight))
 		}
 	}
@@ -924,11 +932,8 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 }
 
 func readyText(row *NodeUpgrade) string {
-	switch row.ReadyHeight {
-	case 0:
+	if row.ReadySource == "" {
 		return "not staged yet"
-	case -1:
-		return "staged while down"
 	}
 	return fmt.Sprintf("staged at %d", row.ReadyHeight)
 }
@@ -962,7 +967,7 @@ func (r *Rehearsal) lateJoiner(ctx context.Context, v1 string) error {
 			for _, up := range r.Upgrades {
 				if _, ok := lj.Ready[up.Name]; !ok {
 					if _, err := staging.Trusted(n.Home, DaemonName, up.Name); err == nil {
-						lj.Ready[up.Name] = p.info[n].Height
+						lj.Ready[up.Name] = r.lastHeight[n]
 					}
 				}
 				if _, ok := lj.Switched[up.Name]; !ok && p.ok[n] && p.info[n].Version >= up.Version {
@@ -1071,7 +1076,7 @@ func (r *Rehearsal) Summary() string {
 	for _, up := range r.Upgrades {
 		fmt.Fprintf(&b, "\nupgrade %q at height %d: proposal %d submitted at %d by val0, 4/4 voted yes, passed at %d (sha256 %.12s...)\n",
 			up.Name, up.Height, up.ProposalID, up.ProposedAt, up.PassedAt, up.SHA256)
-		fmt.Fprintf(&b, "  %-6s %-24s %-10s %-24s %-15s %s\n", "node", "role", "plan seen", "binary ready", "PID before/after", "first block on "+up.Version)
+		fmt.Fprintf(&b, "  %-6s %-24s %-10s %-24s %-15s %s\n", "node", "role", "plan seen", "binary ready at", "PID before/after", "first block on "+up.Version)
 		for _, row := range up.Nodes {
 			first := "-"
 			if row.FirstBlock > 0 {
@@ -1087,9 +1092,9 @@ func (r *Rehearsal) Summary() string {
 			}
 			ready := readyText(row)
 			switch {
-			case row.ReadyHeight > 0 && row.ReadySource == "hand-placed":
+			case row.ReadySource == "hand-placed":
 				ready = fmt.Sprintf("%d (invisor stage)", row.ReadyHeight)
-			case row.ReadyHeight > 0:
+			case row.ReadySource != "":
 				ready = fmt.Sprintf("%d (%s)", row.ReadyHeight, row.ReadySource)
 			}
 			fmt.Fprintf(&b, "  %-6s %-24s %-10s %-24s %-15s %s\n", row.Node, row.Role, fmt.Sprintf("block %d", row.SeenBlock), ready,
@@ -1098,8 +1103,10 @@ func (r *Rehearsal) Summary() string {
 				fmt.Fprintf(&b, "         %s\n", row.Restarted)
 			}
 		}
-		fmt.Fprintf(&b, "  block %d, the first agreed on %s, signed by %s (%d/4 of the power); chain reached %d while %s waited at %d for its binary\n",
-			up.Height+1, up.Version, strings.Join(up.ResumeSigners, " "), len(up.ResumeSigners), up.ContinuedTo, up.WaitingNode, up.WaitingHeight)
+		if len(up.ResumeSigners) > 0 {
+			fmt.Fprintf(&b, "  block %d, the first agreed on %s, signed by %s (%d/4 of the power); chain reached %d while %s waited at %d for its binary\n",
+				up.Height+1, up.Version, strings.Join(up.ResumeSigners, " "), len(up.ResumeSigners), up.ContinuedTo, up.WaitingNode, up.WaitingHeight)
+		}
 	}
 	if lj := r.Late; lj != nil && lj.Version != "" {
 		fmt.Fprintf(&b, "\nlate joiner (fresh full node, exampled-v1 only, downloads allowed, block sync from genesis):\n")
