@@ -116,4 +116,3 @@ func history(home, daemon string) ([]HistoryRow, error) {
 }
 
 func unescape(dir string) (string, error) { return url.PathUnescape(dir) }
-
