@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -209,6 +210,11 @@ func knownPlan(ctx context.Context, e *env, name string) *staging.Plan {
 			return p
 		}
 	}
+	// After a halt the chain's own record of the plan, which the boot redirect
+	// checks the install against.
+	if ui, ok, err := relauncher.ReadUpgradeInfo(e.home); err == nil && ok && ui.Name == name {
+		return &staging.Plan{Name: ui.Name, Height: ui.Height, Info: ui.Info}
+	}
 	if ns, ok, _ := invisor.ReadNodeStatus(e.home); ok && ns.Plan != nil && ns.Plan.Name == name {
 		p := *ns.Plan
 		return &p
@@ -271,6 +277,12 @@ func stageAndRecord(ctx context.Context, e *env, plan, fetch staging.Plan, fileS
 	st, err := staging.New(e.cfg.Staging, stagingLog{e})
 	if errors.Is(err, staging.ErrLocked) {
 		fmt.Fprintf(e.out, "placed %s (sha256 %s); the running node verifies and records it for plan %q\n", bin, inst.SHA256, plan.Name)
+		if plan.Info == fetch.Info {
+			// Staged ahead of its plan: the node records it when the plan appears.
+			fmt.Fprintf(e.out, "plan %q is not in force yet; the node records the binary when it is (check with `%s invisor status`)\n",
+				plan.Name, e.appName())
+			return nil
+		}
 		return waitTrusted(ctx, e, plan.Name, inst.SHA256, wait)
 	}
 	if err != nil {

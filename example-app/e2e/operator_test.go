@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -248,6 +249,33 @@ func TestOperatorConfigStageStopped(t *testing.T) {
 	if _, err := os.Lstat(staging.BinPath(home, "exampled", "v3")); err == nil {
 		t.Error("a binary with a wrong checksum was left in place")
 	}
+	// After a halt (upgrade-info.json names the plan), stage checks the binary
+	// against the plan governance approved and records it for that plan, which
+	// is what the boot redirect trusts.
+	v2sum, _ := localnet.SHA256File(v2)
+	halted := staging.Plan{Name: "v9", Height: 77, Info: localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/v9", v2sum)}
+	ui, _ := json.Marshal(map[string]any{"name": halted.Name, "height": halted.Height, "info": halted.Info})
+	if err := os.WriteFile(filepath.Join(home, "data", "upgrade-info.json"), ui, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", filepath.Join(dir, "exampled-v3"), "--home", home)
+	if err == nil || !strings.Contains(out+errOut, "not the one upgrade") {
+		t.Errorf("stage of a binary the halted plan does not name: err %v\n%s%s", err, out, errOut)
+	}
+	if _, err := os.Lstat(staging.BinPath(home, "exampled", "v9")); err == nil {
+		t.Error("a binary that does not match the plan was placed")
+	}
+	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", v2, "--home", home)
+	if err != nil {
+		t.Errorf("stage of the plan's binary after the halt: %v\n%s%s", err, out, errOut)
+	}
+	if _, err := staging.TrustedFor(home, "exampled", halted); err != nil {
+		t.Errorf("the staged binary is not trusted for the halted plan: %v", err)
+	}
+	if err := os.Remove(filepath.Join(home, "data", "upgrade-info.json")); err != nil {
+		t.Fatal(err)
+	}
+
 	// Tampering is caught by verify.
 	f, err := os.OpenFile(inst.Path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
