@@ -103,8 +103,10 @@ func recordSwitch(home, daemon string) (HistoryEntry, bool, error) {
 	now := time.Now().UTC()
 	e := HistoryEntry{Event: EventSwitched, Upgrade: last.Upgrade, Height: last.Height, Time: now,
 		PID: os.Getpid(), From: last.From, To: exe, Seconds: now.Sub(last.Time).Seconds()}
-	if inst, err := staging.Trusted(home, daemon, last.Upgrade); err == nil {
-		e.SHA256 = inst.SHA256
+	// The completion record's hash: the switch verified the binary just before
+	// the exec, and hashing it again here would delay the node's start.
+	if rec, err := staging.ReadRecord(home, daemon, last.Upgrade); err == nil {
+		e.SHA256 = rec.SHA256
 	}
 	if err := AppendHistory(home, e); err != nil {
 		return e, false, fmt.Errorf("append %s: %w", HistoryPath(home), err)

@@ -71,15 +71,19 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 
 // node is invisor's per-process state for one `start`.
 type node struct {
-	log       log.Logger
-	stager    *staging.Stager
-	rl        *relauncher.Relauncher
-	verifier  relauncher.Verifier
-	stageOnly bool
-	home      string // set by startReporting; "" before
-	daemon    string
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	log      log.Logger
+	stager   *staging.Stager
+	rl       *relauncher.Relauncher
+	verifier *planVerifier
+	// waitCancel stops watching the previous plan's staging (PlanChanged).
+	waitMu     sync.Mutex
+	waitCancel context.CancelFunc
+	runCtx     context.Context
+	stageOnly  bool
+	home       string // set by startReporting; "" before
+	daemon     string
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 func wrapStart(start *cobra.Command, opts Options, environ []string) {
@@ -126,7 +130,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
 		return nil, nil
 	}
-	verifier := planVerifier(cfg.Staging.Home, cfg.Staging.DaemonName)
+	verifier := newPlanVerifier(cfg.Staging.Home, cfg.Staging.DaemonName)
 	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.OS{Environ: func() []string { return environ }})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
@@ -147,7 +151,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel = cancel
+	n.cancel, n.runCtx = cancel, ctx
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -160,27 +164,6 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 	logger.Info("invisor: watching upgrade plans", "home", cfg.Staging.Home, "daemon", cfg.Staging.DaemonName,
 		"allow_download", cfg.Staging.AllowDownload)
 	return n, nil
-}
-
-// planVerifier trusts a staged binary only for the plan x/upgrade halted for:
-// the name and info in data/upgrade-info.json, which x/upgrade writes before it
-// halts. So a plan replaced under the same name never gets the old binary, and
-// nothing is trusted for an upgrade the chain has not reached.
-func planVerifier(home, daemon string) relauncher.Verifier {
-	return relauncher.VerifierFunc(func(name string) (relauncher.Binary, error) {
-		ui, ok, err := relauncher.ReadUpgradeInfo(home)
-		if err != nil {
-			return relauncher.Binary{}, err
-		}
-		if !ok || ui.Name != name {
-			return relauncher.Binary{}, fmt.Errorf("invisor: data/upgrade-info.json does not name upgrade %q: the chain has not halted for it", name)
-		}
-		inst, err := staging.TrustedFor(home, daemon, staging.Plan{Name: ui.Name, Height: ui.Height, Info: ui.Info})
-		if err != nil {
-			return relauncher.Binary{}, err
-		}
-		return relauncher.Binary{Name: name, Path: inst.Path, SHA256: inst.SHA256, Size: inst.Size}, nil
-	})
 }
 
 // stop ends staging and releases its lock; the relauncher's state stays readable.
@@ -197,13 +180,24 @@ func (n *node) stop() {
 
 // PlanChanged implements hook.Sink.
 func (n *node) PlanChanged(p *hook.Plan, block int64) {
+	n.waitMu.Lock()
+	defer n.waitMu.Unlock()
+	if n.waitCancel != nil {
+		n.waitCancel()
+		n.waitCancel = nil
+	}
+	n.verifier.forget()
 	if p == nil {
 		n.log.Info("invisor: no upgrade plan in force", "block", block)
 		n.stager.Offer(nil)
 		return
 	}
 	n.log.Info("invisor: upgrade plan seen", "block", block, "upgrade", p.Name, "height", p.Height)
-	n.stager.Offer(&staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info})
+	plan := staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info}
+	n.stager.Offer(&plan)
+	ctx, cancel := context.WithCancel(n.runCtx)
+	n.waitCancel = cancel
+	go n.watchReady(ctx, plan)
 }
 
 // Halted implements hook.Sink.

@@ -94,7 +94,7 @@ func (r *Relauncher) haltLoop() {
 		// Stamp the file before hashing it: any change after this point, even
 		// during the hash, fails the stamp check Switch makes instead of hashing
 		// again after the stop.
-		stamp, serr := stampOf(r.ExpectedBinary(req.name))
+		stamp, serr := StampOf(r.ExpectedBinary(req.name))
 		bin, err := r.trusted(req.name)
 		if err == nil && serr == nil && sameFile(bin.Path, r.ExpectedBinary(req.name)) {
 			r.mu.Lock()

@@ -41,7 +41,7 @@ type Relauncher struct {
 // before its hash.
 type verifiedBinary struct {
 	bin   Binary
-	stamp fileStamp
+	stamp FileStamp
 }
 
 // New checks cfg and the home directory and returns a Relauncher. log may be nil;
@@ -219,7 +219,7 @@ func (r *Relauncher) verifiedAtHalt(name string) (Binary, error) {
 	if v == nil || v.bin.Name != name {
 		return Binary{}, errors.New("relauncher: not verified at the halt")
 	}
-	if err := v.stamp.recheck(v.bin.Path); err != nil {
+	if err := v.stamp.Recheck(v.bin.Path); err != nil {
 		return Binary{}, err
 	}
 	return v.bin, nil
@@ -252,7 +252,7 @@ func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, s
 				return err
 			}
 		}
-		if err := stamp.recheck(bin.Path); err != nil {
+		if err := stamp.Recheck(bin.Path); err != nil {
 			return err
 		}
 		rel := filepath.Join(UpgradesDir, filepath.Base(dir))
@@ -261,7 +261,7 @@ func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, s
 		}
 		r.log.Info("invisor: current link flipped", "target", rel)
 	}
-	if err := stamp.recheck(bin.Path); err != nil {
+	if err := stamp.Recheck(bin.Path); err != nil {
 		return err
 	}
 	argv := r.os.Args()
@@ -381,25 +381,27 @@ func fileSHA256(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// fileStamp identifies a file's content cheaply: a rename, rewrite, truncate or
-// chmod after verification changes it.
-type fileStamp struct {
+// FileStamp identifies a file's content cheaply: a rename, rewrite, truncate or
+// chmod after verification changes it (device, inode, size, mode, mtime, ctime).
+// Take it before hashing a file; Recheck later proves the hash still holds.
+type FileStamp struct {
 	dev, ino     uint64
 	size         int64
 	mtime, ctime int64 // ns
 	mode         os.FileMode
 }
 
-func stampOf(p string) (fileStamp, error) {
+// StampOf returns the stamp of the file at p (not following a final symlink).
+func StampOf(p string) (FileStamp, error) {
 	fi, err := os.Lstat(p)
 	if err != nil {
-		return fileStamp{}, fmt.Errorf("relauncher: %w", err)
+		return FileStamp{}, fmt.Errorf("relauncher: %w", err)
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fileStamp{}, fmt.Errorf("relauncher: no stat for %s", p)
+		return FileStamp{}, fmt.Errorf("relauncher: no stat for %s", p)
 	}
-	return fileStamp{
+	return FileStamp{
 		dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mode: fi.Mode(),
 		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
 	}, nil
@@ -407,25 +409,26 @@ func stampOf(p string) (fileStamp, error) {
 
 // statBinary checks the verified binary is a regular executable file of the
 // verified size and returns its stamp.
-func statBinary(bin Binary) (fileStamp, error) {
-	s, err := stampOf(bin.Path)
+func statBinary(bin Binary) (FileStamp, error) {
+	s, err := StampOf(bin.Path)
 	if err != nil {
-		return fileStamp{}, err
+		return FileStamp{}, err
 	}
 	if !s.mode.IsRegular() {
-		return fileStamp{}, fmt.Errorf("%w: %s is not a regular file (%s)", ErrLayout, bin.Path, s.mode.Type())
+		return FileStamp{}, fmt.Errorf("%w: %s is not a regular file (%s)", ErrLayout, bin.Path, s.mode.Type())
 	}
 	if s.mode.Perm()&0o111 == 0 {
-		return fileStamp{}, fmt.Errorf("%w: %s is not executable (%s)", ErrLayout, bin.Path, s.mode.Perm())
+		return FileStamp{}, fmt.Errorf("%w: %s is not executable (%s)", ErrLayout, bin.Path, s.mode.Perm())
 	}
 	if bin.Size > 0 && s.size != bin.Size {
-		return fileStamp{}, fmt.Errorf("%w: %s has %d bytes, verified %d", ErrBinaryChanged, bin.Path, s.size, bin.Size)
+		return FileStamp{}, fmt.Errorf("%w: %s has %d bytes, verified %d", ErrBinaryChanged, bin.Path, s.size, bin.Size)
 	}
 	return s, nil
 }
 
-func (s fileStamp) recheck(p string) error {
-	n, err := stampOf(p)
+// Recheck reports ErrBinaryChanged unless the file at p still has stamp s.
+func (s FileStamp) Recheck(p string) error {
+	n, err := StampOf(p)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBinaryChanged, err)
 	}

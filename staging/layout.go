@@ -140,6 +140,15 @@ func Trusted(home, daemon, name string) (Install, error) {
 	return Install{Name: name, Path: bin, SHA256: sum, Size: size, Record: rec}, nil
 }
 
+// ReadRecord returns the completion record of plan name's install without
+// verifying the binary against it (use Trusted for that).
+func ReadRecord(home, daemon, name string) (Record, error) {
+	if _, err := SafeName(name); err != nil {
+		return Record{}, fmt.Errorf("%w: %w", ErrNotTrusted, err)
+	}
+	return readRecord(RecordPath(home, daemon, name))
+}
+
 // TrustedFor is Trusted for the plan in force: the install must also have been
 // staged (or, for a binary placed by hand, verified) for this very plan info, so
 // that a plan replaced under the same name never gets the old plan's binary.
