@@ -231,11 +231,11 @@ func (x *extractor) file(rel, name string, mode fs.FileMode, r io.Reader) error 
 		return &ArchiveError{Entry: name, Reason: fmt.Sprintf("cannot be created (duplicate or conflicting entry?): %v", err)}
 	}
 	remaining := x.lim.Bytes - x.bytes
-	var w io.Writer = f
+	var w io.Writer = &writeBehind{f: f}
 	_, hashIt := x.hashed[rel]
 	h := sha256.New()
 	if hashIt {
-		w = io.MultiWriter(f, h)
+		w = io.MultiWriter(w, h)
 	}
 	n, err := io.CopyBuffer(w, io.LimitReader(ctxReader{x.ctx, io.NopCloser(r)}, remaining+1), make([]byte, 256<<10))
 	x.bytes += n

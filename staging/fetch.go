@@ -239,7 +239,7 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if obs != nil {
 		t.progress = obs.progress
 	}
-	res, err := t.run(ctx, f)
+	res, err := t.run(ctx, &writeBehind{f: f})
 	client.CloseIdleConnections()
 	if err == nil {
 		err = diskFull(f.Sync(), "download", CosmovisorRoot(cfg.Home))
