@@ -73,13 +73,7 @@ func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (con
 	}
 	info := fmt.Sprintf(`{"binaries":{"any":%q}}`, url)
 	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	id, err := n.ProposeUpgrade(pctx, "big", cur+1_000_000, info)
-	if err == nil {
-		err = n.Vote(pctx, id)
-	}
-	if err == nil {
-		err = n.WaitPassed(pctx, id)
-	}
+	err = n.PassUpgrade(pctx, "big", cur+1_000_000, info)
 	cancel()
 	if err != nil {
 		return r, err

@@ -192,13 +192,7 @@ func (e *benchEnv) upgradeRun(ctx context.Context, sc scenario, sup string, idx 
 	info := localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, srv.URL+"/"+upgradeName+"/"+daemon, e.v2SHA)
 	r.H = cur + e.o.delay
 	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
-	id, err := n.ProposeUpgrade(pctx, upgradeName, r.H, info)
-	if err == nil {
-		err = n.Vote(pctx, id)
-	}
-	if err == nil {
-		err = n.WaitPassed(pctx, id)
-	}
+	err = n.PassUpgrade(pctx, upgradeName, r.H, info)
 	cancel()
 	if err != nil {
 		return r, err

@@ -250,14 +250,24 @@ func (n *Node) ScheduleUpgrade(ctx context.Context, srv *FileServer, name, bin s
 	}
 	s.SHA256, s.ProposedAt, s.Height = sha, now.Height, now.Height+delay
 	info := PlanInfo(runtime.GOOS, runtime.GOARCH, srv.URL+"/"+name+"/"+DaemonName, sha)
-	id, err := n.ProposeUpgrade(ctx, name, s.Height, info)
+	return s, n.PassUpgrade(ctx, name, s.Height, info)
+}
+
+// PassUpgrade proposes a MsgSoftwareUpgrade, votes yes from the validator key
+// and waits until governance passed it.
+func (n *Node) PassUpgrade(ctx context.Context, name string, height int64, info string) error {
+	id, err := n.ProposeUpgrade(ctx, name, height, info)
 	if err != nil {
-		return s, err
+		return err
 	}
+	return n.voteAndWait(ctx, id)
+}
+
+func (n *Node) voteAndWait(ctx context.Context, id uint64) error {
 	if err := n.Vote(ctx, id); err != nil {
-		return s, err
+		return err
 	}
-	return s, n.WaitPassed(ctx, id)
+	return n.WaitPassed(ctx, id)
 }
 
 // CancelUpgrade passes a MsgCancelUpgrade through governance.
@@ -268,8 +278,5 @@ func (n *Node) CancelUpgrade(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := n.Vote(ctx, id); err != nil {
-		return err
-	}
-	return n.WaitPassed(ctx, id)
+	return n.voteAndWait(ctx, id)
 }
