@@ -23,7 +23,7 @@ type marker struct {
 
 var invisorMarkers = []marker{
 	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
-	{label: "halt -> stop requested (invisor hashes the staged binary once)", subs: []string{"invisor: binary trusted; stopping the node"}},
+	{label: "halt -> stop requested (a stat: the binary was hashed when staged)", subs: []string{"invisor: binary trusted; stopping the node"}},
 	{label: "node shutdown (SIGTERM path, stores closed)", subs: []string{"leveldb: closed"}, optional: true},
 	{label: "backup", subs: []string{"invisor: data backed up"}, optional: true, tookBack: true,
 		startLbl: "stores closed -> backup starts (staging stopped, stamp re-checked)"},
@@ -31,7 +31,7 @@ var invisorMarkers = []marker{
 		startLbl: "stores closed/backup -> pre-upgrade starts (staging stopped, stamp re-checked)"},
 	{label: "flip current, re-stat, exec", subs: []string{"invisor: exec"}},
 	{label: "new process: Go/SDK init + boot check to first log line", next: true},
-	{label: "invisor boot: staging, history record (hashes the binary again), app construction", subs: []string{"starting node with ABCI CometBFT"}},
+	{label: "invisor boot: staging, history record, app construction", subs: []string{"starting node with ABCI CometBFT"}},
 	{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
 }
 
