@@ -3,6 +3,9 @@ package staging
 import (
 	"archive/tar"
 	"archive/zip"
+	"bufio"
+	"compress/bzip2"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,13 +20,19 @@ import (
 	"syscall"
 
 	getter "github.com/hashicorp/go-getter"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
 // Archive handling is split deliberately:
 //
-//   - go-getter supplies the compression codecs (gzip, bzip2, xz, zstd), constructed
-//     per call with LimitedDecompressors and a size limit of cap+1, so a stream that
-//     would exceed the cap is detected (go-getter itself truncates silently).
+//   - go-getter tells archives from plain binaries (its decompressor table) and
+//     decompresses a single compressed binary, with codecs constructed per call by
+//     LimitedDecompressors and a size limit of cap+1, so a stream that would exceed
+//     the cap is detected (go-getter itself truncates silently).
+//   - A compressed tar is streamed from the decompressor straight into the tar
+//     reader (openTarStream), capped the same way and with bounded decoder memory,
+//     instead of go-getter writing the whole .tar to a scratch file first.
 //   - The archive container (tar, zip) is walked here, because go-getter materialises
 //     symlink and hardlink entries as empty files instead of rejecting the archive and
 //     trusts header sizes. Every entry is written through an os.Root, so even a bug in
@@ -64,24 +73,16 @@ func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string
 			return nil, decompressFile(archive, file, filepath.Join(root, filepath.FromSlash(binRel)),
 				&SizeError{What: "decompressed binary", Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"})
 		}
-		tarFile := file
-		if codec != "" {
-			tarFile = filepath.Join(scratch, "archive.tar")
-			if err := decompressFile(codec, file, tarFile,
-				&SizeError{What: "decompressed archive", Limit: cfg.MaxArchiveBytes, Field: "MaxArchiveBytes"}); err != nil {
-				return nil, err
-			}
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, context.Cause(ctx)
-		}
-		f, err := os.Open(tarFile)
+		// The tar stream goes from the decompressor straight into the tar
+		// reader: no scratch copy of the whole archive to write, read and
+		// delete (a gigabyte of writes that stalled the node's fsyncs).
+		r, closeR, err := openTarStream(codec, file,
+			&SizeError{What: "decompressed archive", Limit: cfg.MaxArchiveBytes, Field: "MaxArchiveBytes"})
 		if err != nil {
 			return nil, err
 		}
-		err = extractTar(x, f, root)
-		f.Close()
-		os.Remove(tarFile)
+		err = extractTar(x, r, root)
+		closeR()
 		if err != nil {
 			return nil, err
 		}
@@ -94,6 +95,73 @@ func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string
 		return d, nil
 	}
 	return x.hashed[cfg.DaemonName], nil
+}
+
+// openTarStream opens file and, for a compressed tar, its decompressor, capped
+// at tooLarge.Limit bytes of tar stream: one byte more is tooLarge, never a
+// silent truncation. Decoder memory is bounded (xz dictionary, zstd window).
+func openTarStream(codec, file string, tooLarge *SizeError) (io.Reader, func(), error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	in := bufio.NewReaderSize(f, 1<<20)
+	var r io.Reader
+	closeAll := func() { f.Close() }
+	bad := func(err error) (io.Reader, func(), error) {
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: %s stream: %w; the file is corrupt or not %s", ErrUnsafeArchive, codec, err, codec)
+	}
+	switch codec {
+	case "":
+		r = in
+	case "gz":
+		zr, err := gzip.NewReader(in)
+		if err != nil {
+			return bad(err)
+		}
+		r = zr
+	case "bz2":
+		r = bzip2.NewReader(in)
+	case "xz":
+		xr, err := xz.ReaderConfig{DictCap: maxDecoderWindow}.NewReader(in)
+		if err != nil {
+			return bad(err)
+		}
+		r = xr
+	case "zst":
+		zr, err := zstd.NewReader(in, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(maxDecoderWindow), zstd.WithDecoderMaxMemory(uint64(tooLarge.Limit)+1))
+		if err != nil {
+			return bad(err)
+		}
+		r = zr
+		closeAll = func() { zr.Close(); f.Close() }
+	default:
+		f.Close()
+		return nil, nil, fmt.Errorf("%w: no decompressor for %q", ErrBadInfo, codec)
+	}
+	return &capReader{r: r, limit: tooLarge.Limit, tooLarge: tooLarge}, closeAll, nil
+}
+
+// maxDecoderWindow bounds the memory of the xz and zstd decoders (release
+// archives use a few MiB; --long/-9 use up to 64 MiB).
+const maxDecoderWindow = 64 << 20
+
+// capReader fails with tooLarge once more than limit bytes were read.
+type capReader struct {
+	r        io.Reader
+	n, limit int64
+	tooLarge error
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	if c.n > c.limit {
+		return n, c.tooLarge
+	}
+	return n, err
 }
 
 // decompressFile runs one go-getter codec with a limit of cap+1 bytes and turns
