@@ -551,12 +551,9 @@ The node must be stopped: import takes the staging lock for its whole run, so th
 binary is recorded by the time it returns and a node cannot start half-way through.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := loadEnv(cmd, opts)
+			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
-			}
-			if e.cfgErr != nil {
-				return e.cfgErr
 			}
 			sum, _ := cmd.Flags().GetString(flagChecksum)
 			insecure, _ := cmd.Flags().GetBool(flagInsecureNoChecksum)

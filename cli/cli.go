@@ -77,6 +77,19 @@ func addOutputFlag(cmd *cobra.Command) {
 
 // loadEnv reads the server context the root command prepared (home, config.toml,
 // app.toml through viper) and invisor's configuration with this command's flags.
+// loadValidEnv is loadEnv for the commands that need a valid configuration: a
+// bad key or value is their error.
+func loadValidEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
+	e, err := loadEnv(cmd, opts)
+	if err != nil {
+		return nil, err
+	}
+	if e.cfgErr != nil {
+		return nil, e.cfgErr
+	}
+	return e, nil
+}
+
 func loadEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
 	sctx := server.GetServerContextFromCmd(cmd)
 	e := &env{opts: opts, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr(), execCmd: cmd}

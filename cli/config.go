@@ -34,12 +34,9 @@ the environment, overridden by --invisor.* flags (which this command also accept
 preview them). A bad value or an unknown key is an error naming the key, as at boot.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := loadEnv(cmd, opts)
+			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
-			}
-			if e.cfgErr != nil {
-				return e.cfgErr
 			}
 			rep := configReport(e.cfg)
 			if e.json {

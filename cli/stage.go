@@ -68,12 +68,9 @@ running, the binary is placed and the node's stager verifies and records it for 
 in force (the command waits up to --wait for that).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := loadEnv(cmd, opts)
+			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
-			}
-			if e.cfgErr != nil {
-				return e.cfgErr
 			}
 			u, _ := cmd.Flags().GetString(flagURL)
 			file, _ := cmd.Flags().GetString(flagFile)
@@ -117,12 +114,9 @@ its info names now, verified and recorded like an automatic download, whatever
 allow-download says. The node may be the local one or another node of the chain.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := loadEnv(cmd, opts)
+			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
-			}
-			if e.cfgErr != nil {
-				return e.cfgErr
 			}
 			wait, _ := cmd.Flags().GetDuration(flagWait)
 			nc, err := newNodeClient(e.rpc)
