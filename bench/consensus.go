@@ -37,14 +37,11 @@ func (r consensusResult) label() string {
 func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (consensusResult, error) {
 	r := consensusResult{Staging: staging}
 	name := fmt.Sprintf("s4-%s-%d", r.label(), idx)
-	dir := filepath.Join(e.o.work, "runs", name)
-	_ = os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, done, err := e.runDir(name)
+	if err != nil {
 		return r, err
 	}
-	if !e.o.keep {
-		defer os.RemoveAll(dir)
-	}
+	defer done()
 	home := filepath.Join(dir, "home")
 	logPath := filepath.Join(e.o.work, "logs", name+".log")
 	_ = os.Remove(logPath)

@@ -116,14 +116,11 @@ type phase struct {
 func (e *benchEnv) upgradeRun(ctx context.Context, sc scenario, sup string, idx int) (upgradeResult, error) {
 	r := upgradeResult{Sup: sup}
 	name := fmt.Sprintf("s%d-%s-%d", sc.ID, sup, idx)
-	dir := filepath.Join(e.o.work, "runs", name)
-	_ = os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, done, err := e.runDir(name)
+	if err != nil {
 		return r, err
 	}
-	if !e.o.keep {
-		defer os.RemoveAll(dir)
-	}
+	defer done()
 	home := filepath.Join(dir, "home")
 	r.Log = filepath.Join(e.o.work, "logs", name+".log")
 	_ = os.Remove(r.Log)
@@ -314,4 +311,17 @@ func sha256File(p string) (string, int64, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	return hex.EncodeToString(h.Sum(nil)), n, err
+}
+
+// runDir makes a fresh directory for one run; done removes it unless -keep.
+func (e *benchEnv) runDir(name string) (dir string, done func(), err error) {
+	dir = filepath.Join(e.o.work, "runs", name)
+	_ = os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", nil, err
+	}
+	if e.o.keep {
+		return dir, func() {}, nil
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
 }
