@@ -8,19 +8,20 @@ import (
 // node reads the section back with LoadConfig (through the app options the SDK
 // server loads with viper); this struct only feeds the template at `init`.
 type AppConfig struct {
-	Enabled              bool   `mapstructure:"enabled"`
-	DaemonName           string `mapstructure:"daemon-name"`
-	AllowDownload        bool   `mapstructure:"allow-download"`
-	RequireChecksum      bool   `mapstructure:"require-checksum"`
-	AllowFileURLs        bool   `mapstructure:"allow-file-urls"`
-	CAFile               string `mapstructure:"ca-file"`
-	DownloadDeadline     string `mapstructure:"download-deadline"`
-	RetryMin             string `mapstructure:"retry-min"`
-	RetryMax             string `mapstructure:"retry-max"`
-	UnsafeSkipBackup     bool   `mapstructure:"unsafe-skip-backup"`
-	BackupDir            string `mapstructure:"backup-dir"`
-	PreUpgrade           bool   `mapstructure:"pre-upgrade"`
-	PreUpgradeMaxRetries int    `mapstructure:"pre-upgrade-max-retries"`
+	Enabled              bool    `mapstructure:"enabled"`
+	DaemonName           string  `mapstructure:"daemon-name"`
+	AllowDownload        bool    `mapstructure:"allow-download"`
+	RequireChecksum      bool    `mapstructure:"require-checksum"`
+	AllowFileURLs        bool    `mapstructure:"allow-file-urls"`
+	CAFile               string  `mapstructure:"ca-file"`
+	DownloadDeadline     string  `mapstructure:"download-deadline"`
+	RetryMin             string  `mapstructure:"retry-min"`
+	RetryMax             string  `mapstructure:"retry-max"`
+	StagingDiskShare     float64 `mapstructure:"staging-disk-share"`
+	UnsafeSkipBackup     bool    `mapstructure:"unsafe-skip-backup"`
+	BackupDir            string  `mapstructure:"backup-dir"`
+	PreUpgrade           bool    `mapstructure:"pre-upgrade"`
+	PreUpgradeMaxRetries int     `mapstructure:"pre-upgrade-max-retries"`
 }
 
 // DefaultAppConfig returns the documented defaults (the same as LoadConfig's).
@@ -31,6 +32,7 @@ func DefaultAppConfig() AppConfig {
 		DownloadDeadline: "2h",
 		RetryMin:         "5s",
 		RetryMax:         "5m",
+		StagingDiskShare: 0.1,
 		PreUpgrade:       true,
 	}
 }
@@ -89,6 +91,12 @@ download-deadline = "{{ .Invisor.DownloadDeadline }}"
 # env INVISOR_RETRY_MIN, INVISOR_RETRY_MAX
 retry-min = "{{ .Invisor.RetryMin }}"
 retry-max = "{{ .Invisor.RetryMax }}"
+
+# Fraction of disk time staging's writes may take while the node runs, so that
+# consensus fsyncs never queue behind a large download: each 2 MiB is flushed,
+# then staging rests in proportion. 1 writes at full speed. At the halt, a binary
+# still missing is written at full speed. env INVISOR_STAGING_DISK_SHARE
+staging-disk-share = {{ .Invisor.StagingDiskShare }}
 
 # Skip the backup of data/ before the switch (the backup hard-links table files,
 # so it is fast). env UNSAFE_SKIP_BACKUP

@@ -173,6 +173,15 @@ var settings = []setting{
 		func(c *Config, d time.Duration) { c.Staging.RetryMin = d }),
 	durationSetting("retry-max", "INVISOR_RETRY_MAX", "5m", "longest wait between attempts",
 		func(c *Config, d time.Duration) { c.Staging.RetryMax = d }),
+	{"staging-disk-share", "INVISOR_STAGING_DISK_SHARE", "0.1", "fraction of disk time staging's writes may take while the node runs (1: full speed)",
+		func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil || !(f > 0 && f <= 1) {
+				return fmt.Errorf("want a fraction in (0, 1] such as 0.1 (1 writes at full speed), got %q", v)
+			}
+			c.Staging.DiskShare = f
+			return nil
+		}},
 	boolSetting("unsafe-skip-backup", "UNSAFE_SKIP_BACKUP", "false", "skip the data backup before the switch",
 		func(c *Config, b bool) { c.Relauncher.Backup = !b }),
 	{"backup-dir", "DAEMON_DATA_BACKUP_DIR", "", "where data backups go (default: the node home)",

@@ -25,6 +25,7 @@ const (
 	DefaultRetryMax              = 5 * time.Minute
 	DefaultPollInterval          = 1 * time.Second
 	DefaultProgressInterval      = 5 * time.Second
+	DefaultDiskShare             = 0.1 // staging's writes keep the disk busy at most 10% of the time
 )
 
 // DefaultPreflightArgs are the arguments the staged binary is run with before it is
@@ -80,6 +81,13 @@ type Config struct {
 	PollInterval time.Duration
 	// ProgressInterval is the minimum time between two progress log lines.
 	ProgressInterval time.Duration
+	// DiskShare is the fraction of disk time staging's writes may take while the
+	// node runs (0 < DiskShare <= 1; 1 writes at full speed). Each 2 MiB written is
+	// flushed and followed by a rest proportional to how long the flush took, so
+	// consensus fsyncs never wait behind a long staging queue, on any disk. A
+	// Stager told to Hurry (the chain is halted and waits for the binary) writes
+	// at full speed. Only Linux has the flush control; elsewhere it is ignored.
+	DiskShare float64
 	// UserAgent is sent with every request.
 	UserAgent string
 	// CAFile, when set, is a PEM bundle of the root CAs that https servers are
@@ -108,6 +116,7 @@ func DefaultConfig() Config {
 		RetryMax:              DefaultRetryMax,
 		PollInterval:          DefaultPollInterval,
 		ProgressInterval:      DefaultProgressInterval,
+		DiskShare:             DefaultDiskShare,
 		UserAgent:             "invisor-staging",
 	}
 }
@@ -165,6 +174,9 @@ func (c Config) Validate() error {
 	}
 	if c.MinThroughput < 0 {
 		return bad("MinThroughput", "must be >= 0")
+	}
+	if !(c.DiskShare > 0 && c.DiskShare <= 1) {
+		return bad("DiskShare", fmt.Sprintf("must be in (0, 1], got %v (1 writes at full speed)", c.DiskShare))
 	}
 	if c.CAFile != "" && !filepath.IsAbs(c.CAFile) {
 		return bad("CAFile", fmt.Sprintf("%q must be an absolute path", c.CAFile))

@@ -50,9 +50,9 @@ var tarCodec = map[string]string{
 // file. It returns the digest of the binary when it was computed while writing it (a
 // plain download is renamed, not copied; tar and zip entries are hashed as they are
 // written), or nil when the caller must hash it (single compressed binaries).
-func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string, dl digest) (*digest, error) {
+func unpack(ctx context.Context, cfg Config, archive, file, root, scratch string, dl digest, pace *pacer) (*digest, error) {
 	binRel := path.Join("bin", cfg.DaemonName)
-	x := &extractor{ctx: ctx, lim: limitsOf(cfg), hashed: map[string]*digest{binRel: nil, cfg.DaemonName: nil}}
+	x := &extractor{ctx: ctx, lim: limitsOf(cfg), pace: pace, hashed: map[string]*digest{binRel: nil, cfg.DaemonName: nil}}
 	switch {
 	case archive == "":
 		if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
@@ -255,6 +255,7 @@ type extractor struct {
 	ctx     context.Context
 	root    *os.Root
 	lim     extractLimits
+	pace    *pacer // nil: unpaced
 	entries int64
 	bytes   int64
 	// hashed holds the entries (clean relative paths) whose sha256 is computed while
@@ -299,7 +300,7 @@ func (x *extractor) file(rel, name string, mode fs.FileMode, r io.Reader) error 
 		return &ArchiveError{Entry: name, Reason: fmt.Sprintf("cannot be created (duplicate or conflicting entry?): %v", err)}
 	}
 	remaining := x.lim.Bytes - x.bytes
-	var w io.Writer = &writeBehind{f: f}
+	var w io.Writer = &writeBehind{f: f, pace: x.pace}
 	_, hashIt := x.hashed[rel]
 	h := sha256.New()
 	if hashIt {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -41,6 +42,14 @@ type Plan struct {
 type observer struct {
 	state    func(State)
 	progress func(done, total int64)
+	hurry    *atomic.Bool // set when the chain waits for the binary: write at full speed
+}
+
+func (o *observer) hurryFlag() *atomic.Bool {
+	if o == nil {
+		return nil
+	}
+	return o.hurry
 }
 
 func (o *observer) setState(s State) {
@@ -113,7 +122,7 @@ func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (
 			return adoptPlaced(ctx, cfg, p, log, obs, bin)
 		}
 		// Downloaded for a replaced plan: it must never run for this one.
-		if err := removeInstall(cfg.Home, upDir); err != nil {
+		if err := removeInstall(cfg.Home, upDir, newPacer(ctx, cfg.DiskShare, obs.hurryFlag())); err != nil {
 			return Install{}, fmt.Errorf("staging: removing %s, staged for a replaced plan %q: %w", upDir, p.Name, err)
 		}
 		if log != nil {
@@ -135,7 +144,7 @@ func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (
 		return Install{}, fmt.Errorf("%w: downloads are disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false); place the binary for plan %q at %s",
 			ErrNotFound, p.Name, bin)
 	}
-	return download(ctx, cfg, p, log, obs)
+	return download(ctx, cfg, p, log, obs, newPacer(ctx, cfg.DiskShare, obs.hurryFlag()))
 }
 
 // checkNoSymlinks refuses a planted symlink at upgrades/, upgrades/<name> or its bin/,
@@ -200,7 +209,7 @@ func resolve(ctx context.Context, cfg Config, p Plan, log Logger) (Source, error
 	return ParseSource(raw, cfg)
 }
 
-func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (inst Install, err error) {
+func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer, pace *pacer) (inst Install, err error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Deadline,
 		fmt.Errorf("%w: attempt exceeded Config.Deadline (%v)", ErrDownload, cfg.Deadline))
 	defer cancel()
@@ -217,7 +226,9 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err != nil {
 		return Install{}, fmt.Errorf("create temp dir under %s: %w", CosmovisorRoot(cfg.Home), err)
 	}
-	defer os.RemoveAll(tmp) // on success the payload has already been renamed out
+	// On success the payload has already been renamed out; the download itself
+	// (a large archive) is freed in paced steps.
+	defer removeTreePaced(tmp, pace)
 
 	limit, field := cfg.MaxBinaryBytes, "MaxBinaryBytes"
 	if src.Archive != "" {
@@ -239,7 +250,7 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if obs != nil {
 		t.progress = obs.progress
 	}
-	res, err := t.run(ctx, &writeBehind{f: f})
+	res, err := t.run(ctx, &writeBehind{f: f, pace: pace})
 	client.CloseIdleConnections()
 	if err == nil {
 		err = diskFull(f.Sync(), "download", CosmovisorRoot(cfg.Home))
@@ -254,29 +265,38 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 		log.Warn("staging: download is not pinned by a checksum (RequireChecksum=false)", "plan", p.Name, "sha256", res.SHA256)
 	}
 	log.Info("staging: downloaded", "plan", p.Name, "bytes", res.N, "sha256", res.SHA256,
-		"verified", res.Verified, "elapsed", time.Since(start).Round(time.Millisecond))
+		"verified", res.Verified, "elapsed", time.Since(start).Round(time.Millisecond), "paced", pace.rested().Round(time.Millisecond))
 
 	obs.setState(StateVerifying)
 	root := filepath.Join(tmp, "root")
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return Install{}, err
 	}
-	known, err := unpack(ctx, cfg, src.Archive, dl, root, tmp, digest{SHA256: res.SHA256, Size: res.N})
+	unpackStart, restedBefore := time.Now(), pace.rested()
+	known, err := unpack(ctx, cfg, src.Archive, dl, root, tmp, digest{SHA256: res.SHA256, Size: res.N}, pace)
 	if err != nil {
 		return Install{}, diskFull(err, "the unpacked archive", CosmovisorRoot(cfg.Home))
+	}
+	if src.Archive != "" {
+		log.Info("staging: unpacked", "plan", p.Name, "archive", src.Archive,
+			"elapsed", time.Since(unpackStart).Round(time.Millisecond), "paced", (pace.rested() - restedBefore).Round(time.Millisecond))
 	}
 	staged := filepath.Join(root, "bin", cfg.DaemonName)
 	// The temp root is private: fix the mode before verifyBinary takes its stamp.
 	if err := chmodExec(staged); err != nil {
 		return Install{}, err
 	}
+	verifyStart := time.Now()
 	sum, size, version, err := verifyBinary(ctx, cfg, staged, nil, known)
 	if err != nil {
 		return Install{}, err
 	}
+	syncStart := time.Now()
 	if err := syncTree(root); err != nil {
 		return Install{}, err
 	}
+	log.Info("staging: preflight passed", "plan", p.Name, "version", version,
+		"preflight", syncStart.Sub(verifyStart).Round(time.Millisecond), "fsync", time.Since(syncStart).Round(time.Millisecond))
 	if err := ctx.Err(); err != nil {
 		return Install{}, context.Cause(ctx)
 	}

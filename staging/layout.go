@@ -166,8 +166,8 @@ func TrustedFor(home, daemon string, p Plan) (Install, error) {
 
 // removeInstall removes an upgrade directory by renaming it to a temp name
 // first: a crash leaves a temp directory that New removes, never a
-// half-deleted install.
-func removeInstall(home, dir string) error {
+// half-deleted install. Large files are freed in paced steps (removeTreePaced).
+func removeInstall(home, dir string, pace *pacer) error {
 	tmp, err := os.MkdirTemp(CosmovisorRoot(home), TempPrefix+"remove-")
 	if err != nil {
 		return err
@@ -177,7 +177,7 @@ func removeInstall(home, dir string) error {
 		os.Remove(tmp)
 		return err
 	}
-	return os.RemoveAll(tmp)
+	return removeTreePaced(tmp, pace)
 }
 
 func readRecord(path string) (Record, error) {

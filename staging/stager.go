@@ -53,6 +53,7 @@ type Stager struct {
 	slot    atomic.Pointer[Plan] // latest offered plan; written by Offer only
 	wake    chan struct{}        // capacity 1: "the slot changed"
 	running atomic.Bool
+	hurry   atomic.Bool // Hurry was called: no pacing of writes
 
 	mu        sync.Mutex
 	st        Status
@@ -174,6 +175,18 @@ func (s *Stager) Close() error {
 	return s.closeErr
 }
 
+// Hurry lifts the pacing of staging's disk writes (Config.DiskShare) from now on,
+// including a download in flight: call it when the chain has halted and waits for
+// the binary, when finishing soon matters more than the node's fsyncs.
+func (s *Stager) Hurry() {
+	if s.hurry.Swap(true) {
+		return
+	}
+	if st := s.Status().State; st == StateDownloading || st == StateVerifying {
+		s.log.Info("staging: writing at full speed from now on (the chain waits for the binary)", "state", st)
+	}
+}
+
 // Offer hands the latest plan to the worker. It never blocks, and it is cheap and
 // idempotent when the plan is unchanged, so it can be called every block from the
 // consensus path. nil means no plan is in force: in-flight work is cancelled.
@@ -293,7 +306,7 @@ func (s *Stager) Run(ctx context.Context) error {
 			switch {
 			case p == nil:
 				s.log.Info("staging: plan withdrawn", "plan", cur.Name)
-				s.discard(cur)
+				s.discard(ctx, cur)
 				s.update(func(st *Status) {
 					st.State, st.Err, st.Install = StateCancelled, ErrPlanCancelled.Error(), nil
 				})
@@ -358,6 +371,7 @@ func (s *Stager) attempt(ctx context.Context, p *Plan) (Install, error) {
 	}
 	done := make(chan result, 1)
 	obs := &observer{
+		hurry: &s.hurry,
 		state: func(st State) { s.setState(p, st) },
 		progress: func(d, t int64) {
 			s.mu.Lock()
@@ -436,7 +450,7 @@ func (s *Stager) sleep(ctx context.Context, p *Plan, delay time.Duration) bool {
 // could adopt for a plan no longer in force. A binary placed by hand stays (the
 // operator put it there), and so does an install that the chain's state
 // (data/upgrade-info.json) or cosmovisor's current link points at.
-func (s *Stager) discard(p *Plan) {
+func (s *Stager) discard(ctx context.Context, p *Plan) {
 	home, daemon := s.cfg.Home, s.cfg.DaemonName
 	rec, err := readRecord(RecordPath(home, daemon, p.Name))
 	if err != nil || rec.Source != "download" || rec.Plan != p.Name {
@@ -456,7 +470,7 @@ func (s *Stager) discard(p *Plan) {
 			return
 		}
 	}
-	if err := removeInstall(home, dir); err != nil {
+	if err := removeInstall(home, dir, newPacer(ctx, s.cfg.DiskShare, &s.hurry)); err != nil {
 		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", dir, "err", err)
 		return
 	}

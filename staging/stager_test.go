@@ -336,6 +336,8 @@ func TestConfigValidate(t *testing.T) {
 		{"PreflightArgs", func(c *Config) { c.PreflightArgs = nil }},
 		{"RetryMax", func(c *Config) { c.RetryMin, c.RetryMax = time.Minute, time.Second }},
 		{"MinThroughput", func(c *Config) { c.MinThroughput = -1 }},
+		{"DiskShare", func(c *Config) { c.DiskShare = 0 }},
+		{"DiskShare", func(c *Config) { c.DiskShare = 1.5 }},
 	}
 	base := DefaultConfig()
 	base.Home, base.DaemonName = "/home/node", "exampled"
