@@ -33,6 +33,7 @@ test-unit:
 	$(GO) test -race -count=1 -timeout 15m ./staging/... ./relauncher/...
 	$(GO) test -count=1 -timeout 15m ./hook/... ./cli/... .
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s ./relauncher/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzDecodeMarker -fuzztime 10s ./relauncher/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzSafeName -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/

@@ -52,7 +52,19 @@ type Options struct {
 // When the node halted for an upgrade whose binary is staged and verified, the
 // start command returns after the node stopped cleanly and Execute replaces the
 // process with the new binary; it returns only on error.
+//
+// When this process is such a new binary and the old one left its pre-upgrade
+// running, Execute first waits for it, before the SDK reads any configuration
+// (pre-upgrade may rewrite it); `start` then refuses to run the node if it failed.
 func Execute(rootCmd *cobra.Command, opts Options) error {
+	// The environment as the process received it: the SDK's Execute rewrites it
+	// (CometBFT's copyEnvVars adds a "<prefix>_" copy of every variable), and the
+	// new binary must get exactly what this one got.
+	environ := os.Environ()
+	awaited := relauncher.AwaitPreUpgrade(environ)
+	// Nothing started from here on may take itself for the awaiting binary; the
+	// relauncher drops the marker from environ itself.
+	_ = os.Unsetenv(relauncher.EnvExecPreUpgrade)
 	if opts.DaemonName == "" {
 		return errors.New("invisor: Options.DaemonName is required (the binary's name under cosmovisor/*/bin)")
 	}
@@ -60,11 +72,7 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 	if err != nil || start == rootCmd {
 		return errors.New("invisor: the root command has no `start` subcommand")
 	}
-	// The environment as the process received it: the SDK's Execute rewrites it
-	// (CometBFT's copyEnvVars adds a "<prefix>_" copy of every variable), and the
-	// new binary must get exactly what this one got.
-	environ := os.Environ()
-	wrapStart(start, opts, environ)
+	wrapStart(start, opts, environ, awaited)
 	wrapFlagMarking(rootCmd)
 	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
 }
@@ -86,7 +94,7 @@ type node struct {
 	wg         sync.WaitGroup
 }
 
-func wrapStart(start *cobra.Command, opts Options, environ []string) {
+func wrapStart(start *cobra.Command, opts Options, environ []string, awaited *relauncher.PreUpgradeOutcome) {
 	var n *node
 	AddFlags(start.Flags())
 	preRun, run := start.PreRunE, start.RunE
@@ -97,7 +105,7 @@ func wrapStart(start *cobra.Command, opts Options, environ []string) {
 			}
 		}
 		var err error
-		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ)
+		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ, awaited)
 		return err
 	}
 	start.RunE = func(cmd *cobra.Command, args []string) error {
@@ -120,7 +128,9 @@ func wrapStart(start *cobra.Command, opts Options, environ []string) {
 
 // boot builds invisor for the node home, runs the boot redirect (which may exec
 // another binary and not return), starts staging and registers the hook's sink.
-func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []string) (*node, error) {
+// awaited is the pre-upgrade Execute waited for (nil if none): a failed one stops
+// the node from starting even where invisor then does nothing.
+func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []string, awaited *relauncher.PreUpgradeOutcome) (*node, error) {
 	cfg, err := LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
 		return nil, err
@@ -128,16 +138,20 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 	logger := sctx.Logger.With("module", "invisor")
 	if !cfg.Enabled {
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
-		return nil, nil
+		return nil, awaited.Report(logger)
 	}
 	verifier := newPlanVerifier(cfg.Staging.Home, cfg.Staging.DaemonName)
-	rl, err := relauncher.New(cfg.Relauncher, verifier, logger, relauncher.OS{Environ: func() []string { return environ }})
+	rl, err := relauncher.New(cfg.Relauncher, verifier, logger,
+		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	n := &node{log: logger, rl: rl, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
 	if n.stageOnly {
 		logger.Info("invisor: running under cosmovisor; staging binaries only and leaving the switch to cosmovisor")
+		if err := awaited.Report(logger); err != nil {
+			return nil, err
+		}
 	} else {
 		if err := rl.Layout(); err != nil {
 			return nil, fmt.Errorf("invisor: laying out %s: %w", rl.Root(), err)
@@ -205,6 +219,8 @@ func (n *node) Halted(p hook.Plan, height int64) {
 	n.log.Info("invisor: the chain halted for the upgrade as planned; the CONSENSUS FAILURE logged by CometBFT at this height is expected",
 		"upgrade", p.Name, "height", height)
 	n.recordHalt(p.Name, height)
+	// The chain is down from here: finishing the binary beats sparing the disk.
+	n.stager.Hurry()
 	if n.stageOnly {
 		n.log.Info("invisor: cosmovisor will switch the binary", "upgrade", p.Name)
 		return

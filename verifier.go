@@ -19,6 +19,12 @@ import (
 // in force is hashed as soon as staging has it (preverify), with its file stamp
 // taken before the hash; at the halt a stat proves it unchanged. Any doubt —
 // another plan, another info, a changed stamp — means a full verification.
+//
+// preverify also scans the binary for the capability of awaiting its own
+// pre-upgrade (relauncher.BinaryAwaitsPreUpgrade), which lets the switch overlap
+// pre-upgrade with the new binary's start-up. Only this cache carries the
+// capability: a full verification at the halt leaves it false, and the switch
+// waits for pre-upgrade as before.
 type planVerifier struct {
 	home, daemon string
 
@@ -70,7 +76,8 @@ func (v *planVerifier) cached(plan staging.Plan) (relauncher.Binary, bool) {
 	return pv.bin, true
 }
 
-// preverify hashes the binary staged for plan now, while the chain runs.
+// preverify hashes the binary staged for plan now, while the chain runs, and
+// scans it for the pre-upgrade capability.
 func (v *planVerifier) preverify(plan staging.Plan) (relauncher.Binary, error) {
 	path := staging.BinPath(v.home, v.daemon, plan.Name)
 	stamp, err := relauncher.StampOf(path)
@@ -85,6 +92,13 @@ func (v *planVerifier) preverify(plan staging.Plan) (relauncher.Binary, error) {
 		return relauncher.Binary{}, fmt.Errorf("invisor: staged binary at %s, expected %s", inst.Path, path)
 	}
 	b := binaryOf(inst)
+	// A scan error only costs the overlap; a changed stamp means the scan (and
+	// the hash) may describe another file.
+	awaits, scanErr := relauncher.BinaryAwaitsPreUpgrade(path)
+	if err := stamp.Recheck(path); err != nil {
+		return relauncher.Binary{}, err
+	}
+	b.AwaitsPreUpgrade = awaits && scanErr == nil
 	v.mu.Lock()
 	v.ready = &preverified{plan: plan, bin: b, stamp: stamp}
 	v.mu.Unlock()
@@ -108,10 +122,11 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 	if _, err := n.stager.WaitReady(ctx, plan.Name); err != nil {
 		return
 	}
-	if _, err := n.verifier.preverify(plan); err != nil {
+	b, err := n.verifier.preverify(plan)
+	if err != nil {
 		n.log.Error("invisor: the staged binary does not verify; staging will try again", "upgrade", plan.Name, "err", err)
 		return
 	}
 	n.log.Info("invisor: upgrade binary staged and verified; the switch at the upgrade height needs no download and no hashing",
-		"upgrade", plan.Name, "height", plan.Height)
+		"upgrade", plan.Name, "height", plan.Height, "awaits_pre_upgrade", b.AwaitsPreUpgrade)
 }

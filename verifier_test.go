@@ -25,8 +25,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// stagedHome stages a copy of the test binary for plan under a fresh home.
-func stagedHome(t *testing.T, plan staging.Plan) (home string, planned staging.Plan) {
+// stagedHome stages a copy of the test binary, with tail appended, for plan
+// under a fresh home.
+func stagedHome(t *testing.T, plan staging.Plan, tail ...byte) (home string, planned staging.Plan) {
 	t.Helper()
 	home = t.TempDir()
 	self, err := os.Executable()
@@ -47,6 +48,9 @@ func stagedHome(t *testing.T, plan staging.Plan) (home string, planned staging.P
 		t.Fatal(err)
 	}
 	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.Write(tail); err != nil {
 		t.Fatal(err)
 	}
 	out.Close()
@@ -118,5 +122,35 @@ func TestPlanVerifier(t *testing.T) {
 	}
 	if _, err := v.Trusted("v2"); err == nil {
 		t.Fatal("a modified binary is trusted")
+	}
+}
+
+// preverify marks the binary able to await its pre-upgrade only if it carries
+// the capability token; a full verification at the halt never does.
+func TestPlanVerifierAwaitsPreUpgrade(t *testing.T) {
+	// Built at run time: a literal would put the token into this test binary,
+	// which does not link relauncher.AwaitPreUpgrade (nothing here calls Execute).
+	token := strings.Join([]string{"invisor-awaits", "pre-upgrade/1"}, "-")
+	for _, tc := range []struct {
+		name string
+		tail string
+		want bool
+	}{{"without the token", "", false}, {"with the token", "\x00" + token + "\x00", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			home, plan := stagedHome(t, staging.Plan{Name: "v2", Height: 40}, []byte(tc.tail)...)
+			v := newPlanVerifier(home, "appd")
+			b, err := v.preverify(plan)
+			if err != nil || b.AwaitsPreUpgrade != tc.want {
+				t.Fatalf("preverify: %+v %v, want AwaitsPreUpgrade %v", b, err, tc.want)
+			}
+			writeUpgradeInfo(t, home, plan)
+			if b, err := v.Trusted("v2"); err != nil || b.AwaitsPreUpgrade != tc.want {
+				t.Fatalf("at the halt: %+v %v", b, err)
+			}
+			v.forget()
+			if b, err := v.Trusted("v2"); err != nil || b.AwaitsPreUpgrade {
+				t.Fatalf("full verification: %+v %v, want AwaitsPreUpgrade false", b, err)
+			}
+		})
 	}
 }

@@ -32,6 +32,11 @@ const (
 	// EnvRedirectTarget is set by a boot redirect to the path it exec'd; a second
 	// redirect to the same target in a row is refused as a loop. Switch clears it.
 	EnvRedirectTarget = "INVISOR_REDIRECT_TARGET"
+	// EnvExecPreUpgrade is set by a Switch that started `pre-upgrade` without
+	// waiting for it: it tells the new binary which child to wait for and what to
+	// do after (see AwaitPreUpgrade). Any later exec, and every pre-upgrade child,
+	// gets the environment without it.
+	EnvExecPreUpgrade = "INVISOR_EXEC_PRE_UPGRADE"
 )
 
 // Config configures a Relauncher. Library code never reads the environment: the edge

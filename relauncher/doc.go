@@ -13,10 +13,11 @@
 //
 // # Wiring
 //
-//	r, err := relauncher.New(cfg, stager, logger, relauncher.OS{})
+//	awaited := relauncher.AwaitPreUpgrade(os.Environ()) // first thing in main, before any config is read
+//	r, err := relauncher.New(cfg, stager, logger, relauncher.OS{AwaitedPreUpgrade: awaited})
 //	if relauncher.UnderCosmovisor() { /* stage only; cosmovisor swaps */ }
 //	r.Layout()             // first start on a home
-//	r.Boot()               // before any database is opened; returns only if this binary is right
+//	r.Boot()               // before any database is opened; fails after a failed awaited pre-upgrade
 //	... start the node; the hook calls r.OnHalt(name, height) at the upgrade halt ...
 //	if name, ok := r.Armed(); ok { err := r.Switch(name); os.Exit(1) } // after the node stopped
 //
@@ -31,9 +32,20 @@
 //     fsync) and only after backup and pre-upgrade succeeded, so "current points to
 //     upgrades/N" means the preparation for N is complete.
 //   - The exec keeps PID, argv, working directory and environment; it adds
-//     INVISOR_EXEC_GENERATION and INVISOR_EXECED_FROM, and for a boot redirect
-//     INVISOR_REDIRECT_TARGET. A second redirect to the same target in a row, or
+//     INVISOR_EXEC_GENERATION and INVISOR_EXECED_FROM, for a boot redirect
+//     INVISOR_REDIRECT_TARGET, and for an overlapped pre-upgrade
+//     INVISOR_EXEC_PRE_UPGRADE. A second redirect to the same target in a row, or
 //     more than MaxExecGeneration execs in one PID, is refused (ErrExecLoop).
+//   - Overlapped pre-upgrade: Switch (not the boot redirect) starts `<new bin>
+//     pre-upgrade` and execs without waiting for it only if the Verifier marked the
+//     binary AwaitsPreUpgrade, which only a scan of that very file can establish
+//     (BinaryAwaitsPreUpgrade: the capability token the linker keeps exactly when
+//     AwaitPreUpgrade is linked, under a stamp taken before the hash and rechecked
+//     after the scan). The new binary's AwaitPreUpgrade waits for the child before
+//     the node reads any configuration, with the same exit code semantics, retries
+//     and per-run timeout, and flips `current` itself; its Boot refuses to start
+//     the node after a failure. The child's environment, like that of any later
+//     exec, never contains INVISOR_EXEC_PRE_UPGRADE.
 //   - An exec failure returns an *ExecError naming the errno (ENOENT, EACCES, ENOEXEC,
 //     ETXTBSY, ...); the caller exits non-zero and the process manager restarts into Boot.
 //   - OnHalt never blocks and never panics; it arms at most once and calls Stop once.
@@ -49,10 +61,24 @@
 //     files (LevelDB and Pebble never rewrite tables in place).
 //   - During pre-upgrade: whatever pre-upgrade itself wrote; `current` unchanged, so
 //     the next Boot redoes backup and pre-upgrade.
-//   - Between the flip and the exec: `current` points to the new upgrade and
+//   - Overlapped pre-upgrade, the old process killed after starting the child and
+//     before the exec, or the new one killed while it waits: the orphaned child runs
+//     to its end (its output goes to a "<root>/.pre-upgrade.invisor-tmp-..." file
+//     the next Layout removes) unless it dies with its process group or unit
+//     (systemd's default KillMode=control-group kills it with the node); `current`
+//     is not flipped, so the next Boot redoes backup and pre-upgrade, possibly while
+//     the orphan still runs (pre-upgrade must be idempotent, as under cosmovisor).
+//   - Overlapped pre-upgrade failed (exit 30, other code, timeout, retries
+//     exhausted): the new binary exits non-zero before opening any store, `current`
+//     unchanged; a restart goes through the boot redirect, which runs pre-upgrade
+//     again, sequentially.
+//   - Between the flip and the exec (sequential), or between the flip and the
+//     node's start (overlapped): `current` points to the new upgrade and
 //     upgrade-info.json names it; a restart through current/bin runs the new binary,
 //     a restart of the old path is redirected by Boot without repeating pre-upgrade.
-//   - The exec failed: same as the previous case; `current` is not rolled back.
+//   - The exec failed: sequential, same as the previous case, `current` is not
+//     rolled back; overlapped, Switch waited for (or killed at its timeout) the
+//     child and removed its output first, and `current` was never flipped.
 //
 // # What it does not do
 //
@@ -64,4 +90,7 @@
 // does not run under cosmovisor's control (see UnderCosmovisor), does not take a
 // lock on the home (two supervisors on one home must be prevented by the caller),
 // does not delete old backups, and does not roll back `current` after a failed exec.
+// It does not overlap pre-upgrade for a boot redirect, nor for a binary it has not
+// scanned, and it cannot tell whether an orphaned pre-upgrade of an earlier attempt
+// is still running.
 package relauncher

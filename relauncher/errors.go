@@ -27,6 +27,9 @@ var (
 	ErrLayout = errors.New("relauncher: unexpected layout")
 	// ErrPreUpgrade: `pre-upgrade` failed.
 	ErrPreUpgrade = errors.New("relauncher: pre-upgrade failed")
+	// ErrMalformedPreUpgradeMarker: EnvExecPreUpgrade cannot be read by this
+	// binary (garbage, or another protocol version).
+	ErrMalformedPreUpgradeMarker = errors.New("relauncher: malformed " + EnvExecPreUpgrade)
 	// ErrInvalidName: an upgrade name that cannot be a directory.
 	ErrInvalidName = errors.New("relauncher: invalid upgrade name")
 	// ErrNoSpace: not enough free space for the backup.

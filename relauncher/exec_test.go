@@ -21,6 +21,8 @@ const (
 	envHelperOut = "INVISOR_TEST_OUT"
 	envHelperHom = "INVISOR_TEST_HOME"
 	envHelperVar = "INVISOR_TEST_MYVAR"
+	// envHelperOverlap makes the old binary run pre-upgrade overlapped with the exec.
+	envHelperOverlap = "INVISOR_TEST_OVERLAP"
 )
 
 func TestMain(m *testing.M) {
@@ -39,6 +41,15 @@ type procReport struct {
 	Generation string
 	ExecedFrom string
 	Err        string
+
+	// pre-upgrade (the child) and the new binary's AwaitPreUpgrade.
+	Ppid           int
+	SawMarker      bool
+	EndNs          int64
+	AwaitedRuns    int
+	AwaitedFlipped string
+	AwaitedErr     string
+	AwaitedAtNs    int64
 }
 
 func writeReport(name string, rep procReport) {
@@ -56,8 +67,25 @@ func selfReport() procReport {
 }
 
 func helperMain() int {
+	if len(os.Args) > 1 && os.Args[1] == "pre-upgrade" {
+		rep := selfReport()
+		rep.Ppid = os.Getppid()
+		_, rep.SawMarker = os.LookupEnv(EnvExecPreUpgrade)
+		time.Sleep(300 * time.Millisecond) // the old binary execs meanwhile
+		rep.EndNs = time.Now().UnixNano()
+		writeReport("pre.json", rep)
+		return 0
+	}
 	if os.Getenv(EnvExecGeneration) != "" { // the new binary, after the exec
-		writeReport("new.json", selfReport())
+		rep := selfReport()
+		if o := AwaitPreUpgrade(os.Environ()); o != nil {
+			rep.AwaitedAtNs = time.Now().UnixNano()
+			rep.AwaitedRuns, rep.AwaitedFlipped = len(o.Runs), o.Flipped
+			if o.Err != nil {
+				rep.AwaitedErr = o.Err.Error()
+			}
+		}
+		writeReport("new.json", rep)
 		return 0
 	}
 	rep := selfReport()
@@ -70,11 +98,12 @@ func helperMain() int {
 		writeReport("err.json", rep)
 		return 3
 	}
+	overlap := os.Getenv(envHelperOverlap) != ""
 	v := VerifierFunc(func(name string) (Binary, error) {
-		return Binary{Name: name, Path: bin, SHA256: sum}, nil
+		return Binary{Name: name, Path: bin, SHA256: sum, AwaitsPreUpgrade: overlap}, nil
 	})
 	cfg := DefaultConfig()
-	cfg.Home, cfg.DaemonName, cfg.Backup, cfg.RunPreUpgrade = home, daemon, false, false
+	cfg.Home, cfg.DaemonName, cfg.Backup, cfg.RunPreUpgrade = home, daemon, false, overlap
 	r, err := New(cfg, v, nil, OS{})
 	if err == nil {
 		err = r.Switch("v2") // returns only on failure
@@ -84,7 +113,7 @@ func helperMain() int {
 	return 3
 }
 
-func runHelper(t *testing.T, h *testHome, args []string) (cmdPid int, out string, exitErr error) {
+func runHelper(t *testing.T, h *testHome, args []string, env ...string) (cmdPid int, out string, exitErr error) {
 	t.Helper()
 	self, err := os.Executable()
 	must(t, err)
@@ -93,6 +122,7 @@ func runHelper(t *testing.T, h *testHome, args []string) (cmdPid int, out string
 	cmd := exec.Command(self, args...)
 	cmd.Dir = cwd
 	cmd.Env = append(os.Environ(), envHelper+"=1", envHelperOut+"="+out, envHelperHom+"="+h.home, envHelperVar+"=hello world")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	must(t, cmd.Start())
 	done := make(chan error, 1)
@@ -201,4 +231,45 @@ func TestRealExecFailure(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRealExecOverlappedPreUpgrade: the old binary starts pre-upgrade and execs
+// for real; the new image, in the same PID, waits for the child it inherited,
+// then flips `current`.
+func TestRealExecOverlappedPreUpgrade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	h := newTestHome(t)
+	self, err := os.Executable()
+	must(t, err)
+	must(t, atomicCopy(self, h.v2, 0o755))
+	h.writeUpgradeInfo(`{"name":"v2","height":123,"info":""}`)
+
+	pid, out, err := runHelper(t, h, []string{"start"}, envHelperOverlap+"=1")
+	if err != nil {
+		e, _ := readReport(t, out, "err.json")
+		t.Fatalf("helper: %v (switch error: %s)", err, e.Err)
+	}
+	newR, ok1 := readReport(t, out, "new.json")
+	pre, ok2 := readReport(t, out, "pre.json")
+	if !ok1 || !ok2 {
+		t.Fatalf("reports: new %v pre-upgrade %v", ok1, ok2)
+	}
+	if newR.Pid != pid || pre.Ppid != pid || pre.Exe != h.v2 {
+		t.Errorf("pids: process %d, new %d, pre-upgrade's parent %d (exe %s)", pid, newR.Pid, pre.Ppid, pre.Exe)
+	}
+	if pre.SawMarker {
+		t.Errorf("pre-upgrade got %s", EnvExecPreUpgrade)
+	}
+	if newR.AwaitedRuns != 1 || newR.AwaitedErr != "" || newR.AwaitedFlipped != "upgrades/v2" {
+		t.Fatalf("awaited: %d runs, flipped %q, err %q", newR.AwaitedRuns, newR.AwaitedFlipped, newR.AwaitedErr)
+	}
+	if newR.AwaitedAtNs < pre.EndNs {
+		t.Errorf("AwaitPreUpgrade returned %s before pre-upgrade ended", time.Duration(pre.EndNs-newR.AwaitedAtNs))
+	}
+	if h.current() != "upgrades/v2" {
+		t.Errorf("current -> %q", h.current())
+	}
+	noTemps(t, h)
 }

@@ -24,6 +24,10 @@ type OS struct {
 	// Stop asks the node to shut down cleanly; OnHalt calls it once armed. The
 	// default sends SIGTERM to our own pid, the SDK server's clean shutdown path.
 	Stop func() error
+	// AwaitedPreUpgrade is what AwaitPreUpgrade did when this process started, or
+	// nil. Boot logs it and fails if the pre-upgrade failed. It is no system call:
+	// the edge hands it over because the logger did not exist yet at that point.
+	AwaitedPreUpgrade *PreUpgradeOutcome
 }
 
 // DefaultOS returns the real system calls.

@@ -112,6 +112,8 @@ func (r *Relauncher) missing(name string, height int64, err error) *MissingBinar
 
 // Boot decides, before any database is opened, whether this executable is the one
 // the chain's state needs, and execs the right one if not:
+//   - this process awaited its pre-upgrade (OS.AwaitedPreUpgrade): logs how it went
+//     and, if it failed, returns its *PreUpgradeError (`current` is unchanged);
 //   - no (or empty) data/upgrade-info.json: returns nil, run as is;
 //   - upgrade-info names N and this executable is the trusted binary for N (same
 //     file, or same size and SHA-256): returns nil;
@@ -125,6 +127,9 @@ func (r *Relauncher) Boot() error { return r.BootContext(context.Background()) }
 
 // BootContext is Boot with a context bounding backup and pre-upgrade.
 func (r *Relauncher) BootContext(ctx context.Context) error {
+	if err := r.os.AwaitedPreUpgrade.Report(r.log); err != nil {
+		return err
+	}
 	ui, ok, err := ReadUpgradeInfo(r.home)
 	if err != nil {
 		return fmt.Errorf("%w; fix or remove the file only if you know the chain is not at an upgrade height", err)
@@ -175,11 +180,19 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 // argv, env (plus markers) and working directory. It returns only on failure; an
 // exec failure is an *ExecError, and the caller should exit non-zero so a process
 // manager restarts into Boot.
+//
+// When the Verifier marked the binary AwaitsPreUpgrade, pre-upgrade is started but
+// not waited for: Switch execs the new binary right away with EnvExecPreUpgrade
+// naming the child, so the new binary's start-up overlaps pre-upgrade's; the new
+// binary waits for it in AwaitPreUpgrade before reading any configuration and
+// flips `current` itself. If the exec fails, Switch waits for (or kills at its
+// timeout) the child before returning, and `current` stays unflipped.
 func (r *Relauncher) Switch(name string) error {
 	return r.SwitchContext(context.Background(), name)
 }
 
-// SwitchContext is Switch with a context bounding backup and pre-upgrade.
+// SwitchContext is Switch with a context bounding backup and pre-upgrade (only
+// the backup, and a wait after a failed exec, when pre-upgrade overlaps the exec).
 func (r *Relauncher) SwitchContext(ctx context.Context, name string) error {
 	if err := validUpgradeName(name); err != nil {
 		return err
@@ -227,7 +240,9 @@ func (r *Relauncher) verifiedAtHalt(name string) (Binary, error) {
 
 // switchTo prepares (backup, pre-upgrade), flips `current` and execs bin.
 // For a boot redirect, preparation is skipped when `current` already points to the
-// upgrade: the flip is the last step of a completed preparation.
+// upgrade: the flip is the last step of a completed preparation. A Switch to a
+// binary that awaits its pre-upgrade starts it and leaves it and the flip to that
+// binary; a boot redirect always waits.
 func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, self string, redirect bool) error {
 	dir, err := r.upgradeDirOf(bin)
 	if err != nil {
@@ -241,28 +256,48 @@ func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, s
 	if err != nil {
 		return err
 	}
+	// child is the pre-upgrade left for the new binary to wait for; until the exec,
+	// a failure must wait for it (reap) so none runs on mid-write unobserved.
+	var child *preUpgradeChild
+	fail := func(err error) error {
+		if child != nil {
+			r.reap(ctx, child)
+		}
+		return err
+	}
 	if !redirect || !r.currentIs(dir) {
 		if r.cfg.Backup {
 			if _, err := r.backup(ctx, ui.Name); err != nil {
 				return err
 			}
 		}
-		if r.cfg.RunPreUpgrade {
+		rel := filepath.Join(UpgradesDir, filepath.Base(dir))
+		link := filepath.Join(r.Root(), CurrentLink)
+		switch {
+		case r.cfg.RunPreUpgrade && !redirect && bin.AwaitsPreUpgrade:
+			if child, err = r.startPreUpgrade(bin.Path, link, rel); err != nil {
+				return err
+			}
+			env = append(env, EnvExecPreUpgrade+"="+encodeMarker(child.marker))
+			r.log.Info("invisor: pre-upgrade started; the new binary waits for it before reading its configuration",
+				"path", bin.Path, "pid", child.marker.Pid)
+		case r.cfg.RunPreUpgrade:
 			if err := r.preUpgrade(ctx, bin.Path); err != nil {
 				return err
 			}
 		}
-		if err := stamp.Recheck(bin.Path); err != nil {
-			return err
+		if child == nil {
+			if err := stamp.Recheck(bin.Path); err != nil {
+				return err
+			}
+			if err := atomicSymlink(rel, link); err != nil {
+				return err
+			}
+			r.log.Info("invisor: current link flipped", "target", rel)
 		}
-		rel := filepath.Join(UpgradesDir, filepath.Base(dir))
-		if err := atomicSymlink(rel, filepath.Join(r.Root(), CurrentLink)); err != nil {
-			return err
-		}
-		r.log.Info("invisor: current link flipped", "target", rel)
 	}
 	if err := stamp.Recheck(bin.Path); err != nil {
-		return err
+		return fail(err)
 	}
 	argv := r.os.Args()
 	if len(argv) == 0 {
@@ -276,7 +311,7 @@ func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, s
 		// Only a fake returns nil; the real exec never returns on success.
 		return nil
 	}
-	return newExecError(bin.Path, err)
+	return fail(newExecError(bin.Path, err))
 }
 
 // upgradeDirOf returns <root>/upgrades/<dir> for a binary at .../upgrades/<dir>/bin/<daemon>.
@@ -306,7 +341,7 @@ func (r *Relauncher) execedBy() string {
 // the loop guard.
 func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, error) {
 	in := r.os.Environ()
-	out := make([]string, 0, len(in)+3)
+	out := make([]string, 0, len(in)+4)
 	gen := 0
 	prevTarget := ""
 	for _, kv := range in {
@@ -318,7 +353,7 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 		case EnvRedirectTarget:
 			prevTarget = v
 			continue
-		case EnvExecedFrom:
+		case EnvExecedFrom, EnvExecPreUpgrade:
 			continue
 		}
 		out = append(out, kv)

@@ -6,6 +6,10 @@ type Binary struct {
 	Path   string // absolute path, <Home>/cosmovisor/upgrades/<dir>/bin/<daemon>
 	SHA256 string // lowercase hex of the file's SHA-256
 	Size   int64  // file size in bytes; 0 means unknown
+	// AwaitsPreUpgrade says the file was scanned and links AwaitPreUpgrade (see
+	// BinaryAwaitsPreUpgrade), so Switch may start its pre-upgrade and exec it
+	// without waiting. False means the sequential switch.
+	AwaitsPreUpgrade bool
 }
 
 // Verifier re-verifies a staged binary (re-hash against its completion record) and

@@ -101,6 +101,11 @@ func (c *faultChain) exe() string {
 	return exe
 }
 
+func (c *faultChain) current() string {
+	link, _ := os.Readlink(filepath.Join(c.node.Home, "cosmovisor", "current"))
+	return link
+}
+
 func (c *faultChain) stagedPath(name string) string {
 	return filepath.Join(c.node.Home, "cosmovisor", "upgrades", name, "bin", localnet.DaemonName)
 }
@@ -114,7 +119,8 @@ func TestFaultKilledBetweenHaltAndExec(t *testing.T) {
 		"EXAMPLED_PRE_UPGRADE_MARKER=" + marker, "EXAMPLED_PRE_UPGRADE_SLEEP=60s"})
 	sc := c.schedule("v2", 30)
 	c.waitStaged("v2", sc.Height)
-	// pre-upgrade runs after the node stopped cleanly and before the exec.
+	// pre-upgrade runs after the node stopped cleanly and before `current` is
+	// flipped; overlapped, the PID may already be the new binary waiting for it.
 	for {
 		if _, err := os.Stat(marker); err == nil {
 			break
@@ -127,6 +133,9 @@ func TestFaultKilledBetweenHaltAndExec(t *testing.T) {
 	c.node.Kill()
 	if info, err := c.node.AppInfo(c.ctx); err == nil {
 		t.Fatalf("node still answers after SIGKILL: %+v", info)
+	}
+	if link := c.current(); link != "genesis" {
+		t.Fatalf("current -> %q while pre-upgrade was still running, want genesis", link)
 	}
 
 	c.node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}
@@ -303,6 +312,118 @@ func TestFaultBinaryPlacedAfterHalt(t *testing.T) {
 	t.Logf("switched %s after the binary was placed", time.Since(placed).Round(time.Millisecond))
 	if c.node.Pid() != pid || info.Version != "v2.0.0" || c.exe() != bin {
 		t.Fatalf("PID %d/%d version %s exe %s; want the placed v2 in the same process", c.node.Pid(), pid, info.Version, c.exe())
+	}
+}
+
+// overlapLine is what the old binary logs when it leaves pre-upgrade running
+// and execs the new binary, which waits for it before reading its configuration.
+const overlapLine = "invisor: pre-upgrade started; the new binary waits for it before reading its configuration"
+
+// startLine is the SDK's first line after `start`'s PreRunE (invisor's boot),
+// long after the configuration was read.
+const startLine = "starting node with ABCI CometBFT in-process"
+
+// The old binary starts pre-upgrade and execs without waiting for it; the new
+// binary's start-up overlaps pre-upgrade, but it reads its configuration and
+// starts the node only after pre-upgrade ended.
+func TestPreUpgradeOverlapsStart(t *testing.T) {
+	const sleep = 2 * time.Second
+	marker := filepath.Join(t.TempDir(), "pre-upgrade-ran")
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true",
+		"EXAMPLED_PRE_UPGRADE_MARKER=" + marker, "EXAMPLED_PRE_UPGRADE_SLEEP=" + sleep.String()})
+	pid := c.node.Pid()
+	sc := c.schedule("v2", 30)
+	c.waitStaged("v2", sc.Height)
+	var fi os.FileInfo
+	for {
+		var err error
+		if fi, err = os.Stat(marker); err == nil {
+			break
+		}
+		if done, err := c.node.Exited(); done || c.ctx.Err() != nil {
+			t.Fatalf("node never reached pre-upgrade (exited %v, %v)", done, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// pre-upgrade ends no earlier than its marker's mtime + sleep. Shortly before,
+	// the new node must not have started yet, though its binary is already running.
+	time.Sleep(time.Until(fi.ModTime().Add(sleep - 200*time.Millisecond)))
+	log := c.node.LogTail(1 << 22)
+	at := strings.LastIndex(log, overlapLine)
+	if at < 0 {
+		t.Fatal("the switch did not overlap pre-upgrade with the new binary's start-up (no log line)")
+	}
+	if strings.Contains(log[at:], startLine) {
+		t.Fatalf("the new node started %s after pre-upgrade began, before it ended", time.Since(fi.ModTime()))
+	}
+	if exe := c.exe(); exe != c.stagedPath("v2") {
+		t.Errorf("while pre-upgrade runs the process executes %s, want the new binary already", exe)
+	}
+	if link := c.current(); link != "genesis" {
+		t.Errorf("current -> %q before pre-upgrade ended", link)
+	}
+
+	info, err := c.node.WaitHeight(c.ctx, sc.Height+2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.node.Pid() != pid || c.exe() != c.stagedPath("v2") || info.Version != "v2.0.0" || c.current() != "upgrades/v2" {
+		t.Fatalf("PID %d/%d exe %s version %s current %s; want the staged v2 in the same process",
+			c.node.Pid(), pid, c.exe(), info.Version, c.current())
+	}
+	after := c.node.LogTail(1 << 22)[at:]
+	ran, flipped, started := strings.Index(after, "invisor: pre-upgrade ran"), strings.Index(after, "invisor: current link flipped"), strings.Index(after, startLine)
+	if ran < 0 || flipped < ran || started < flipped {
+		t.Fatalf("new binary's log out of order: pre-upgrade ran at %d, flipped at %d, node started at %d", ran, flipped, started)
+	}
+	var lines []string
+	for _, l := range strings.Split(after[:started+len(startLine)], "\n") {
+		if strings.Contains(l, "invisor:") || strings.Contains(l, startLine) {
+			lines = append(lines, l)
+		}
+	}
+	t.Logf("pre-upgrade began %s, the node started after it:\n%s", fi.ModTime().Format("15:04:05.000"), strings.Join(lines, "\n"))
+}
+
+// A pre-upgrade that fails (exit 30) while the new binary waits for it: the
+// node exits non-zero without starting, and `current` still points to the old
+// binary, so a restart goes through the boot redirect.
+func TestPreUpgradeFailsWhileNewBinaryWaits(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "EXAMPLED_PRE_UPGRADE_EXIT=30"})
+	sc := c.schedule("v2", 30)
+	c.waitStaged("v2", sc.Height)
+	var exitErr error
+	for {
+		done, err := c.node.Exited()
+		if done {
+			exitErr = err
+			break
+		}
+		if c.ctx.Err() != nil {
+			t.Fatal("the node did not exit after its pre-upgrade failed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if exitErr == nil {
+		t.Fatal("the node exited with status 0 after its pre-upgrade failed")
+	}
+	if link := c.current(); link != "genesis" {
+		t.Fatalf("current -> %q after a failed pre-upgrade, want genesis", link)
+	}
+	log := c.node.LogTail(1 << 22)
+	at := strings.LastIndex(log, overlapLine)
+	if at < 0 {
+		t.Fatal("the switch did not overlap pre-upgrade (no log line)")
+	}
+	after := log[at:]
+	if !strings.Contains(after, "exit code 30") || strings.Contains(after, startLine) {
+		t.Fatalf("want the new binary to report exit code 30 and not start the node; log after the switch:\n%s", after)
+	}
+	ents, _ := os.ReadDir(filepath.Join(c.node.Home, "cosmovisor"))
+	for _, e := range ents {
+		if strings.Contains(e.Name(), ".invisor-tmp-") {
+			t.Errorf("pre-upgrade output left in the cosmovisor root: %s", e.Name())
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,6 +130,15 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(node.Home, "data", "upgrade-info.json")); err != nil {
 			t.Errorf("upgrade %s: data/upgrade-info.json must stay for the new binary: %v", up.name, err)
+		}
+		// The staged binary was scanned while the chain ran, so pre-upgrade
+		// overlapped the new binary's start-up, which waited for it.
+		log := node.LogTail(64 << 20)
+		if n := strings.Count(log, overlapLine); n != i+1 {
+			t.Errorf("upgrade %s: %d overlapped pre-upgrades logged, want %d", up.name, n, i+1)
+		} else if after := log[strings.LastIndex(log, overlapLine):]; !strings.Contains(after, "invisor: pre-upgrade ran") ||
+			!strings.Contains(after, "invisor: current link flipped") {
+			t.Errorf("upgrade %s: the new binary did not report the pre-upgrade it waited for", up.name)
 		}
 	}
 

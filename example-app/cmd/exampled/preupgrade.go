@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,7 +14,7 @@ import (
 // it switches. The example has nothing to migrate; for rehearsals it can leave
 // a marker (EXAMPLED_PRE_UPGRADE_MARKER=<file>) and take its time
 // (EXAMPLED_PRE_UPGRADE_SLEEP=<duration>), so tests can act between the halt
-// and the exec.
+// and the exec, and exit with a given code (EXAMPLED_PRE_UPGRADE_EXIT=30 fails).
 func preUpgradeCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "pre-upgrade",
@@ -31,6 +32,14 @@ func preUpgradeCmd() *cobra.Command {
 					return fmt.Errorf("EXAMPLED_PRE_UPGRADE_SLEEP: %w", err)
 				}
 				time.Sleep(d)
+			}
+			if s := os.Getenv("EXAMPLED_PRE_UPGRADE_EXIT"); s != "" {
+				code, err := strconv.Atoi(s)
+				if err != nil {
+					return fmt.Errorf("EXAMPLED_PRE_UPGRADE_EXIT: %w", err)
+				}
+				fmt.Fprintf(os.Stderr, "pre-upgrade: exiting with %d as EXAMPLED_PRE_UPGRADE_EXIT says\n", code)
+				os.Exit(code)
 			}
 			return nil
 		},

@@ -1,0 +1,26 @@
+// Command await is noawait plus AwaitPreUpgrade, as in a chain using
+// invisor.Execute; its binary must carry the capability token
+// (TestCapabilityLinkedOnlyWithAwait).
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/invisor/invisor/relauncher"
+)
+
+func main() {
+	o := relauncher.AwaitPreUpgrade(os.Environ())
+	cfg := relauncher.DefaultConfig()
+	cfg.Home, cfg.DaemonName = os.TempDir(), "appd"
+	v := relauncher.VerifierFunc(func(string) (relauncher.Binary, error) { return relauncher.Binary{}, errors.New("none") })
+	r, err := relauncher.New(cfg, v, nil, relauncher.OS{AwaitedPreUpgrade: o})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ok, err := relauncher.BinaryAwaitsPreUpgrade(os.Args[0])
+	fmt.Println(ok, err, r.Boot(), r.Switch("v2"))
+}
