@@ -35,6 +35,22 @@ var invisorMarkers = []marker{
 	{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
 }
 
+// invisorOverlapMarkers is invisor's switch when the new binary awaits its own
+// pre-upgrade: the old process starts `pre-upgrade` and execs at once; the new
+// process's Go/SDK init runs while pre-upgrade does, and it reports the run
+// (and flips current) before the node starts.
+var invisorOverlapMarkers = []marker{
+	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
+	{label: "halt -> stop requested (a stat: the binary was hashed when staged)", subs: []string{"invisor: binary trusted; stopping the node"}},
+	{label: "node shutdown (SIGTERM path, stores closed)", subs: []string{"leveldb: closed"}, optional: true},
+	{label: "backup", subs: []string{"invisor: data backed up"}, optional: true, tookBack: true,
+		startLbl: "stores closed -> backup starts (staging stopped, stamp re-checked)"},
+	{label: "stores closed/backup -> pre-upgrade started, re-stat, exec", subs: []string{"invisor: exec"}},
+	{label: "new process: Go/SDK init, in parallel with `exampled-v2 pre-upgrade`; wait for it, flip current, read config", subs: []string{"invisor: pre-upgrade ran"}},
+	{label: "invisor boot: staging, history record, app construction", subs: []string{"starting node with ABCI CometBFT"}},
+	{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
+}
+
 var cosmovisorMarkers = []marker{
 	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
 	{label: "halt -> noticed (upgrade-info.json poll, 300 ms)", subs: []string{"daemon shutting down in an attempt to restart"}},
@@ -54,6 +70,8 @@ func (r *upgradeResult) breakdown(lines []logLine) {
 	ms := invisorMarkers
 	if r.Sup == cosmovisorSup {
 		ms = cosmovisorMarkers
+	} else if _, _, ok := find(lines, 0, "invisor: pre-upgrade started"); ok {
+		ms = invisorOverlapMarkers
 	}
 	prevT, prevI := r.HaltSeen, 0
 	var needed, committed time.Time
