@@ -94,8 +94,9 @@ retry-max = "{{ .Invisor.RetryMax }}"
 
 # Fraction of disk time staging's writes may take while the node runs, so that
 # consensus fsyncs never queue behind a large download: each 2 MiB is flushed,
-# then staging rests in proportion. 1 writes at full speed. At the halt, a binary
-# still missing is written at full speed. env INVISOR_STAGING_DISK_SHARE
+# then staging rests in proportion. 1 writes at full speed. Within 100 blocks of
+# the upgrade, or at the halt, a binary not yet ready is written at full speed.
+# env INVISOR_STAGING_DISK_SHARE
 staging-disk-share = {{ .Invisor.StagingDiskShare }}
 
 # Skip the backup of data/ before the switch (the backup hard-links table files,

@@ -121,7 +121,8 @@ func registerGauges() *gauges {
 }
 
 // statusReporter polls the Stager and the node's height, sets the gauges and
-// writes StatusFile. It owns its state; one goroutine runs it.
+// writes StatusFile; it also tells staging to hurry when the upgrade is near and
+// the binary is not ready (hurryWithinBlocks). It owns its state; one goroutine runs it.
 type statusReporter struct {
 	home     string
 	stager   *staging.Stager
@@ -133,6 +134,11 @@ type statusReporter struct {
 	written  NodeStatus
 	wroteAt  time.Time
 }
+
+// hurryWithinBlocks: when the upgrade is this close and its binary is not ready,
+// staging stops pacing its disk writes (staging-disk-share). A binary missing at
+// the halt costs the chain more than a few slower blocks now.
+const hurryWithinBlocks = 100
 
 // reportInterval is how often the reporter polls; it bounds how stale status and
 // gauges are.
@@ -195,6 +201,9 @@ func (r *statusReporter) once(ctx context.Context) {
 		g.planHeight.Set(float64(st.Plan.Height))
 		if h > 0 {
 			g.blocksTo.Set(float64(st.Plan.Height - h))
+			if st.Plan.Height-h <= hurryWithinBlocks && st.State != staging.StateReady && !st.Hurried {
+				r.stager.Hurry()
+			}
 		}
 	}
 	g.bytes.Set(float64(st.BytesDone))

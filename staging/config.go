@@ -85,8 +85,8 @@ type Config struct {
 	// node runs (0 < DiskShare <= 1; 1 writes at full speed). Each 2 MiB written is
 	// flushed and followed by a rest proportional to how long the flush took, so
 	// consensus fsyncs never wait behind a long staging queue, on any disk. A
-	// Stager told to Hurry (the chain is halted and waits for the binary) writes
-	// at full speed. Only Linux has the flush control; elsewhere it is ignored.
+	// Stager told to Hurry (the upgrade is near, or the chain halted and waits for
+	// the binary) writes at full speed. Only Linux has the flush control; elsewhere it is ignored.
 	DiskShare float64
 	// UserAgent is sent with every request.
 	UserAgent string

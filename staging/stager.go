@@ -41,6 +41,7 @@ type Status struct {
 	Err        string // last error, with cause and remedy
 	Install    *Install
 	Since      time.Time // when State was entered
+	Hurried    bool      // Hurry was called for this plan: writes are not paced
 }
 
 // Stager stages the binary for the latest offered plan in the background. There is
@@ -53,7 +54,7 @@ type Stager struct {
 	slot    atomic.Pointer[Plan] // latest offered plan; written by Offer only
 	wake    chan struct{}        // capacity 1: "the slot changed"
 	running atomic.Bool
-	hurry   atomic.Bool // Hurry was called: no pacing of writes
+	hurry   atomic.Bool // Hurry was called for the plan in the slot: no pacing of writes
 
 	mu        sync.Mutex
 	st        Status
@@ -175,9 +176,10 @@ func (s *Stager) Close() error {
 	return s.closeErr
 }
 
-// Hurry lifts the pacing of staging's disk writes (Config.DiskShare) from now on,
-// including a download in flight: call it when the chain has halted and waits for
-// the binary, when finishing soon matters more than the node's fsyncs.
+// Hurry lifts the pacing of staging's disk writes (Config.DiskShare) for the plan
+// in force, including a download in flight, until another plan is offered: call it
+// when the upgrade is near or the chain has halted and waits for the binary, when
+// finishing soon matters more than the node's fsyncs.
 func (s *Stager) Hurry() {
 	if s.hurry.Swap(true) {
 		return
@@ -194,6 +196,7 @@ func (s *Stager) Offer(p *Plan) {
 	if samePlan(s.slot.Load(), p) {
 		return
 	}
+	s.hurry.Store(false) // a new plan is staged in the background again
 	var np *Plan
 	if p != nil {
 		c := *p
@@ -218,6 +221,7 @@ func (s *Stager) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.st
+	st.Hurried = s.hurry.Load()
 	if st.Plan != nil {
 		p := *st.Plan
 		st.Plan = &p
