@@ -1,8 +1,11 @@
 package invisor
 
 import (
+	"os"
+	"os/signal"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -32,6 +35,14 @@ func inConsensus() bool {
 func (n *node) switchInPlace(name string, height int64) {
 	n.log.Info("invisor: halted outside consensus (block sync or replay); switching from here, without a restart",
 		"upgrade", name, "height", height)
+	// While this call waits, block sync cannot stop (its reactor waits for this
+	// goroutine), so the SDK's clean shutdown on SIGTERM would hang. A stop
+	// request ends the process here instead: nothing of the halting block was
+	// applied and every earlier write is in the kernel, which is the state a
+	// crash leaves and the next start (boot redirect) handles.
+	stopReq := make(chan os.Signal, 1)
+	signal.Notify(stopReq, syscall.SIGTERM, os.Interrupt)
+	defer signal.Stop(stopReq)
 	start, lastLog := time.Now(), time.Time{}
 	for {
 		if _, err := n.verifier.Trusted(name); err == nil {
@@ -41,7 +52,13 @@ func (n *node) switchInPlace(name string, height int64) {
 			n.log.Error("invisor: waiting for the upgrade binary before switching; block sync resumes once it is staged",
 				"upgrade", name, "height", height, "waited", time.Since(start).Round(time.Second), "missing", err)
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case sig := <-stopReq:
+			n.log.Error("invisor: stop requested while block sync waits for the upgrade binary; exiting now (block sync cannot stop cleanly while it waits). The next start runs the binary once it is staged",
+				"upgrade", name, "height", height, "signal", sig.String(), "binary", n.rl.ExpectedBinary(name))
+			os.Exit(128 + int(sig.(syscall.Signal)))
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 	n.cancel()
 	err := n.rl.Switch(name)

@@ -106,6 +106,10 @@ func wrapStart(start *cobra.Command, opts Options, environ []string, awaited *re
 		}
 		var err error
 		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ, awaited)
+		if err != nil {
+			// The message says what is wrong and what to do; the usage text would bury it.
+			cmd.SilenceUsage = true
+		}
 		return err
 	}
 	start.RunE = func(cmd *cobra.Command, args []string) error {

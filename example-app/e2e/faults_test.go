@@ -428,3 +428,67 @@ func TestPreUpgradeFailsWhileNewBinaryWaits(t *testing.T) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// A full node that block-syncs across the upgrade height without the binary
+// (downloads off) waits inside block sync, where the SDK's clean shutdown would
+// hang: block sync's reactor waits for the halting call. SIGTERM must end the
+// process at once, saying why, and a restart with the binary in place must
+// switch and catch up.
+func TestBlockSyncWaitEndsOnSIGTERM(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true"})
+	sc := c.schedule("v2", 30)
+	c.waitStaged("v2", sc.Height)
+	if _, err := c.node.WaitHeight(c.ctx, sc.Height+3); err != nil {
+		t.Fatal(err)
+	}
+
+	syncer, err := localnet.NewFullNode(c.ctx, "syncer", filepath.Join(c.dir, "exampled-v1"), filepath.Join(c.work, "syncer"), c.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncer.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=false", "UNSAFE_SKIP_BACKUP=true"}
+	t.Cleanup(func() {
+		_ = syncer.Stop(15 * time.Second)
+		if t.Failed() {
+			t.Logf("---- syncer log tail ----\n%s", syncer.LogTail(8000))
+		}
+	})
+	if err := syncer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	const waiting = "invisor: waiting for the upgrade binary before switching"
+	for !strings.Contains(syncer.LogTail(1<<20), waiting) {
+		if exited, _ := syncer.Exited(); exited || c.ctx.Err() != nil {
+			t.Fatalf("the syncer never waited in block sync for the missing binary (exited %v)", exited)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	pid := syncer.Pid()
+	start := time.Now()
+	if err := syncer.Stop(10 * time.Second); err != nil {
+		t.Fatalf("SIGTERM while block sync waits for the binary: %v", err)
+	}
+	took := time.Since(start)
+	log := syncer.LogTail(1 << 20)
+	if !strings.Contains(log, "stop requested while block sync waits for the upgrade binary") {
+		t.Fatalf("the syncer (pid %d) stopped after %s without saying why", pid, took)
+	}
+	t.Logf("syncer stopped %s after SIGTERM", took.Round(time.Millisecond))
+
+	// The operator stages the binary as the stop line says and starts the node
+	// again with v1: the boot redirect execs v2 and block sync carries on.
+	v1, v2 := filepath.Join(c.dir, "exampled-v1"), filepath.Join(c.dir, "exampled-v2")
+	if out, errOut, err := run(c.ctx, v1, nil, "invisor", "stage", "v2", "--file", v2, "--home", syncer.Home); err != nil {
+		t.Fatalf("invisor stage v2 on the stopped syncer: %v\n%s%s", err, out, errOut)
+	}
+	if err := syncer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	head, err := c.node.AppInfo(c.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := syncer.WaitHeight(c.ctx, head.Height+2); err != nil {
+		t.Fatalf("the syncer did not catch up after the restart with the binary in place: %v", err)
+	}
+}
