@@ -21,35 +21,38 @@ type marker struct {
 	height   bool // the line must carry height=H
 }
 
-var invisorMarkers = []marker{
-	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
-	{label: "halt -> stop requested (a stat: the binary was hashed when staged)", subs: []string{"invisor: binary trusted; stopping the node"}},
-	{label: "node shutdown (SIGTERM path, stores closed)", subs: []string{"leveldb: closed"}, optional: true},
-	{label: "backup", subs: []string{"invisor: data backed up"}, optional: true, tookBack: true,
-		startLbl: "stores closed -> backup starts (staging stopped, stamp re-checked)"},
+// invisorStop is how every invisor switch begins: the halt, the clean stop and
+// the backup; invisorBoot is how it ends, in the new process.
+var (
+	invisorStop = []marker{
+		{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
+		{label: "halt -> stop requested (a stat: the binary was hashed when staged)", subs: []string{"invisor: binary trusted; stopping the node"}},
+		{label: "node shutdown (SIGTERM path, stores closed)", subs: []string{"leveldb: closed"}, optional: true},
+		{label: "backup", subs: []string{"invisor: data backed up"}, optional: true, tookBack: true,
+			startLbl: "stores closed -> backup starts (staging stopped, stamp re-checked)"},
+	}
+	invisorBoot = []marker{
+		{label: "invisor boot: staging, history record, app construction", subs: []string{"starting node with ABCI CometBFT"}},
+		{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
+	}
+)
+
+// invisorMarkers is invisor's switch with pre-upgrade run before the exec.
+var invisorMarkers = slices.Concat(invisorStop, []marker{
 	{label: "pre-upgrade (`exampled-v2 pre-upgrade`)", subs: []string{"invisor: pre-upgrade ran"}, optional: true, tookBack: true,
 		startLbl: "stores closed/backup -> pre-upgrade starts (staging stopped, stamp re-checked)"},
 	{label: "flip current, re-stat, exec", subs: []string{"invisor: exec"}},
 	{label: "new process: Go/SDK init + boot check to first log line", next: true},
-	{label: "invisor boot: staging, history record, app construction", subs: []string{"starting node with ABCI CometBFT"}},
-	{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
-}
+}, invisorBoot)
 
 // invisorOverlapMarkers is invisor's switch when the new binary awaits its own
 // pre-upgrade: the old process starts `pre-upgrade` and execs at once; the new
 // process's Go/SDK init runs while pre-upgrade does, and it reports the run
 // (and flips current) before the node starts.
-var invisorOverlapMarkers = []marker{
-	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},
-	{label: "halt -> stop requested (a stat: the binary was hashed when staged)", subs: []string{"invisor: binary trusted; stopping the node"}},
-	{label: "node shutdown (SIGTERM path, stores closed)", subs: []string{"leveldb: closed"}, optional: true},
-	{label: "backup", subs: []string{"invisor: data backed up"}, optional: true, tookBack: true,
-		startLbl: "stores closed -> backup starts (staging stopped, stamp re-checked)"},
+var invisorOverlapMarkers = slices.Concat(invisorStop, []marker{
 	{label: "stores closed/backup -> pre-upgrade started, re-stat, exec", subs: []string{"invisor: exec"}},
 	{label: "new process: Go/SDK init, in parallel with `exampled-v2 pre-upgrade`; wait for it, flip current, read config", subs: []string{"invisor: pre-upgrade ran"}},
-	{label: "invisor boot: staging, history record, app construction", subs: []string{"starting node with ABCI CometBFT"}},
-	{label: "open stores, handshake, replay block H with the upgrade handler", subs: []string{"committed state"}, height: true},
-}
+}, invisorBoot)
 
 var cosmovisorMarkers = []marker{
 	{label: "block H proposed, x/upgrade halts (block interval)", subs: []string{`NEEDED at height`}},

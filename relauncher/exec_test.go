@@ -148,15 +148,23 @@ func readReport(t *testing.T, dir, name string) (procReport, bool) {
 	return r, true
 }
 
-func TestRealExecSwitch(t *testing.T) {
-	if testing.Short() {
-		t.Skip("real exec")
-	}
+// newSelfUpgradeHome is a home halted for upgrade v2 whose staged binary is a
+// copy of the test binary, so the real exec lands in the helper process.
+func newSelfUpgradeHome(t *testing.T) *testHome {
+	t.Helper()
 	h := newTestHome(t)
 	self, err := os.Executable()
 	must(t, err)
 	must(t, atomicCopy(self, h.v2, 0o755))
 	h.writeUpgradeInfo(`{"name":"v2","height":123,"info":""}`)
+	return h
+}
+
+func TestRealExecSwitch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	h := newSelfUpgradeHome(t)
 	args := []string{"start", "--home", h.home, "arg with space", ""}
 
 	pid, out, err := runHelper(t, h, args)
@@ -240,11 +248,7 @@ func TestRealExecOverlappedPreUpgrade(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real exec")
 	}
-	h := newTestHome(t)
-	self, err := os.Executable()
-	must(t, err)
-	must(t, atomicCopy(self, h.v2, 0o755))
-	h.writeUpgradeInfo(`{"name":"v2","height":123,"info":""}`)
+	h := newSelfUpgradeHome(t)
 
 	pid, out, err := runHelper(t, h, []string{"start"}, envHelperOverlap+"=1")
 	if err != nil {
