@@ -165,6 +165,8 @@ func TestRealExecSwitch(t *testing.T) {
 		t.Skip("real exec")
 	}
 	h := newSelfUpgradeHome(t)
+	self, err := os.Executable()
+	must(t, err)
 	args := []string{"start", "--home", h.home, "arg with space", ""}
 
 	pid, out, err := runHelper(t, h, args)
