@@ -13,7 +13,7 @@ import (
 // does not park staging for long.
 const maxRest = 2 * time.Second
 
-// shrinkStep is how much of a large file removePaced frees per step. Freeing
+// shrinkStep is how much of a large file removeTreePaced frees per step. Freeing
 // blocks is disk work too: on a filesystem mounted with online discard, deleting
 // a 1 GiB file and syncing took 0.45 s on the 2-core test machine, and every
 // fsync of the node waited for it; 16 MiB steps take about 8 ms each.
