@@ -13,7 +13,7 @@ import (
 func TestDirName(t *testing.T) {
 	long := strings.Repeat("a", MaxDirBytes)
 	cases := []struct {
-		name, want string
+		name, want    string
 		disableRecase bool
 		unmappable    bool
 	}{
@@ -26,7 +26,7 @@ func TestDirName(t *testing.T) {
 		{name: "Ünï", want: "%C3%BCn%C3%AF"},
 		{name: "..a", want: "..a"},
 		{name: `c:\x`, want: "c:%5Cx"},
-		{name: "\xff", want: "%EF%BF%BD"},                    // strings.ToLower turns invalid UTF-8 into U+FFFD, in cosmovisor too
+		{name: "\xff", want: "%EF%BF%BD"},                // strings.ToLower turns invalid UTF-8 into U+FFFD, in cosmovisor too
 		{name: "\xff", want: "%FF", disableRecase: true}, // kept byte for byte
 		{name: long, want: long},
 		{name: ".", unmappable: true},

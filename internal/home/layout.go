@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -151,7 +151,9 @@ func (l Layout) UpgradesRoot() string { return filepath.Join(l.Root(), UpgradesD
 func (l Layout) Current() string { return filepath.Join(l.Root(), CurrentLink) }
 
 // UpgradeInfo is <home>/data/upgrade-info.json.
-func (l Layout) UpgradeInfo() string { return filepath.Join(l.home, filepath.FromSlash(UpgradeInfoFile)) }
+func (l Layout) UpgradeInfo() string {
+	return filepath.Join(l.home, filepath.FromSlash(UpgradeInfoFile))
+}
 
 // DataDir is <home>/data.
 func (l Layout) DataDir() string { return filepath.Join(l.home, "data") }
