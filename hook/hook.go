@@ -11,6 +11,7 @@ import (
 
 	storetypes "github.com/cosmos/cosmos-sdk/store/v2/types"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+	"github.com/cosmos/cosmos-sdk/x/upgrade"
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
 )
 
@@ -58,7 +59,7 @@ type PlanWatcher struct {
 	mu      sync.Mutex
 	last    *Plan // plan last reported; nil before the first block or when none
 	started bool
-	halted  string // name of the plan whose halt was reported
+	halted  string // haltKey of the plan whose halt was reported
 }
 
 // NewPlanWatcher returns a watcher that reads plans from src and reports to sink.
@@ -101,10 +102,9 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 	w.mu.Lock()
 	changed := !w.started || !samePlan(w.last, cur)
 	w.started, w.last = true, cur
-	halt := cur != nil && preErr != nil && cur.Height <= height && !w.src.IsSkipHeight(height) &&
-		strings.Contains(preErr.Error(), fmt.Sprintf("UPGRADE %q NEEDED", cur.Name)) && w.halted != cur.Name
+	halt := cur != nil && preErr != nil && isHalt(plan, height, preErr, w.src) && w.halted != haltKey(cur)
 	if halt {
-		w.halted = cur.Name
+		w.halted = haltKey(cur)
 	}
 	w.mu.Unlock()
 
@@ -115,6 +115,18 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 		w.sink.Halted(*cur, height)
 	}
 }
+
+// isHalt reports whether preErr is x/upgrade's halt for plan at height: the plan is
+// due (Plan.ShouldExecute), the height is not skipped, and the error carries the
+// very message x/upgrade builds for it (upgrade.BuildUpgradeNeededMsg), so every
+// name governance can pass is recognised, whatever quotes, escapes or invisible
+// characters it holds.
+func isHalt(plan upgradetypes.Plan, height int64, preErr error, src PlanSource) bool {
+	return plan.ShouldExecute(height) && !src.IsSkipHeight(height) &&
+		strings.Contains(preErr.Error(), upgrade.BuildUpgradeNeededMsg(plan))
+}
+
+func haltKey(p *Plan) string { return fmt.Sprintf("%d/%s", p.Height, p.Name) }
 
 func samePlan(a, b *Plan) bool {
 	if a == nil || b == nil {

@@ -1,6 +1,7 @@
 package hook_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -293,3 +294,48 @@ func TestInstallNoticesPlanInTheBlockThatSchedulesIt(t *testing.T) {
 		t.Fatal("without a sink Install must still set the app's own blockers")
 	}
 }
+
+// TestFault33HaltRecognisedForEveryName drives the real x/upgrade PreBlocker to the
+// halt for names that need escaping, quoting or case handling: the halt is
+// recognised for each, with the plan exactly as governance passed it.
+func TestFault33HaltRecognisedForEveryName(t *testing.T) {
+	names := []string{
+		"v2", "V2-Upgrade", `say "hi"`, `back\slash`, "a/b/../c", "zero\u200bwidth", "tab\there",
+		"nul\x00byte", "\xff\xfe", "%2F", "Ünïcødé", strings.Repeat("long", 100), "%q", `"`, "..",
+	}
+	for _, name := range names {
+		c := newChain(t, nil)
+		c.block()
+		c.schedule(name, 3, `{"binaries":{"any":"http://127.0.0.1/x?checksum=sha256:00"}}`)
+		c.block()
+		if _, err := c.block(); err == nil {
+			t.Fatalf("%q: no halt error", name)
+		}
+		if len(c.rec.halts) != 1 || c.rec.halts[0].Name != name || c.rec.halts[0].Height != 3 {
+			t.Errorf("%q: halts %+v, want one for the plan as passed", name, c.rec.halts)
+		}
+	}
+}
+
+// An error that is not x/upgrade's halt for the plan in force is no halt, even
+// at the plan height.
+func TestOtherErrorAtThePlanHeightIsNoHalt(t *testing.T) {
+	rec := &recorder{}
+	src := fixedPlan{upgradetypes.Plan{Name: "v2", Height: 3}}
+	w := hook.NewPlanWatcher(src, rec, &logger{})
+	ctx := sdk.Context{}.WithBlockHeight(3)
+	w.Observe(ctx, errors.New(`UPGRADE "v3" NEEDED at height: 3: `))
+	w.Observe(ctx, errors.New("some other failure"))
+	if len(rec.halts) != 0 {
+		t.Fatalf("halts %v", rec.halts)
+	}
+	w.Observe(ctx, errors.New(`UPGRADE "v2" NEEDED at height: 3: `))
+	if len(rec.halts) != 1 {
+		t.Fatalf("halts %v, want the real one", rec.halts)
+	}
+}
+
+type fixedPlan struct{ p upgradetypes.Plan }
+
+func (f fixedPlan) GetUpgradePlan(context.Context) (upgradetypes.Plan, error) { return f.p, nil }
+func (fixedPlan) IsSkipHeight(int64) bool                                    { return false }
