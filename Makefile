@@ -10,6 +10,12 @@ ldflags = -X $(SDKV).Name=example -X $(SDKV).AppName=exampled -X $(SDKV).Version
 
 .PHONY: build demo testnet test test-unit test-e2e bench clean FORCE
 
+# cosmovisor v1.5.0 from the module proxy (pinned in bench/cosmovisor/go.mod), for
+# the end-to-end test of a home it laid out.
+$(BUILD)/cosmovisor: bench/cosmovisor/go.mod bench/cosmovisor/go.sum
+	@mkdir -p $(BUILD)
+	cd bench/cosmovisor && $(GO) build -o $(abspath $@) cosmossdk.io/tools/cosmovisor/cmd/cosmovisor
+
 build: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2 $(BUILD)/exampled-v3
 
 $(BUILD)/exampled-v%: FORCE
@@ -30,16 +36,18 @@ testnet: build
 test: test-unit test-e2e
 
 test-unit:
-	$(GO) test -race -count=1 -timeout 15m ./staging/... ./relauncher/...
+	$(GO) test -race -count=1 -timeout 15m ./internal/... ./staging/... ./relauncher/...
 	$(GO) test -count=1 -timeout 15m ./hook/... ./cli/... .
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s ./relauncher/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzDirName -fuzztime 10s ./internal/home/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s ./internal/home/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzBootUpgradeInfo -fuzztime 10s ./relauncher/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzDecodeMarker -fuzztime 10s ./relauncher/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzSafeName -fuzztime 10s ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzPlanName -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/
 
-test-e2e: build
-	EXAMPLED_BUILD=$(abspath $(BUILD)) $(GO) test -count=1 -timeout 20m -v ./example-app/...
+test-e2e: build $(BUILD)/cosmovisor
+	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -count=1 -timeout 20m -v ./example-app/...
 
 # Unit benchmarks, then invisor vs cosmovisor v1.5.0 on real chains (about 40 min
 # on 2 cores; writes BENCHMARKS.md). Not part of `make test`.

@@ -22,6 +22,8 @@ type AppConfig struct {
 	BackupDir            string  `mapstructure:"backup-dir"`
 	PreUpgrade           bool    `mapstructure:"pre-upgrade"`
 	PreUpgradeMaxRetries int     `mapstructure:"pre-upgrade-max-retries"`
+	DisableRecase        bool    `mapstructure:"disable-recase"`
+	UnsafeTrustPlaced    bool    `mapstructure:"unsafe-trust-placed-binaries"`
 }
 
 // DefaultAppConfig returns the documented defaults (the same as LoadConfig's).
@@ -112,6 +114,17 @@ pre-upgrade = {{ .Invisor.PreUpgrade }}
 
 # Retries of pre-upgrade while it exits 31. env DAEMON_PREUPGRADE_MAX_RETRIES
 pre-upgrade-max-retries = {{ .Invisor.PreUpgradeMaxRetries }}
+
+# Keep the plan name's case in cosmovisor/upgrades/<name>. By default the name is
+# lower-cased and then escaped, exactly as cosmovisor does; set this only where
+# cosmovisor runs with the same setting. env COSMOVISOR_DISABLE_RECASE
+disable-recase = {{ .Invisor.DisableRecase }}
+
+# Trust a binary placed by hand (or with ` + "`invisor stage`" + `) that the plan does
+# not confirm: its checksum differs, or the plan's archive cannot be checked.
+# Unsafe: logged at every boot and shown by ` + "`invisor status`" + ` and a metric.
+# env INVISOR_UNSAFE_TRUST_PLACED_BINARIES
+unsafe-trust-placed-binaries = {{ .Invisor.UnsafeTrustPlaced }}
 `
 
 // InitAppConfig returns the template and config to pass to the SDK's

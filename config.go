@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
 )
@@ -192,6 +193,10 @@ var settings = []setting{
 			c.Relauncher.BackupDir = v
 			return nil
 		}},
+	boolSetting("disable-recase", "COSMOVISOR_DISABLE_RECASE", "false", "keep the plan name's case in upgrades/<name> (cosmovisor lower-cases it by default)",
+		func(c *Config, b bool) { c.Staging.DisableRecase, c.Relauncher.DisableRecase = b, b }),
+	boolSetting("unsafe-trust-placed-binaries", "INVISOR_UNSAFE_TRUST_PLACED_BINARIES", "false", "trust a binary placed by hand that the plan does not confirm (logged at every boot)",
+		func(c *Config, b bool) { c.Staging.TrustPlacedBinaries = b }),
 	boolSetting("pre-upgrade", "INVISOR_PRE_UPGRADE", "true", "run `<new binary> pre-upgrade` before the switch",
 		func(c *Config, b bool) { c.Relauncher.RunPreUpgrade = b }),
 	{"pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
@@ -203,6 +208,11 @@ var settings = []setting{
 			c.Relauncher.PreUpgradeMaxRetries = n
 			return nil
 		}},
+}
+
+// Layout is the node home's layout for this configuration.
+func (c Config) Layout() (home.Layout, error) {
+	return home.New(c.Staging.Home, c.Staging.DaemonName, home.Options{DisableRecase: c.Staging.DisableRecase})
 }
 
 // LoadConfig reads the [invisor] section of app.toml from v, then the environment

@@ -2,6 +2,9 @@ package invisor
 
 import (
 	"os"
+
+	"github.com/invisor/invisor/hook"
+	"github.com/invisor/invisor/internal/home"
 	"os/signal"
 	"runtime"
 	"strings"
@@ -32,7 +35,9 @@ func inConsensus() bool {
 // after the crash this prevents. It returns only if the switch failed; the
 // caller then lets the halt error end the process, and a restart goes through
 // the boot redirect.
-func (n *node) switchInPlace(name string, height int64) {
+func (n *node) switchInPlace(p hook.Plan, height int64) {
+	name := p.Name
+	plan := home.Plan{Name: p.Name, Height: p.Height, Info: p.Info}
 	n.log.Info("invisor: halted outside consensus (block sync or replay); switching from here, without a restart",
 		"upgrade", name, "height", height)
 	// While this call waits, block sync cannot stop (its reactor waits for this
@@ -45,7 +50,8 @@ func (n *node) switchInPlace(name string, height int64) {
 	defer signal.Stop(stopReq)
 	start, lastLog := time.Now(), time.Time{}
 	for {
-		if _, err := n.verifier.Trusted(name); err == nil {
+		if b, err := n.verifier.Verify(n.runCtx, plan); err == nil {
+			b.Close() // Switch proves it again right before running it
 			break
 		} else if time.Since(lastLog) >= 5*time.Second {
 			lastLog = time.Now()
@@ -55,7 +61,7 @@ func (n *node) switchInPlace(name string, height int64) {
 		select {
 		case sig := <-stopReq:
 			n.log.Error("invisor: stop requested while block sync waits for the upgrade binary; exiting now (block sync cannot stop cleanly while it waits). The next start runs the binary once it is staged",
-				"upgrade", name, "height", height, "signal", sig.String(), "binary", n.rl.ExpectedBinary(name))
+				"upgrade", name, "height", height, "signal", sig.String(), "binary", n.expectedBinary(name))
 			os.Exit(128 + int(sig.(syscall.Signal)))
 		case <-time.After(200 * time.Millisecond):
 		}
@@ -64,4 +70,13 @@ func (n *node) switchInPlace(name string, height int64) {
 	err := n.rl.Switch(name)
 	n.log.Error("invisor: could not switch to the upgrade binary; the node will stop and a restart goes through the boot redirect",
 		"upgrade", name, "err", err)
+}
+
+// expectedBinary is where the binary for upgrade name goes, for log lines.
+func (n *node) expectedBinary(name string) string {
+	p, err := n.layout.UpgradeBin(name)
+	if err != nil {
+		return err.Error()
+	}
+	return p
 }

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/invisor/invisor/staging"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // HistoryFile is the JSON-lines log of upgrades under <home>/cosmovisor. The old
@@ -39,17 +39,17 @@ type HistoryEntry struct {
 }
 
 // HistoryPath returns <home>/cosmovisor/invisor-history.jsonl.
-func HistoryPath(home string) string {
-	return filepath.Join(staging.CosmovisorRoot(home), HistoryFile)
+func HistoryPath(nodeHome string) string {
+	return filepath.Join(filepath.Join(nodeHome, home.RootDir), HistoryFile)
 }
 
 // AppendHistory appends e to the home's history file.
-func AppendHistory(home string, e HistoryEntry) error {
+func AppendHistory(nodeHome string, e HistoryEntry) error {
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(HistoryPath(home), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(HistoryPath(nodeHome), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -66,8 +66,8 @@ func AppendHistory(home string, e HistoryEntry) error {
 
 // ReadHistory returns the entries of the home's history file, oldest first. A
 // missing file is an empty history; lines that do not parse are skipped.
-func ReadHistory(home string) ([]HistoryEntry, error) {
-	f, err := os.Open(HistoryPath(home))
+func ReadHistory(nodeHome string) ([]HistoryEntry, error) {
+	f, err := os.Open(HistoryPath(nodeHome))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -90,8 +90,9 @@ func ReadHistory(home string) ([]HistoryEntry, error) {
 // recordSwitch appends a "switched" entry when the last entry is a halt written
 // by another binary than this one: this boot follows that halt (after invisor's
 // exec, a boot redirect, or cosmovisor's restart). It returns the entry.
-func recordSwitch(home, daemon string) (HistoryEntry, bool, error) {
-	hist, err := ReadHistory(home)
+func recordSwitch(l home.Layout) (HistoryEntry, bool, error) {
+	nodeHome := l.Home()
+	hist, err := ReadHistory(nodeHome)
 	if err != nil || len(hist) == 0 {
 		return HistoryEntry{}, false, err
 	}
@@ -105,18 +106,18 @@ func recordSwitch(home, daemon string) (HistoryEntry, bool, error) {
 		PID: os.Getpid(), From: last.From, To: exe, Seconds: now.Sub(last.Time).Seconds()}
 	// The completion record's hash: the switch verified the binary just before
 	// the exec, and hashing it again here would delay the node's start.
-	if rec, err := staging.ReadRecord(home, daemon, last.Upgrade); err == nil {
+	if rec, err := l.ReadRecord(last.Upgrade); err == nil {
 		e.SHA256 = rec.SHA256
 	}
-	if err := AppendHistory(home, e); err != nil {
-		return e, false, fmt.Errorf("append %s: %w", HistoryPath(home), err)
+	if err := AppendHistory(nodeHome, e); err != nil {
+		return e, false, fmt.Errorf("append %s: %w", HistoryPath(nodeHome), err)
 	}
 	return e, true, nil
 }
 
 // lastSwitch returns the most recent "switched" entry, if any.
-func lastSwitch(home string) (HistoryEntry, bool) {
-	hist, _ := ReadHistory(home)
+func lastSwitch(nodeHome string) (HistoryEntry, bool) {
+	hist, _ := ReadHistory(nodeHome)
 	for i := len(hist) - 1; i >= 0; i-- {
 		if hist[i].Event == EventSwitched {
 			return hist[i], true

@@ -33,6 +33,7 @@ import (
 	svrcmd "github.com/cosmos/cosmos-sdk/server/cmd"
 
 	"github.com/invisor/invisor/hook"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
 )
@@ -82,14 +83,17 @@ type node struct {
 	log      log.Logger
 	stager   *staging.Stager
 	rl       *relauncher.Relauncher
+	layout   home.Layout
 	verifier *planVerifier
+	// nameProblem is what status says about a plan name no directory can hold.
+	nameMu      sync.Mutex
+	nameProblem string
 	// waitCancel stops watching the previous plan's staging (PlanChanged).
 	waitMu     sync.Mutex
 	waitCancel context.CancelFunc
 	runCtx     context.Context
 	stageOnly  bool
 	home       string // set by startReporting; "" before
-	daemon     string
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 }
@@ -134,6 +138,10 @@ func wrapStart(start *cobra.Command, opts Options, environ []string, awaited *re
 // another binary and not return), starts staging and registers the hook's sink.
 // awaited is the pre-upgrade Execute waited for (nil if none): a failed one stops
 // the node from starting even where invisor then does nothing.
+//
+// The home lock is taken before anything touches the home and held for the life
+// of the process; an exec hands it to the next image, so a second process on the
+// home refuses at once, naming this one's PID.
 func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []string, awaited *relauncher.PreUpgradeOutcome) (*node, error) {
 	cfg, err := LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
@@ -144,13 +152,30 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
 		return nil, awaited.Report(logger)
 	}
-	verifier := newPlanVerifier(cfg.Staging.Home, cfg.Staging.DaemonName)
-	rl, err := relauncher.New(cfg.Relauncher, verifier, logger,
-		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited})
+	layout, err := cfg.Layout()
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
-	n := &node{log: logger, rl: rl, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
+	lock, err := layout.Acquire(environ)
+	if err != nil {
+		return nil, fmt.Errorf("invisor: %w", err)
+	}
+	verifier := newPlanVerifier(layout)
+	scfg := cfg.Staging
+	fetch := func(ctx context.Context, p home.Plan) error {
+		_, err := staging.Fetch(ctx, scfg, p, logger)
+		return err
+	}
+	rl, err := relauncher.New(cfg.Relauncher, verifier, logger,
+		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch})
+	if err != nil {
+		return nil, fmt.Errorf("invisor: %w", err)
+	}
+	n := &node{log: logger, rl: rl, layout: layout, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
+	if cfg.Staging.TrustPlacedBinaries {
+		logger.Warn("invisor: unsafe-trust-placed-binaries is on: a binary placed by hand runs even when the plan does not confirm it; turn it off once this upgrade is done")
+	}
+	n.reportTrust()
 	if n.stageOnly {
 		logger.Info("invisor: running under cosmovisor; staging binaries only and leaving the switch to cosmovisor")
 		if err := awaited.Report(logger); err != nil {
@@ -158,7 +183,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		}
 	} else {
 		if err := rl.Layout(); err != nil {
-			return nil, fmt.Errorf("invisor: laying out %s: %w", rl.Root(), err)
+			return nil, fmt.Errorf("invisor: laying out %s: %w", layout.Root(), err)
 		}
 		if err := rl.Boot(); err != nil {
 			return nil, err
@@ -179,18 +204,25 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 	}()
 	n.startReporting(ctx, cfg, sctx.Config.RPC.ListenAddress)
 	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
-	logger.Info("invisor: watching upgrade plans", "home", cfg.Staging.Home, "daemon", cfg.Staging.DaemonName,
-		"allow_download", cfg.Staging.AllowDownload)
+	logger.Info("invisor: watching upgrade plans", "home", layout.Home(), "daemon", layout.Daemon(),
+		"allow_download", cfg.Staging.AllowDownload, "lock", lock.Path())
 	return n, nil
 }
 
-// stop ends staging and releases its lock; the relauncher's state stays readable.
+// reportTrust logs, at every boot, each staged binary the plans themselves do not
+// confirm (trusted on the operator's word or by the override).
+func (n *node) reportTrust() {
+	for _, u := range unconfirmedInstalls(n.layout) {
+		n.log.Warn("invisor: a staged binary is trusted on the operator's word, not on the plan's checksum",
+			"upgrade", u.Plan, "source", string(u.Source), "sha256", u.SHA256, "path", u.File)
+	}
+}
+
+// stop ends staging; the relauncher's state stays readable. The home lock stays
+// held: a switch that follows hands it to the next image.
 func (n *node) stop() {
 	n.cancel()
 	n.wg.Wait()
-	if err := n.stager.Close(); err != nil {
-		n.log.Error("invisor: releasing the staging lock", "err", err)
-	}
 	if err := n.rl.Close(); err != nil {
 		n.log.Error("invisor: stopping the halt coordinator", "err", err)
 	}
@@ -205,17 +237,65 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 		n.waitCancel = nil
 	}
 	n.verifier.forget()
+	n.upgradeDone(p, block)
 	if p == nil {
 		n.log.Info("invisor: no upgrade plan in force", "block", block)
+		n.setNameProblem("")
 		n.stager.Offer(nil)
 		return
 	}
 	n.log.Info("invisor: upgrade plan seen", "block", block, "upgrade", p.Name, "height", p.Height)
 	plan := staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info}
+	if _, err := n.layout.UpgradeDir(p.Name); err != nil {
+		// Said loudly on the day the plan passes, while there is time to act.
+		advice := ""
+		var ue *home.UnmappableNameError
+		if errors.As(err, &ue) {
+			advice = ue.Advice()
+		}
+		n.log.Error("invisor: the upgrade plan's name cannot be mapped to a directory; invisor will not stage or switch this upgrade",
+			"upgrade", p.Name, "height", p.Height, "err", err, "what_to_do", advice)
+		n.setNameProblem(err.Error() + "; " + advice)
+	} else {
+		n.setNameProblem("")
+	}
 	n.stager.Offer(&plan)
 	ctx, cancel := context.WithCancel(n.runCtx)
 	n.waitCancel = cancel
 	go n.watchReady(ctx, plan)
+}
+
+// upgradeDone forgets the switch attempts of the upgrade the chain halted for
+// (data/upgrade-info.json) once a block at or past its height runs without that
+// plan: the new binary applied it, so the exec-loop guard has nothing to guard.
+func (n *node) upgradeDone(p *hook.Plan, block int64) {
+	ui, ok, err := n.layout.ReadUpgradeInfo()
+	if err != nil || !ok || block < ui.Height || (p != nil && p.Name == ui.Name && p.Height == ui.Height) {
+		return
+	}
+	if a := n.layout.Attempts(ui); a.Count == 0 {
+		return
+	}
+	if err := n.layout.ClearAttempts(ui); err != nil {
+		n.log.Error("invisor: could not clear the switch attempts of the applied upgrade", "upgrade", ui.Name, "err", err)
+		return
+	}
+	n.log.Info("invisor: upgrade applied; switch attempts cleared", "upgrade", ui.Name, "height", ui.Height, "block", block)
+}
+
+// watchReady scans the plan's binary once staging has it, so the switch at the
+// height needs no hashing; a later plan change cancels the wait (PlanChanged).
+func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
+	if _, err := n.stager.WaitReady(ctx, plan); err != nil {
+		return
+	}
+	b, err := n.verifier.scan(ctx, plan)
+	if err != nil {
+		n.log.Error("invisor: the staged binary does not verify; staging will try again", "upgrade", plan.Name, "err", err)
+		return
+	}
+	n.log.Info("invisor: upgrade binary staged and verified; the switch at the upgrade height needs no download and no hashing",
+		"upgrade", plan.Name, "height", plan.Height, "awaits_pre_upgrade", b.AwaitsPreUpgrade)
 }
 
 // Halted implements hook.Sink.
@@ -230,7 +310,7 @@ func (n *node) Halted(p hook.Plan, height int64) {
 		return
 	}
 	if !inConsensus() {
-		n.switchInPlace(p.Name, height)
+		n.switchInPlace(p, height)
 		return
 	}
 	n.rl.OnHalt(p.Name, height)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -26,8 +27,8 @@ import (
 const StatusFile = "invisor-status.json"
 
 // StatusPath returns <home>/cosmovisor/invisor-status.json.
-func StatusPath(home string) string {
-	return filepath.Join(staging.CosmovisorRoot(home), StatusFile)
+func StatusPath(nodeHome string) string {
+	return filepath.Join(nodeHome, home.RootDir, StatusFile)
 }
 
 // NodeStatus is the content of StatusFile.
@@ -46,6 +47,9 @@ type NodeStatus struct {
 	Err        string           `json:"error,omitempty"`
 	Install    *staging.Install `json:"install,omitempty"`
 	Since      time.Time        `json:"since"`
+	// Warnings are problems an operator must act on before the upgrade height:
+	// a plan name no directory can hold, a binary the plan does not confirm.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ReadNodeStatus reads the status file a node wrote (ok false when there is none).
@@ -77,6 +81,8 @@ const (
 	MetricFailures        = "invisor_staging_failures"
 	MetricSecondsReady    = "invisor_seconds_since_ready"
 	MetricLastSwitch      = "invisor_last_switch_duration_seconds"
+	MetricNameUnmappable  = "invisor_plan_name_unmappable"
+	MetricUnconfirmed     = "invisor_binary_unconfirmed"
 )
 
 var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging.StateDownloading,
@@ -86,6 +92,7 @@ var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging
 // (a process runs one node; after the exec the new process registers its own).
 type gauges struct {
 	planHeight, blocksTo, bytes, attempts, failures, sinceReady, lastSwitch prometheus.Gauge
+	unmappable, unconfirmed                                                 prometheus.Gauge
 	state                                                                   *prometheus.GaugeVec
 }
 
@@ -107,11 +114,14 @@ func registerGauges() *gauges {
 			failures:   g(MetricFailures, "Failed staging attempts for the plan in force."),
 			sinceReady: g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
 			lastSwitch: g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
+			unmappable: g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
+			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
 			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
 				Help: "1 for the current staging state, 0 for the others."}, []string{"state"}),
 		}
 		for _, c := range []prometheus.Collector{theGauges.planHeight, theGauges.blocksTo, theGauges.bytes,
-			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state} {
+			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state,
+			theGauges.unmappable, theGauges.unconfirmed} {
 			// A name clash with another collector leaves that gauge unexported;
 			// the node must not fail for a metric.
 			_ = prometheus.DefaultRegisterer.Register(c)
@@ -125,6 +135,7 @@ func registerGauges() *gauges {
 // the binary is not ready (hurryWithinBlocks). It owns its state; one goroutine runs it.
 type statusReporter struct {
 	home     string
+	warnings func() []string
 	stager   *staging.Stager
 	height   func(ctx context.Context) (int64, error)
 	g        *gauges
@@ -217,6 +228,19 @@ func (r *statusReporter) once(ctx context.Context) {
 	ns := NodeStatus{Time: time.Now().UTC(), PID: os.Getpid(), Height: h, State: st.State, Plan: st.Plan,
 		BytesDone: st.BytesDone, BytesTotal: st.BytesTotal, Rate: st.Rate, Attempt: st.Attempt, Failures: r.failures,
 		Err: st.Err, Install: st.Install, Since: st.Since}
+	g.unmappable.Set(0)
+	g.unconfirmed.Set(0)
+	if r.warnings != nil {
+		if w := r.warnings(); len(w) > 0 {
+			ns.Warnings = w
+			g.unmappable.Set(1)
+		}
+	}
+	if st.Install != nil && st.Install.Record.Source.Unconfirmed() {
+		g.unconfirmed.Set(1)
+		ns.Warnings = append(ns.Warnings, fmt.Sprintf("the binary for %q is trusted on the operator's word (%s), not on the plan's checksum: sha256 %s",
+			st.Install.Name, st.Install.Record.Source, st.Install.SHA256))
+	}
 	if !st.NextRetry.IsZero() {
 		nr := st.NextRetry
 		ns.NextRetry = &nr
@@ -243,28 +267,7 @@ func writeJSONAtomic(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
+	return home.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // RPCBaseURL turns CometBFT's rpc.laddr (tcp://0.0.0.0:26657, unix:///path) into
@@ -331,14 +334,15 @@ func rpcHeightFunc(laddr string) func(ctx context.Context) (int64, error) {
 // startReporting starts the status reporter (gauges and StatusFile) for the
 // node's lifetime and records in the history a switch that led to this boot.
 func (n *node) startReporting(ctx context.Context, cfg Config, rpcLaddr string) {
-	n.home, n.daemon = cfg.Staging.Home, cfg.Staging.DaemonName
-	if e, ok, err := recordSwitch(n.home, n.daemon); err != nil {
+	n.home = n.layout.Home()
+	if e, ok, err := recordSwitch(n.layout); err != nil {
 		n.log.Error("invisor: could not record the switch in the history; only `invisor history` is affected", "err", err)
 	} else if ok {
 		n.log.Info("invisor: running the upgrade binary", "upgrade", e.Upgrade, "height", e.Height,
 			"seconds_since_halt", fmt.Sprintf("%.3f", e.Seconds), "sha256", e.SHA256)
 	}
 	r := newStatusReporter(n.home, n.stager, rpcLaddr)
+	r.warnings = n.nameWarnings
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -359,4 +363,34 @@ func (n *node) recordHalt(name string, height int64) {
 	if err := AppendHistory(n.home, e); err != nil {
 		n.log.Error("invisor: could not record the halt in the history; only `invisor history` is affected", "err", err)
 	}
+}
+
+// setNameProblem records (or clears, with "") the plan-name problem status shows.
+func (n *node) setNameProblem(msg string) {
+	n.nameMu.Lock()
+	n.nameProblem = msg
+	n.nameMu.Unlock()
+}
+
+func (n *node) nameWarnings() []string {
+	n.nameMu.Lock()
+	defer n.nameMu.Unlock()
+	if n.nameProblem == "" {
+		return nil
+	}
+	return []string{n.nameProblem}
+}
+
+// unconfirmedInstalls lists the staged binaries whose record says the plan did
+// not confirm them (the operator's word, or the unsafe override).
+func unconfirmedInstalls(l home.Layout) []home.Record {
+	var out []home.Record
+	for _, in := range l.Installs() {
+		if in.Err == nil && in.Record.Source.Unconfirmed() {
+			rec := in.Record
+			rec.File = in.Bin
+			out = append(out, rec)
+		}
+	}
+	return out
 }

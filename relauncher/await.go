@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // awaitToken is the capability token of the overlapped pre-upgrade protocol. Only
@@ -34,7 +37,8 @@ func capabilityToken() []byte {
 // BinaryAwaitsPreUpgrade reports whether the executable at path links
 // AwaitPreUpgrade, by a streaming search for the capability token. Only such a
 // binary may be exec'd while its pre-upgrade still runs: any other would start the
-// node without waiting. The caller must prove the file unchanged since (FileStamp).
+// node without waiting. The caller must prove the file unchanged since; prefer
+// ScanAwaitsPreUpgrade, which reads the proven descriptor.
 func BinaryAwaitsPreUpgrade(path string) (bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -44,6 +48,28 @@ func BinaryAwaitsPreUpgrade(path string) (bool, error) {
 	ok, err := containsToken(f, capabilityToken(), 1<<20)
 	if err != nil {
 		return false, fmt.Errorf("relauncher: scan %s: %w", path, err)
+	}
+	return ok, nil
+}
+
+// ScanAwaitsPreUpgrade is BinaryAwaitsPreUpgrade for a proven binary: it reads the
+// verified descriptor itself (not the path) and rechecks it after the scan, so the
+// answer is about the very file that will run. The edge sets
+// Binary.AwaitsPreUpgrade from it.
+func ScanAwaitsPreUpgrade(v *home.Verified) (bool, error) {
+	if v == nil {
+		return false, errors.New("relauncher: no verified binary to scan")
+	}
+	fi, err := v.File().Stat()
+	if err != nil {
+		return false, fmt.Errorf("relauncher: %w", err)
+	}
+	ok, err := containsToken(io.NewSectionReader(v.File(), 0, fi.Size()), capabilityToken(), 1<<20)
+	if err != nil {
+		return false, fmt.Errorf("relauncher: scan %s: %w", v.Path, err)
+	}
+	if err := v.Recheck(); err != nil {
+		return false, err
 	}
 	return ok, nil
 }
@@ -124,7 +150,7 @@ func decodeMarker(v string) (preUpgradeMarker, error) {
 	switch {
 	case m.Pid <= 0:
 		return bad("pid", m.Pid)
-	case !filepath.IsAbs(m.Output) || !strings.Contains(filepath.Base(m.Output), tmpMarker):
+	case !filepath.IsAbs(m.Output) || !strings.Contains(filepath.Base(m.Output), home.TempMarker):
 		return bad("output file", m.Output)
 	case !filepath.IsAbs(m.Path):
 		return bad("path", m.Path)
@@ -136,9 +162,9 @@ func decodeMarker(v string) (preUpgradeMarker, error) {
 		return bad("timeout", m.Timeout)
 	case m.Started <= 0:
 		return bad("start time", m.Started)
-	case !filepath.IsAbs(m.Link) || filepath.Base(m.Link) != CurrentLink:
+	case !filepath.IsAbs(m.Link) || filepath.Base(m.Link) != home.CurrentLink:
 		return bad("link", m.Link)
-	case filepath.Dir(m.Target) != UpgradesDir || filepath.Clean(m.Target) != m.Target || strings.HasPrefix(filepath.Base(m.Target), "."):
+	case filepath.Dir(m.Target) != home.UpgradesDir || filepath.Clean(m.Target) != m.Target || strings.HasPrefix(filepath.Base(m.Target), "."):
 		return bad("target", m.Target)
 	}
 	return m, nil
@@ -200,14 +226,14 @@ func AwaitPreUpgrade(environ []string) *PreUpgradeOutcome {
 			run.ExitCode, run.Output, run.Took, run.Err = awaitChild(m)
 		} else {
 			start := time.Now()
-			run.ExitCode, run.Output, run.Err = runPreUpgradeCmd(context.Background(), m.Path, args, env, m.Timeout)
+			run.ExitCode, run.Output, run.Err = runPreUpgradeCmd(context.Background(), runnable{path: m.Path, argv0: m.Path}, args, env, m.Timeout)
 			run.Took = time.Since(start)
 		}
 		run.Attempt = attempt
 		o.Runs = append(o.Runs, run)
 		switch {
 		case run.Err == nil, run.ExitCode == PreUpgradeNotImplemented:
-			if err := atomicSymlink(m.Target, m.Link); err != nil {
+			if err := home.Symlink(m.Target, m.Link); err != nil {
 				o.Err = err
 				return o
 			}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func TestCapabilityToken(t *testing.T) {
@@ -114,7 +116,7 @@ func TestCapabilityLinkedOnlyWithAwait(t *testing.T) {
 
 func validMarker() preUpgradeMarker {
 	return preUpgradeMarker{
-		Protocol: awaitToken, Pid: 1234, Output: "/h/cosmovisor/.pre-upgrade" + tmpMarker + "123", Path: "/h/cosmovisor/upgrades/v2/bin/appd",
+		Protocol: awaitToken, Pid: 1234, Output: "/h/cosmovisor/.pre-upgrade" + home.TempMarker + "123", Path: "/h/cosmovisor/upgrades/v2/bin/appd",
 		Attempt: 1, MaxRetries: 2, Timeout: 90 * time.Second, Started: time.Now().UnixNano(), Args: []string{"--x", "a b"},
 		Link: "/h/cosmovisor/current", Target: "upgrades/v2",
 	}
@@ -170,16 +172,6 @@ func TestMarkerRejected(t *testing.T) {
 	}
 }
 
-// awaiting marks every binary of v as able to await its pre-upgrade, as the
-// edge's preverified cache does after the scan.
-func awaiting(v Verifier) Verifier {
-	return VerifierFunc(func(name string) (Binary, error) {
-		b, err := v.Trusted(name)
-		b.AwaitsPreUpgrade = true
-		return b, err
-	})
-}
-
 // preUpgradeScript is a v2 binary whose pre-upgrade counts its runs, checks its
 // arguments and environment, prints out-<n>, sleeps sleeps[n-1] and exits with
 // codes[n-1] (the last entries repeat).
@@ -210,16 +202,15 @@ case $n in
 func overlapSwitch(t *testing.T, h *testHome, script string, maxRetries int, timeout time.Duration, execErr error) (*fakeOS, *testLogger, error) {
 	t.Helper()
 	h.writeExec(h.v2, script)
-	h.writeUpgradeInfo(`{"name":"v2","height":3}`)
-	v := &hashVerifier{}
-	v.trust(t, "v2", h.v2)
+	h.haltAndStage(3, "")
+	v := &countingVerifier{l: h.l, awaits: true} // as the edge marks a scanned binary
 	// A marker left from an earlier overlapped switch must not leak anywhere.
 	f := &fakeOS{self: h.genesis, args: []string{"appd", "start"}, execErr: execErr,
 		env: []string{"MYVAR=kept", "PATH=" + os.Getenv("PATH"), EnvExecPreUpgrade + "=stale"}}
 	c := testConfig(h.home)
 	c.RunPreUpgrade, c.PreUpgradeMaxRetries, c.PreUpgradeArgs, c.PreUpgradeTimeout = true, maxRetries, []string{"--extra"}, timeout
 	log := &testLogger{}
-	r, err := New(c, awaiting(v), log, f.OS())
+	r, err := New(c, v, log, f.OS())
 	must(t, err)
 	return f, log, r.Switch("v2")
 }
@@ -242,10 +233,10 @@ func markerIn(t *testing.T, env []string) preUpgradeMarker {
 
 func noTemps(t *testing.T, h *testHome) {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(h.home, RootDir))
+	ents, err := os.ReadDir(h.l.Root())
 	must(t, err)
 	for _, e := range ents {
-		if strings.Contains(e.Name(), tmpMarker) {
+		if strings.Contains(e.Name(), home.TempMarker) {
 			t.Errorf("left behind: %s", e.Name())
 		}
 	}
@@ -284,7 +275,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 			if tc.name == "ok" && time.Since(begin) > 800*time.Millisecond {
 				t.Errorf("Switch waited for pre-upgrade (%s)", time.Since(begin))
 			}
-			if h.current() != GenesisDir {
+			if h.current() != home.GenesisDir {
 				t.Fatalf("the old process flipped current to %q", h.current())
 			}
 			calls := f.calls()
@@ -294,7 +285,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 			m := markerIn(t, calls[0].env)
 			if m.Path != h.v2 || m.Attempt != 1 || m.MaxRetries != tc.maxRetries || m.Timeout != tc.timeout ||
 				!reflect.DeepEqual(m.Args, []string{"--extra"}) || m.Target != "upgrades/v2" ||
-				m.Link != filepath.Join(h.home, RootDir, CurrentLink) || filepath.Dir(m.Output) != filepath.Join(h.home, RootDir) {
+				m.Link != h.l.Current() || filepath.Dir(m.Output) != h.l.Root() {
 				t.Errorf("marker %+v", m)
 			}
 			if !strings.Contains(strings.Join(log.all(), "\n"), "pre-upgrade started") {
@@ -339,7 +330,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 			if tc.timeout < time.Minute && !errors.Is(o.Err, os.ErrDeadlineExceeded) && !strings.Contains(o.Err.Error(), "timed out") {
 				t.Errorf("timeout not named: %v", o.Err)
 			}
-			if o.Flipped != "" || h.current() != GenesisDir {
+			if o.Flipped != "" || h.current() != home.GenesisDir {
 				t.Fatalf("failed pre-upgrade flipped current to %q", h.current())
 			}
 		})
@@ -366,7 +357,7 @@ func TestOverlapExecFailureReapsChild(t *testing.T) {
 		t.Errorf("output file left: %v", serr)
 	}
 	noTemps(t, h)
-	if h.current() != GenesisDir {
+	if h.current() != home.GenesisDir {
 		t.Fatalf("current -> %q", h.current())
 	}
 	if !strings.Contains(strings.Join(log.all(), "\n"), "invisor: pre-upgrade ran") {
@@ -400,13 +391,8 @@ func TestNoOverlapWithoutCapabilityOrOnRedirect(t *testing.T) {
 			h := newTestHome(t)
 			counter := filepath.Join(t.TempDir(), "n")
 			h.writeExec(h.v2, preUpgradeScript(counter, []int{0}, "0"))
-			h.writeUpgradeInfo(`{"name":"v2","height":3}`)
-			hv := &hashVerifier{}
-			hv.trust(t, "v2", h.v2)
-			var v Verifier = hv
-			if tc.capable {
-				v = awaiting(hv)
-			}
+			h.haltAndStage(3, "")
+			v := &countingVerifier{l: h.l, awaits: tc.capable}
 			f := &fakeOS{self: h.genesis, args: []string{"appd", "start"},
 				env: []string{"MYVAR=kept", "PATH=" + os.Getenv("PATH"), EnvExecPreUpgrade + "=stale"}}
 			c := testConfig(h.home)
@@ -435,7 +421,8 @@ func TestNoOverlapWithoutCapabilityOrOnRedirect(t *testing.T) {
 func TestExecEnvDropsPreUpgradeMarker(t *testing.T) {
 	h := newTestHome(t)
 	f := &fakeOS{env: []string{"A=1", EnvExecPreUpgrade + `={"protocol":"x"}`, EnvExecGeneration + "=1"}}
-	r, err := New(testConfig(h.home), &hashVerifier{}, nil, f.OS())
+	f.env = append(f.env, home.EnvLock+"=5:1:2")
+	r, err := New(testConfig(h.home), nil, nil, f.OS())
 	must(t, err)
 	env, err := r.execEnv("/old", h.v2, false)
 	must(t, err)
@@ -471,7 +458,7 @@ func TestBootReportsAwaitedPreUpgrade(t *testing.T) {
 			f := &fakeOS{self: h.genesis}
 			osys := f.OS()
 			osys.AwaitedPreUpgrade = tc.o
-			r, err := New(testConfig(h.home), &hashVerifier{}, log, osys)
+			r, err := New(testConfig(h.home), nil, log, osys)
 			must(t, err)
 			err = r.Boot()
 			if tc.wantErr != errors.Is(err, ErrPreUpgrade) || (!tc.wantErr && err != nil) {
@@ -510,7 +497,7 @@ func TestAwaitPreUpgradeChildAlreadyExited(t *testing.T) {
 		}
 	}
 	o := AwaitPreUpgrade(f.calls()[0].env)
-	if o == nil || len(o.Runs) != 1 || o.Runs[0].ExitCode != 30 || !errors.Is(o.Err, ErrPreUpgrade) || h.current() != GenesisDir {
+	if o == nil || len(o.Runs) != 1 || o.Runs[0].ExitCode != 30 || !errors.Is(o.Err, ErrPreUpgrade) || h.current() != home.GenesisDir {
 		t.Fatalf("outcome %+v, current %q", o, h.current())
 	}
 }
@@ -528,8 +515,8 @@ func FuzzDecodeMarker(f *testing.F) {
 			}
 			return
 		}
-		if m.Pid <= 0 || m.Timeout <= 0 || filepath.Dir(m.Target) != UpgradesDir || filepath.Base(m.Link) != CurrentLink ||
-			!strings.Contains(filepath.Base(m.Output), tmpMarker) {
+		if m.Pid <= 0 || m.Timeout <= 0 || filepath.Dir(m.Target) != home.UpgradesDir || filepath.Base(m.Link) != home.CurrentLink ||
+			!strings.Contains(filepath.Base(m.Output), home.TempMarker) {
 			t.Fatalf("accepted %+v", m)
 		}
 		if again, err := decodeMarker(encodeMarker(m)); err != nil || !reflect.DeepEqual(again, m) {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // BackupStats describes one backup.
@@ -62,7 +64,13 @@ func BackupData(ctx context.Context, dataDir, backupDir, label string, now time.
 
 	base := "data-backup-" + now.Format("2006-01-02_150405")
 	if label != "" {
-		base += "-" + url.PathEscape(label)
+		// A plan name may be up to home.MaxDirBytes escaped: cut the label so that
+		// the temp name (base, marker, random suffix) still fits a directory entry.
+		l := url.PathEscape(label)
+		if room := home.MaxDirBytes - len(base) - 1 - len(home.TempMarker) - 24; len(l) > room {
+			l = l[:room]
+		}
+		base += "-" + l
 	}
 	final := filepath.Join(backupDir, base)
 	for i := 1; ; i++ {
@@ -71,7 +79,7 @@ func BackupData(ctx context.Context, dataDir, backupDir, label string, now time.
 		}
 		final = filepath.Join(backupDir, fmt.Sprintf("%s-%d", base, i))
 	}
-	tmp, err := os.MkdirTemp(backupDir, base+tmpMarker)
+	tmp, err := os.MkdirTemp(backupDir, base+home.TempMarker)
 	if err != nil {
 		return "", st, fmt.Errorf("relauncher: backup: %w", err)
 	}
@@ -146,7 +154,7 @@ func BackupData(ctx context.Context, dataDir, backupDir, label string, now time.
 	}
 	// Children before parents, so every new entry is durable before its parent is.
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncDir(dirs[i]); err != nil {
+		if err := home.SyncDir(dirs[i]); err != nil {
 			return "", st, err
 		}
 	}
@@ -154,7 +162,7 @@ func BackupData(ctx context.Context, dataDir, backupDir, label string, now time.
 		return "", st, fmt.Errorf("relauncher: backup: %w", err)
 	}
 	ok = true
-	if err := syncDir(backupDir); err != nil {
+	if err := home.SyncDir(backupDir); err != nil {
 		return final, st, err
 	}
 	st.Took = time.Since(start)
@@ -224,8 +232,8 @@ func checkBackupSpace(src, backupDir string) error {
 
 // backup backs up <Home>/data for upgrade name into the configured directory.
 func (r *Relauncher) backup(ctx context.Context, name string) (string, error) {
-	r.log.Info("invisor: backing up data", "from", filepath.Join(r.home, "data"), "to", r.cfg.BackupDir)
-	p, st, err := BackupData(ctx, filepath.Join(r.home, "data"), r.cfg.BackupDir, name, time.Now())
+	r.log.Info("invisor: backing up data", "from", r.layout.DataDir(), "to", r.cfg.BackupDir)
+	p, st, err := BackupData(ctx, r.layout.DataDir(), r.cfg.BackupDir, name, time.Now())
 	if err != nil {
 		return "", err
 	}

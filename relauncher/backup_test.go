@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func inode(t testing.TB, p string) uint64 {
@@ -108,7 +110,7 @@ func TestBackupData(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(bdir)
 	for _, e := range ents {
-		if strings.Contains(e.Name(), tmpMarker) {
+		if strings.Contains(e.Name(), home.TempMarker) {
 			t.Errorf("temp left: %s", e.Name())
 		}
 	}
@@ -135,6 +137,16 @@ func TestBackupCrossDeviceFallsBackToCopy(t *testing.T) {
 	}
 }
 
+// A plan name of the longest mappable length still gets a backup directory.
+func TestBackupLongPlanName(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	makeData(t, data)
+	dst, _, err := BackupData(context.Background(), data, t.TempDir(), strings.Repeat("/", 85), time.Now())
+	if err != nil || len(filepath.Base(dst)) > home.MaxDirBytes {
+		t.Fatalf("backup %q: %v", dst, err)
+	}
+}
+
 func TestBackupCancelledLeavesNothing(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	makeData(t, data)
@@ -152,15 +164,13 @@ func TestBackupCancelledLeavesNothing(t *testing.T) {
 // TestSwitchBacksUp checks Switch backs up before it flips, into BackupDir.
 func TestSwitchBacksUp(t *testing.T) {
 	h := newTestHome(t)
-	h.writeUpgradeInfo(`{"name":"v2","height":5}`)
+	h.haltAndStage(5, "")
 	must(t, os.WriteFile(filepath.Join(h.home, "data", "000001.ldb"), []byte("t"), 0o644))
-	v := &hashVerifier{}
-	v.trust(t, "v2", h.v2)
 	f := &fakeOS{self: h.genesis, args: []string{"appd"}}
 	c := testConfig(h.home)
 	c.Backup = true
 	c.BackupDir = t.TempDir()
-	r, err := New(c, v, nil, f.OS())
+	r, err := New(c, nil, nil, f.OS())
 	must(t, err)
 	must(t, r.Switch("v2"))
 	ents, _ := os.ReadDir(c.BackupDir)
@@ -170,7 +180,7 @@ func TestSwitchBacksUp(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(c.BackupDir, ents[0].Name(), "upgrade-info.json")); !bytes.Contains(b, []byte(`"v2"`)) {
 		t.Fatalf("upgrade-info not in backup")
 	}
-	if _, err := os.Stat(filepath.Join(h.home, UpgradeInfoFile)); err != nil {
+	if _, err := os.Stat(h.l.UpgradeInfo()); err != nil {
 		t.Fatalf("upgrade-info.json moved: %v", err)
 	}
 }

@@ -4,26 +4,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
-)
 
-// stNoexec is ST_NOEXEC from statvfs(3), reported in Statfs_t.Flags on Linux.
-const stNoexec = 0x8
+	"github.com/invisor/invisor/internal/home"
+)
 
 // Check fails at boot rather than at the halt height: the cosmovisor root must be a
 // writable directory on a filesystem that allows exec, and the backup directory
 // (when backups are on) must be writable. Layout calls it; it may be called alone
 // after Layout. It leaves nothing on disk.
 func (r *Relauncher) Check() error {
-	root := r.Root()
+	root := r.layout.Root()
 	if err := checkWritableDir(root); err != nil {
 		return fmt.Errorf("relauncher: %s: %w", root, err)
 	}
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(root, &fs); err != nil {
+	noexec, err := noexecMount(root)
+	if err != nil {
 		return fmt.Errorf("relauncher: statfs %s: %w", root, err)
 	}
-	if fs.Flags&stNoexec != 0 {
+	if noexec {
 		return fmt.Errorf("relauncher: %s is on a noexec mount: upgrade binaries could not be executed; remount without noexec or move the home", root)
 	}
 	if r.cfg.Backup {
@@ -35,7 +33,7 @@ func (r *Relauncher) Check() error {
 }
 
 func checkWritableDir(dir string) error {
-	f, err := os.CreateTemp(dir, "."+filepath.Base(dir)+tmpMarker+"probe-")
+	f, err := os.CreateTemp(dir, "."+filepath.Base(dir)+home.TempMarker+"probe-")
 	if err != nil {
 		return err
 	}

@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Defaults used by DefaultConfig and by New for zero values.
@@ -20,6 +21,11 @@ const (
 	// DefaultMaxExecGeneration bounds how many execs one PID may go through; it is
 	// generous because a node replaying history can pass several upgrades in a row.
 	DefaultMaxExecGeneration = 64
+	// DefaultMaxSwitchAttempts bounds the execs into one upgrade's binary across
+	// restarts (the ledger in <home>/cosmovisor/.invisor-attempts.json).
+	DefaultMaxSwitchAttempts = 3
+	// DefaultBootFetchTimeout bounds the download of a missing binary at boot.
+	DefaultBootFetchTimeout = 30 * time.Minute
 )
 
 // Environment markers passed to every exec'd process. They are how a process knows
@@ -46,6 +52,9 @@ type Config struct {
 	Home string
 	// DaemonName is the binary name under bin/ (DAEMON_NAME).
 	DaemonName string
+	// DisableRecase keeps the plan name's case in directory names
+	// (COSMOVISOR_DISABLE_RECASE); by default names are lower-cased as cosmovisor does.
+	DisableRecase bool
 
 	// RunPreUpgrade runs `<new bin> pre-upgrade [PreUpgradeArgs...]` before the exec.
 	// Exit codes: 0 ok, 1 not implemented (ok), 30 failure, 31 retry; any other code
@@ -64,8 +73,11 @@ type Config struct {
 	// BackupDir receives data-backup-<time>-<name> (DAEMON_DATA_BACKUP_DIR); empty means Home.
 	BackupDir string
 
-	// DownloadsEnabled only changes the advice printed when a binary is missing.
+	// DownloadsEnabled lets Boot fetch a missing binary (OS.Fetch) and changes the
+	// advice printed when a binary is missing.
 	DownloadsEnabled bool
+	// BootFetchTimeout bounds that fetch; 0 means DefaultBootFetchTimeout.
+	BootFetchTimeout time.Duration
 
 	// HaltPollInterval and HaltLogInterval tune OnHalt; 0 means the defaults.
 	HaltPollInterval time.Duration
@@ -74,6 +86,10 @@ type Config struct {
 	// MaxExecGeneration refuses an exec once EnvExecGeneration reached it; 0 means
 	// DefaultMaxExecGeneration.
 	MaxExecGeneration int
+	// MaxSwitchAttempts refuses an exec into an upgrade's binary once the attempts
+	// ledger counts that many for the plan, across restarts; 0 means
+	// DefaultMaxSwitchAttempts.
+	MaxSwitchAttempts int
 }
 
 // DefaultConfig returns cosmovisor's defaults: pre-upgrade on with no retries, backup
@@ -86,6 +102,8 @@ func DefaultConfig() Config {
 		HaltPollInterval:  DefaultHaltPollInterval,
 		HaltLogInterval:   DefaultHaltLogInterval,
 		MaxExecGeneration: DefaultMaxExecGeneration,
+		MaxSwitchAttempts: DefaultMaxSwitchAttempts,
+		BootFetchTimeout:  DefaultBootFetchTimeout,
 	}
 }
 
@@ -94,17 +112,20 @@ func (c Config) Validate() error {
 	if c.Home == "" {
 		return errors.New("relauncher: Home is empty")
 	}
-	if err := validDaemonName(c.DaemonName); err != nil {
-		return err
+	if err := home.ValidDaemonName(c.DaemonName); err != nil {
+		return fmt.Errorf("relauncher: %w", err)
 	}
 	if c.PreUpgradeMaxRetries < 0 {
 		return fmt.Errorf("relauncher: PreUpgradeMaxRetries %d < 0", c.PreUpgradeMaxRetries)
 	}
-	if c.PreUpgradeTimeout < 0 || c.HaltPollInterval < 0 || c.HaltLogInterval < 0 {
+	if c.PreUpgradeTimeout < 0 || c.HaltPollInterval < 0 || c.HaltLogInterval < 0 || c.BootFetchTimeout < 0 {
 		return errors.New("relauncher: negative duration in config")
 	}
 	if c.MaxExecGeneration < 0 {
 		return fmt.Errorf("relauncher: MaxExecGeneration %d < 0", c.MaxExecGeneration)
+	}
+	if c.MaxSwitchAttempts < 0 {
+		return fmt.Errorf("relauncher: MaxSwitchAttempts %d < 0", c.MaxSwitchAttempts)
 	}
 	if c.BackupDir != "" && !filepath.IsAbs(c.BackupDir) {
 		return fmt.Errorf("relauncher: BackupDir %q is not absolute", c.BackupDir)
@@ -125,24 +146,14 @@ func (c Config) withDefaults() Config {
 	if c.MaxExecGeneration == 0 {
 		c.MaxExecGeneration = DefaultMaxExecGeneration
 	}
+	if c.MaxSwitchAttempts == 0 {
+		c.MaxSwitchAttempts = DefaultMaxSwitchAttempts
+	}
+	if c.BootFetchTimeout == 0 {
+		c.BootFetchTimeout = DefaultBootFetchTimeout
+	}
 	if c.BackupDir == "" {
 		c.BackupDir = c.Home
 	}
 	return c
-}
-
-func validDaemonName(n string) error {
-	if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\\\x00") || len(n) > 255 {
-		return fmt.Errorf("relauncher: invalid DaemonName %q", n)
-	}
-	return nil
-}
-
-// validUpgradeName refuses names that cannot be a single directory entry under
-// upgrades/ even after cosmovisor's url.PathEscape mapping.
-func validUpgradeName(n string) error {
-	if n == "" || n == "." || n == ".." || strings.ContainsRune(n, 0) || len(n) > 128 {
-		return fmt.Errorf("%w: %q", ErrInvalidName, n)
-	}
-	return nil
 }

@@ -4,48 +4,81 @@
 //
 // # Layout
 //
-// The layout is cosmovisor's, so an operator can move between cosmovisor and invisor:
+// The layout, the plan-name rule (cosmovisor's: lower-cased unless
+// Config.DisableRecase, then url.PathEscape), the completion records and their
+// proof, crash-safe writes, the home lock and the attempts ledger are
+// internal/home's (Relauncher.Home); this package builds no path of its own:
 //
 //	<Home>/cosmovisor/genesis/bin/<daemon>
-//	<Home>/cosmovisor/upgrades/<name>/bin/<daemon>
-//	<Home>/cosmovisor/current -> genesis | upgrades/<name>   (absolute or relative on read; written relative)
+//	<Home>/cosmovisor/upgrades/<dir>/bin/<daemon>            (+ .invisor.json, the completion record)
+//	<Home>/cosmovisor/current -> genesis | upgrades/<dir>    (absolute or relative on read; written relative)
+//	<Home>/cosmovisor/.invisor-attempts.json                 (switch attempts per upgrade)
 //	<Home>/data/upgrade-info.json                            (written by x/upgrade; never deleted or moved)
 //
 // # Wiring
 //
 //	awaited := relauncher.AwaitPreUpgrade(os.Environ()) // first thing in main, before any config is read
-//	r, err := relauncher.New(cfg, stager, logger, relauncher.OS{AwaitedPreUpgrade: awaited})
+//	lock, err := layout.Acquire(os.Environ())           // held for the whole process, adopted across execs
+//	r, err := relauncher.New(cfg, nil, logger, relauncher.OS{Lock: lock, Fetch: stageNow, AwaitedPreUpgrade: awaited})
 //	if relauncher.UnderCosmovisor() { /* stage only; cosmovisor swaps */ }
 //	r.Layout()             // first start on a home
 //	r.Boot()               // before any database is opened; fails after a failed awaited pre-upgrade
 //	... start the node; the hook calls r.OnHalt(name, height) at the upgrade halt ...
 //	if name, ok := r.Armed(); ok { err := r.Switch(name); os.Exit(1) } // after the node stopped
+//	... once the new binary committed a block past the height: layout.ClearAttempts(plan) (the edge's job)
 //
 // # Guarantees
 //
-//   - Never execs a binary the Verifier did not return as trusted in the same call;
-//     between that re-hash and the exec, a change of the file's inode, size, mode,
-//     mtime or ctime refuses the exec (ErrBinaryChanged).
+//   - Never runs a file without a proof for exactly the plan in
+//     data/upgrade-info.json (name, height, info): the Verifier's Binary, by
+//     default home.Layout.Open (completion record; stamp unchanged or re-hashed
+//     through the descriptor). A proof for another plan or path is refused
+//     (ErrLayout).
+//   - No window between check and run: pre-upgrade (sequential and overlapped)
+//     and the exec run the proven descriptor itself (Verified.ExecPath,
+//     /proc/self/fd/N on Linux), each right after Verified.Recheck; `current` is
+//     flipped only after a Recheck. Nothing re-opens the file by name between the
+//     proof and the run. A change refuses (home.ErrChanged) before anything runs.
+//     A script (#!) gets the descriptor across its exec, since its interpreter
+//     reads it again.
+//   - The boot's "this is the binary the chain needs" is a proof too, also just
+//     after invisor's own exec (cheap then: the stamp is unchanged): this very
+//     file (Verified.Is), or a copy with the recorded size and SHA-256.
 //   - Execs only for the upgrade named in data/upgrade-info.json: Switch refuses
-//     without the file (ErrNoUpgradeInfo) or for another name (ErrUpgradeMismatch).
-//   - `current` is replaced atomically (symlink to a temp name, rename, directory
-//     fsync) and only after backup and pre-upgrade succeeded, so "current points to
-//     upgrades/N" means the preparation for N is complete.
-//   - The exec keeps PID, argv, working directory and environment; it adds
-//     INVISOR_EXEC_GENERATION and INVISOR_EXECED_FROM, for a boot redirect
-//     INVISOR_REDIRECT_TARGET, and for an overlapped pre-upgrade
-//     INVISOR_EXEC_PRE_UPGRADE. A second redirect to the same target in a row, or
-//     more than MaxExecGeneration execs in one PID, is refused (ErrExecLoop).
+//     without the file (ErrNoUpgradeInfo) or for another name (ErrUpgradeMismatch);
+//     the halt waiter waits until the file names the halt's plan.
+//   - A plan name no directory can hold (home.UnmappableNameError) never fails a
+//     boot and never arms a switch: Boot and OnHalt log the name, the reason and
+//     the advice, and the node runs as it is.
+//   - The home lock (OS.Lock) is held through every exec: the new image inherits
+//     its descriptor (Lock.InheritEnv, after every child was started) and adopts
+//     it; a failed exec takes it back (Lock.Keep).
+//   - Exec loops are bounded across restarts: before every exec into an
+//     upgrade's binary the attempts ledger is consulted, and at
+//     Config.MaxSwitchAttempts the exec is refused (ErrExecLoop, saying what to
+//     do), with no backup and no pre-upgrade. Only the first attempt takes a data
+//     backup. Per PID, a second redirect to the same target in a row, or more than
+//     MaxExecGeneration execs, is refused too.
+//   - A node restarted at the halt without the binary fetches it at boot
+//     (OS.Fetch, when Config.DownloadsEnabled), bounded by BootFetchTimeout, and
+//     switches once it is proven.
+//   - `current` is replaced atomically (home.Symlink) and only after backup and
+//     pre-upgrade succeeded, so "current points to upgrades/N" means the
+//     preparation for N is complete.
+//   - The exec keeps PID, argv (argv[0] as the process had it), working directory
+//     and environment; it adds INVISOR_EXEC_GENERATION, INVISOR_EXECED_FROM and the
+//     home lock's INVISOR_HOME_LOCK, for a boot redirect INVISOR_REDIRECT_TARGET,
+//     and for an overlapped pre-upgrade INVISOR_EXEC_PRE_UPGRADE.
 //   - Overlapped pre-upgrade: Switch (not the boot redirect) starts `<new bin>
-//     pre-upgrade` and execs without waiting for it only if the Verifier marked the
-//     binary AwaitsPreUpgrade, which only a scan of that very file can establish
-//     (BinaryAwaitsPreUpgrade: the capability token the linker keeps exactly when
-//     AwaitPreUpgrade is linked, under a stamp taken before the hash and rechecked
-//     after the scan). The new binary's AwaitPreUpgrade waits for the child before
-//     the node reads any configuration, with the same exit code semantics, retries
-//     and per-run timeout, and flips `current` itself; its Boot refuses to start
-//     the node after a failure. The child's environment, like that of any later
-//     exec, never contains INVISOR_EXEC_PRE_UPGRADE.
+//     pre-upgrade` and execs without waiting for it only if the Binary is marked
+//     AwaitsPreUpgrade, which only a scan of that very file can establish
+//     (ScanAwaitsPreUpgrade reads the proven descriptor: the capability token the
+//     linker keeps exactly when AwaitPreUpgrade is linked). The new binary's
+//     AwaitPreUpgrade waits for the child before the node reads any
+//     configuration, with the same exit code semantics, retries and per-run
+//     timeout, and flips `current` itself; its Boot refuses to start the node
+//     after a failure. No pre-upgrade child gets INVISOR_EXEC_PRE_UPGRADE or
+//     INVISOR_HOME_LOCK, nor the lock's descriptor.
 //   - An exec failure returns an *ExecError naming the errno (ENOENT, EACCES, ENOEXEC,
 //     ETXTBSY, ...); the caller exits non-zero and the process manager restarts into Boot.
 //   - OnHalt never blocks and never panics; it arms at most once and calls Stop once.
@@ -53,21 +86,23 @@
 //
 // # What is on disk after a crash
 //
-//   - During Layout: either no genesis binary or a complete one (temp file, fsync,
-//     rename); at worst a temp name with ".invisor-tmp-" that the next Layout removes.
+//   - During Layout: either no genesis binary or a complete one (home.CopyFile);
+//     at worst a temp name carrying home.TempMarker that the next Layout removes.
 //   - During the backup: a "<BackupDir>/data-backup-...invisor-tmp-..." directory that
 //     the next Layout removes; a directory under the final name is always complete.
 //     Table files in a backup are hard links: they share the inode with the live
-//     files (LevelDB and Pebble never rewrite tables in place).
+//     files (LevelDB and Pebble never rewrite tables in place). The attempts
+//     ledger names the backup only once the attempt is noted (right before the
+//     exec): a crash before that takes another backup next time.
 //   - During pre-upgrade: whatever pre-upgrade itself wrote; `current` unchanged, so
-//     the next Boot redoes backup and pre-upgrade.
+//     the next Boot redoes pre-upgrade (and the backup if the ledger has none).
 //   - Overlapped pre-upgrade, the old process killed after starting the child and
 //     before the exec, or the new one killed while it waits: the orphaned child runs
 //     to its end (its output goes to a "<root>/.pre-upgrade.invisor-tmp-..." file
 //     the next Layout removes) unless it dies with its process group or unit
 //     (systemd's default KillMode=control-group kills it with the node); `current`
-//     is not flipped, so the next Boot redoes backup and pre-upgrade, possibly while
-//     the orphan still runs (pre-upgrade must be idempotent, as under cosmovisor).
+//     is not flipped, so the next Boot redoes pre-upgrade, possibly while the
+//     orphan still runs (pre-upgrade must be idempotent, as under cosmovisor).
 //   - Overlapped pre-upgrade failed (exit 30, other code, timeout, retries
 //     exhausted): the new binary exits non-zero before opening any store, `current`
 //     unchanged; a restart goes through the boot redirect, which runs pre-upgrade
@@ -76,21 +111,32 @@
 //     node's start (overlapped): `current` points to the new upgrade and
 //     upgrade-info.json names it; a restart through current/bin runs the new binary,
 //     a restart of the old path is redirected by Boot without repeating pre-upgrade.
+//   - The ledger (<home>/cosmovisor/.invisor-attempts.json) counts every exec
+//     into an upgrade's binary, including one that then failed (the count is
+//     written before the exec, which does not return on success).
 //   - The exec failed: sequential, same as the previous case, `current` is not
 //     rolled back; overlapped, Switch waited for (or killed at its timeout) the
 //     child and removed its output first, and `current` was never flipped.
 //
 // # What it does not do
 //
-// It does not download, verify or install binaries (the staging package does, and
-// is reached only through Verifier); it does not stop the node itself beyond calling
-// OS.Stop (SIGTERM to its own pid by default) and it cannot tell whether the stores
-// were closed: Switch must be called only after the node's start command returned.
-// It does not read the environment or app.toml (the edge maps DAEMON_* onto Config),
-// does not run under cosmovisor's control (see UnderCosmovisor), does not take a
-// lock on the home (two supervisors on one home must be prevented by the caller),
-// does not delete old backups, and does not roll back `current` after a failed exec.
-// It does not overlap pre-upgrade for a boot redirect, nor for a binary it has not
-// scanned, and it cannot tell whether an orphaned pre-upgrade of an earlier attempt
-// is still running.
+// It does not download, verify or install binaries (staging does, reached through
+// OS.Fetch and the completion records); it does not take the home lock (the edge
+// acquires it before Boot and hands it over in OS.Lock) nor refuse a second
+// process (home.Layout.Acquire does); it does not clear the attempts ledger after
+// a successful upgrade (the edge calls home.Layout.ClearAttempts once the new
+// binary got past the height) and cannot tell a failed exec from a binary that
+// halted again; it does not decide whether a binary can await its pre-upgrade
+// (the edge sets Binary.AwaitsPreUpgrade, e.g. from ScanAwaitsPreUpgrade). It
+// does not stop the node itself beyond calling OS.Stop (SIGTERM to its own pid by
+// default) and it cannot tell whether the stores were closed: Switch must be
+// called only after the node's start command returned, with no other goroutine
+// starting processes (they would inherit the lock's descriptor). It does not read
+// the environment or app.toml (the edge maps DAEMON_* onto Config), does not run
+// under cosmovisor's control (see UnderCosmovisor), does not delete old backups,
+// and does not roll back `current` after a failed exec. It does not overlap
+// pre-upgrade for a boot redirect, nor for a binary not marked, and it cannot
+// tell whether an orphaned pre-upgrade of an earlier attempt is still running.
+// The halt waiter's proof stays open until Switch takes it (Close does not close
+// it, since Switch follows Close).
 package relauncher

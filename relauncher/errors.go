@@ -12,26 +12,22 @@ var (
 	ErrBinaryNotReady = errors.New("relauncher: upgrade binary not ready")
 	// ErrExecFailed: syscall.Exec returned; the stores are already closed.
 	ErrExecFailed = errors.New("relauncher: exec failed")
-	// ErrExecLoop: a redirect would exec the same target twice in a row, or the
-	// exec generation limit is reached.
+	// ErrExecLoop: a redirect would exec the same target twice in a row, the exec
+	// generation limit is reached, or the attempts ledger counts
+	// Config.MaxSwitchAttempts execs into the upgrade's binary already.
 	ErrExecLoop = errors.New("relauncher: exec loop")
 	// ErrNoUpgradeInfo: Switch was called but data/upgrade-info.json is absent.
 	ErrNoUpgradeInfo = errors.New("relauncher: no upgrade-info.json")
-	// ErrMalformedUpgradeInfo: data/upgrade-info.json cannot be parsed.
-	ErrMalformedUpgradeInfo = errors.New("relauncher: malformed upgrade-info.json")
 	// ErrUpgradeMismatch: upgrade-info.json names another upgrade than Switch was given.
 	ErrUpgradeMismatch = errors.New("relauncher: upgrade name mismatch")
-	// ErrBinaryChanged: the staged binary changed after it was verified.
-	ErrBinaryChanged = errors.New("relauncher: binary changed after verification")
-	// ErrLayout: a path does not fit cosmovisor's layout.
+	// ErrLayout: the Verifier returned a proof for another plan or another path
+	// than the layout's.
 	ErrLayout = errors.New("relauncher: unexpected layout")
 	// ErrPreUpgrade: `pre-upgrade` failed.
 	ErrPreUpgrade = errors.New("relauncher: pre-upgrade failed")
 	// ErrMalformedPreUpgradeMarker: EnvExecPreUpgrade cannot be read by this
 	// binary (garbage, or another protocol version).
 	ErrMalformedPreUpgradeMarker = errors.New("relauncher: malformed " + EnvExecPreUpgrade)
-	// ErrInvalidName: an upgrade name that cannot be a directory.
-	ErrInvalidName = errors.New("relauncher: invalid upgrade name")
 	// ErrNoSpace: not enough free space for the backup.
 	ErrNoSpace = errors.New("relauncher: not enough free space")
 )
@@ -45,6 +41,8 @@ type MissingBinaryError struct {
 	// DownloadsEnabled changes the advice.
 	DownloadsEnabled bool
 	Err              error // the Verifier's reason
+	// FetchErr is why the fetch at boot failed, nil if none was tried.
+	FetchErr error
 }
 
 func (e *MissingBinaryError) Error() string {
@@ -56,11 +54,21 @@ func (e *MissingBinaryError) Error() string {
 	if e.DownloadsEnabled {
 		advice = "or wait for the download to finish"
 	}
-	return fmt.Sprintf("upgrade %q%s needs %s; place the binary there and run `%s invisor stage %s --file <path>`, %s: %v",
-		e.Name, at, e.Path, e.Daemon, e.Name, advice, e.Err)
+	fetch := ""
+	if e.FetchErr != nil {
+		fetch = fmt.Sprintf("; fetching it at boot failed: %v", e.FetchErr)
+	}
+	return fmt.Sprintf("upgrade %q%s needs %s; place the binary there and run `%s invisor stage %s --file <path>`, %s: %v%s",
+		e.Name, at, e.Path, e.Daemon, e.Name, advice, e.Err, fetch)
 }
 
-func (e *MissingBinaryError) Unwrap() []error { return []error{ErrBinaryNotReady, e.Err} }
+func (e *MissingBinaryError) Unwrap() []error {
+	errs := []error{ErrBinaryNotReady, e.Err}
+	if e.FetchErr != nil {
+		errs = append(errs, e.FetchErr)
+	}
+	return errs
+}
 
 // ExecError is returned when syscall.Exec fails. Errno is the raw reason (ENOENT,
 // EACCES, ENOEXEC, ETXTBSY, ...); errors.Is(err, syscall.ENOENT) works.

@@ -4,20 +4,34 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/relauncher"
 )
 
-// Example shows the wiring in an app's main: stage-only under cosmovisor, otherwise
-// lay out, boot-redirect, run the node, and switch when the halt armed the relauncher.
+// Example shows the wiring in an app's main: take the home lock for the whole
+// process, stage-only under cosmovisor, otherwise lay out, boot-redirect, run the
+// node, and switch when the halt armed the relauncher.
 func Example() {
+	dir, _ := os.MkdirTemp("", "example-home-")
+	defer os.RemoveAll(dir)
 	cfg := relauncher.DefaultConfig()
-	cfg.Home = os.TempDir()
+	cfg.Home = dir
 	cfg.DaemonName = "exampled"
 	cfg.Backup = false
-	verifier := relauncher.VerifierFunc(func(name string) (relauncher.Binary, error) {
-		return relauncher.Binary{}, fmt.Errorf("upgrade %q not staged", name) // staging.Stager in the app
-	})
-	r, err := relauncher.New(cfg, verifier, nil, relauncher.OS{})
+	layout, err := home.New(cfg.Home, cfg.DaemonName, home.Options{DisableRecase: cfg.DisableRecase})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	lock, err := layout.Acquire(os.Environ()) // adopts the lock a previous image handed over
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer lock.Release()
+	// A nil Verifier is the completion record's proof (home.Layout.Open); the
+	// edge wires staging as OS.Fetch for the fetch at boot.
+	r, err := relauncher.New(cfg, nil, nil, relauncher.OS{Lock: lock})
 	if err != nil {
 		fmt.Println(err)
 		return

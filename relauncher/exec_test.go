@@ -1,7 +1,10 @@
 package relauncher
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Helper-process pattern: the test binary re-executes itself as a real child. The
@@ -23,13 +28,62 @@ const (
 	envHelperVar = "INVISOR_TEST_MYVAR"
 	// envHelperOverlap makes the old binary run pre-upgrade overlapped with the exec.
 	envHelperOverlap = "INVISOR_TEST_OVERLAP"
+	// envHelperLock makes the old binary take the home lock and hand it over, and
+	// the new one check that the home stayed locked and adopt the lock.
+	envHelperLock = "INVISOR_TEST_LOCK"
+	// envHelperTryLock makes the helper only try the home lock: exit 0 if another
+	// process holds it, 1 if it got it, 2 on another error.
+	envHelperTryLock = "INVISOR_TEST_TRYLOCK"
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(envHelperTryLock) == "1" {
+		os.Exit(tryLockMain())
+	}
 	if os.Getenv(envHelper) == "1" {
 		os.Exit(helperMain())
 	}
 	os.Exit(m.Run())
+}
+
+func helperLayout() home.Layout {
+	l, err := home.New(os.Getenv(envHelperHom), daemon, home.Options{})
+	if err != nil {
+		panic(err)
+	}
+	return l
+}
+
+func tryLockMain() int {
+	lk, err := helperLayout().Acquire(nil)
+	if err == nil {
+		lk.Release()
+		return 1
+	}
+	if errors.As(err, new(*home.LockedError)) {
+		return 0
+	}
+	return 2
+}
+
+// otherProcessLocked runs a process (not a child that inherited anything of
+// interest: it opens the lock file itself) that tries the home lock.
+func otherProcessLocked() (refused bool, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return false, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(preUpgradeEnv(os.Environ()), envHelperTryLock+"=1")
+	err = cmd.Run()
+	if err == nil {
+		return true, nil
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 1 {
+		return false, nil
+	}
+	return false, err
 }
 
 type procReport struct {
@@ -50,6 +104,14 @@ type procReport struct {
 	AwaitedFlipped string
 	AwaitedErr     string
 	AwaitedAtNs    int64
+
+	// The home lock, seen by the new binary.
+	LockEnv           string
+	LockedBeforeAdopt bool
+	Adopted           bool
+	AdoptErr          string
+	LockedAfterAdopt  bool
+	HolderPID         int
 }
 
 func writeReport(name string, rep procReport) {
@@ -78,6 +140,21 @@ func helperMain() int {
 	}
 	if os.Getenv(EnvExecGeneration) != "" { // the new binary, after the exec
 		rep := selfReport()
+		if os.Getenv(envHelperLock) != "" {
+			rep.LockEnv = os.Getenv(home.EnvLock)
+			refused, err := otherProcessLocked()
+			rep.LockedBeforeAdopt = refused && err == nil
+			lk, err := helperLayout().Acquire(os.Environ())
+			if err != nil {
+				rep.AdoptErr = err.Error()
+			} else {
+				rep.Adopted = true
+				refused, err = otherProcessLocked()
+				rep.LockedAfterAdopt = refused && err == nil
+				rep.HolderPID, _ = helperLayout().HolderPID()
+				defer lk.Release()
+			}
+		}
 		if o := AwaitPreUpgrade(os.Environ()); o != nil {
 			rep.AwaitedAtNs = time.Now().UnixNano()
 			rep.AwaitedRuns, rep.AwaitedFlipped = len(o.Runs), o.Flipped
@@ -90,21 +167,25 @@ func helperMain() int {
 	}
 	rep := selfReport()
 	writeReport("old.json", rep)
-	home := os.Getenv(envHelperHom)
-	bin := filepath.Join(home, RootDir, UpgradesDir, "v2", BinDir, daemon)
-	sum, err := fileSHA256(bin)
-	if err != nil {
-		rep.Err = err.Error()
-		writeReport("err.json", rep)
-		return 3
+	l := helperLayout()
+	var lk *home.Lock
+	if os.Getenv(envHelperLock) != "" {
+		var err error
+		if lk, err = l.Acquire(os.Environ()); err != nil {
+			rep.Err = err.Error()
+			writeReport("err.json", rep)
+			return 3
+		}
 	}
 	overlap := os.Getenv(envHelperOverlap) != ""
-	v := VerifierFunc(func(name string) (Binary, error) {
-		return Binary{Name: name, Path: bin, SHA256: sum, AwaitsPreUpgrade: overlap}, nil
+	v := VerifierFunc(func(ctx context.Context, p home.Plan) (Binary, error) {
+		b, err := LayoutVerifier(l).Verify(ctx, p)
+		b.AwaitsPreUpgrade = overlap
+		return b, err
 	})
 	cfg := DefaultConfig()
-	cfg.Home, cfg.DaemonName, cfg.Backup, cfg.RunPreUpgrade = home, daemon, false, overlap
-	r, err := New(cfg, v, nil, OS{})
+	cfg.Home, cfg.DaemonName, cfg.Backup, cfg.RunPreUpgrade = l.Home(), daemon, false, overlap
+	r, err := New(cfg, v, nil, OS{Lock: lk})
 	if err == nil {
 		err = r.Switch("v2") // returns only on failure
 	}
@@ -155,8 +236,9 @@ func newSelfUpgradeHome(t *testing.T) *testHome {
 	h := newTestHome(t)
 	self, err := os.Executable()
 	must(t, err)
-	must(t, atomicCopy(self, h.v2, 0o755))
-	h.writeUpgradeInfo(`{"name":"v2","height":123,"info":""}`)
+	_, err = home.CopyFile(self, h.v2, 0o755)
+	must(t, err)
+	h.haltAndStage(123, "")
 	return h
 }
 
@@ -200,7 +282,7 @@ func TestRealExecSwitch(t *testing.T) {
 	if h.current() != "upgrades/v2" {
 		t.Errorf("current -> %q", h.current())
 	}
-	if _, err := os.Stat(filepath.Join(h.home, UpgradeInfoFile)); err != nil {
+	if _, err := os.Stat(h.l.UpgradeInfo()); err != nil {
 		t.Errorf("upgrade-info.json gone: %v", err)
 	}
 }
@@ -223,7 +305,7 @@ func TestRealExecFailure(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHome(t)
 			h.writeExec(h.v2, tc.content)
-			h.writeUpgradeInfo(`{"name":"v2","height":5}`)
+			h.haltAndStage(5, "")
 			_, out, err := runHelper(t, h, []string{"start"})
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 				t.Fatalf("helper exit: %v", err)
@@ -278,4 +360,60 @@ func TestRealExecOverlappedPreUpgrade(t *testing.T) {
 		t.Errorf("current -> %q", h.current())
 	}
 	noTemps(t, h)
+}
+
+// TestRealExecKeepsHomeLock: the old binary holds the home lock and execs for
+// real; the new image holds it from its first instruction (another process is
+// refused before the new image adopts it) and adopts it (Acquire with the handed
+// over descriptor succeeds; another process is still refused).
+func TestRealExecKeepsHomeLock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	h := newSelfUpgradeHome(t)
+	pid, out, err := runHelper(t, h, []string{"start"}, envHelperLock+"=1")
+	if err != nil {
+		e, _ := readReport(t, out, "err.json")
+		t.Fatalf("helper: %v (switch error: %s)", err, e.Err)
+	}
+	newR, ok := readReport(t, out, "new.json")
+	if !ok {
+		t.Fatal("the new binary did not report")
+	}
+	if newR.LockEnv == "" {
+		t.Errorf("no %s handed to the new image", home.EnvLock)
+	}
+	if !newR.LockedBeforeAdopt {
+		t.Error("another process got the home lock between the exec and the adoption")
+	}
+	if !newR.Adopted || newR.AdoptErr != "" {
+		t.Fatalf("the new image did not adopt the lock: %s", newR.AdoptErr)
+	}
+	if !newR.LockedAfterAdopt || newR.HolderPID != pid {
+		t.Errorf("after adoption: another process refused %v, holder pid %d (want %d)", newR.LockedAfterAdopt, newR.HolderPID, pid)
+	}
+	if _, held := h.l.HolderPID(); held {
+		t.Error("the lock outlived the process")
+	}
+}
+
+// TestRealExecScript: a wrapper script staged as the upgrade binary still runs
+// when exec'd through its verified descriptor (its interpreter reads it again
+// through the descriptor's path, so that descriptor survives the exec).
+func TestRealExecScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real exec")
+	}
+	h := newTestHome(t)
+	h.writeExec(h.v2, "#!/bin/sh\necho \"$$\" > \"$"+envHelperOut+"/script.txt\"\n")
+	h.haltAndStage(5, "")
+	pid, out, err := runHelper(t, h, []string{"start"})
+	if err != nil {
+		e, _ := readReport(t, out, "err.json")
+		t.Fatalf("helper: %v (switch error: %s)", err, e.Err)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "script.txt"))
+	if err != nil || strings.TrimSpace(string(b)) != fmt.Sprint(pid) {
+		t.Fatalf("script report %q (%v), want pid %d", b, err, pid)
+	}
 }

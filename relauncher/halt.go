@@ -1,8 +1,11 @@
 package relauncher
 
 import (
+	"context"
 	"fmt"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 type haltReq struct {
@@ -12,19 +15,21 @@ type haltReq struct {
 
 // OnHalt is called from the consensus path when x/upgrade halts at the plan height
 // for upgrade name. It never blocks and never panics: it records the request and
-// starts (once) a waiter goroutine that polls the Verifier until the binary is
-// trusted, logging what is missing every HaltLogInterval, then arms the Relauncher
-// with name and calls OS.Stop (SIGTERM to ourselves by default) so the node shuts
-// down cleanly. Repeated calls for the same name do nothing; a call for another
-// name before arming replaces the request; calls after arming are ignored.
+// starts (once) a waiter goroutine that polls until data/upgrade-info.json names
+// the upgrade (at height, unless height is 0) and the Verifier proves the binary
+// for the plan that file holds, logging what is missing every HaltLogInterval;
+// then it keeps the proof open for Switch, arms the Relauncher with name and calls
+// OS.Stop (SIGTERM to ourselves by default) so the node shuts down cleanly.
+// Repeated calls for the same name do nothing; a call for another name before
+// arming replaces the request; calls after arming are ignored. A name that no
+// directory can hold is logged, with what the operator can do, and ignored.
 func (r *Relauncher) OnHalt(name string, height int64) {
 	defer func() {
 		if p := recover(); p != nil {
 			r.log.Error("invisor: OnHalt panicked", "panic", fmt.Sprint(p))
 		}
 	}()
-	if err := validUpgradeName(name); err != nil {
-		r.log.Error("invisor: halt for an invalid upgrade name ignored", "err", err)
+	if r.unmappable(name, height, "no switch for this halt") {
 		return
 	}
 	r.mu.Lock()
@@ -80,6 +85,15 @@ func (r *Relauncher) Close() error {
 
 func (r *Relauncher) haltLoop() {
 	defer close(r.exited)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-r.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	var (
 		lastLog  time.Time
 		lastName string
@@ -91,29 +105,24 @@ func (r *Relauncher) haltLoop() {
 		req := *r.req
 		r.mu.Unlock()
 
-		// Stamp the file before hashing it: any change after this point, even
-		// during the hash, fails the stamp check Switch makes instead of hashing
-		// again after the stop.
-		stamp, serr := StampOf(r.ExpectedBinary(req.name))
-		bin, err := r.trusted(req.name)
-		if err == nil && serr == nil && sameFile(bin.Path, r.ExpectedBinary(req.name)) {
-			r.mu.Lock()
-			r.verified = &verifiedBinary{bin: bin, stamp: stamp}
-			r.mu.Unlock()
-		}
+		p, b, err := r.haltProof(ctx, req)
 		if err == nil {
 			r.mu.Lock()
 			if r.closed {
 				r.mu.Unlock()
+				b.Close()
 				return
 			}
 			if r.req.name != req.name { // replaced meanwhile
 				r.mu.Unlock()
+				b.Close()
 				continue
 			}
 			r.armed = req.name
+			r.verified = &armedBinary{plan: p, bin: b}
 			r.mu.Unlock()
-			r.log.Info("invisor: binary trusted; stopping the node for the switch", "upgrade", req.name, "height", req.height)
+			r.log.Info("invisor: binary trusted; stopping the node for the switch", "upgrade", req.name, "height", req.height,
+				"path", b.Verified.Path, "sha256", b.Verified.Record.SHA256)
 			if err := r.os.Stop(); err != nil {
 				r.log.Error("invisor: could not stop the node; stop it (SIGTERM) to switch", "upgrade", req.name, "err", err)
 			}
@@ -122,7 +131,7 @@ func (r *Relauncher) haltLoop() {
 		if req.name != lastName || time.Since(lastLog) >= r.cfg.HaltLogInterval {
 			lastName, lastLog = req.name, time.Now()
 			r.log.Error("invisor: chain halted for upgrade; binary not ready", "upgrade", req.name, "height", req.height,
-				"missing", r.missing(req.name, req.height, err).Error())
+				"missing", r.missing(p, err).Error())
 		}
 		if !timer.Stop() {
 			select {
@@ -138,4 +147,24 @@ func (r *Relauncher) haltLoop() {
 		case <-timer.C:
 		}
 	}
+}
+
+// haltProof reads the plan x/upgrade halted for and, if it is req's, verifies its
+// binary. The plan returned is the file's, or req's while the file does not name it.
+func (r *Relauncher) haltProof(ctx context.Context, req haltReq) (home.Plan, Binary, error) {
+	want := home.Plan{Name: req.name, Height: req.height}
+	p, ok, err := r.layout.ReadUpgradeInfo()
+	switch {
+	case err != nil:
+		return want, Binary{}, err
+	case !ok:
+		return want, Binary{}, fmt.Errorf("%s does not exist yet (x/upgrade writes it at the halt)", r.layout.UpgradeInfo())
+	case p.Name != req.name:
+		return want, Binary{}, fmt.Errorf("%w: halt for %q but %s names %q", ErrUpgradeMismatch, req.name, r.layout.UpgradeInfo(), p.Name)
+	case req.height > 0 && p.Height != req.height:
+		return want, Binary{}, fmt.Errorf("%w: halt for %q at height %d but %s says height %d",
+			ErrUpgradeMismatch, req.name, req.height, r.layout.UpgradeInfo(), p.Height)
+	}
+	b, err := r.verify(ctx, p)
+	return p, b, err
 }

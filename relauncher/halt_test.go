@@ -1,24 +1,30 @@
 package relauncher
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func TestOnHaltWaitsThenArmsAndStopsOnce(t *testing.T) {
 	h := newTestHome(t)
+	h.haltAndStage(123, "")
 	var ready atomic.Bool
 	var calls atomic.Int64
-	v := VerifierFunc(func(name string) (Binary, error) {
+	v := VerifierFunc(func(ctx context.Context, p home.Plan) (Binary, error) {
 		calls.Add(1)
-		if name != "v2" || !ready.Load() {
+		if p.Name != "v2" || !ready.Load() {
 			return Binary{}, errors.New("not staged yet")
 		}
-		return Binary{Name: name, Path: h.v2}, nil
+		return LayoutVerifier(h.l).Verify(ctx, p)
 	})
 	f := &fakeOS{}
 	log := &testLogger{}
@@ -80,16 +86,14 @@ func TestOnHaltWaitsThenArmsAndStopsOnce(t *testing.T) {
 
 func TestOnHaltReplacedBeforeArming(t *testing.T) {
 	h := newTestHome(t)
-	v := VerifierFunc(func(name string) (Binary, error) {
-		if name == "v3" {
-			return Binary{Name: name, Path: h.v2}, nil
-		}
-		return Binary{}, errors.New("missing")
-	})
+	h.halt(home.Plan{Name: "v3", Height: 11})
+	must(t, os.MkdirAll(filepath.Dir(h.bin("v3")), 0o755))
+	must(t, os.Link(h.v2, h.bin("v3")))
+	h.stage(home.Plan{Name: "v3", Height: 11})
 	f := &fakeOS{}
 	c := testConfig(h.home)
 	c.HaltPollInterval = time.Hour // only a wake-up can make progress
-	r, err := New(c, v, nil, f.OS())
+	r, err := New(c, nil, nil, f.OS())
 	must(t, err)
 	defer r.Close()
 	r.OnHalt("v2", 10)
@@ -109,14 +113,15 @@ func TestOnHaltReplacedBeforeArming(t *testing.T) {
 
 func TestOnHaltSurvivesPanickingVerifierAndClose(t *testing.T) {
 	h := newTestHome(t)
-	v := VerifierFunc(func(string) (Binary, error) { panic("boom") })
+	h.haltAndStage(1, "")
+	v := VerifierFunc(func(context.Context, home.Plan) (Binary, error) { panic("boom") })
 	f := &fakeOS{}
 	c := testConfig(h.home)
 	c.HaltPollInterval = time.Millisecond
 	r, err := New(c, v, nil, f.OS())
 	must(t, err)
 	r.OnHalt("v2", 1)
-	r.OnHalt("..", 1) // invalid: logged, ignored
+	r.OnHalt("..", 1) // unmappable: logged, ignored
 	time.Sleep(10 * time.Millisecond)
 	must(t, r.Close())
 	r.OnHalt("v4", 2) // after Close: no-op

@@ -1,23 +1,29 @@
 package relauncher
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 const daemon = "appd"
 
 // testHome is a home with cosmovisor's layout: genesis and upgrades/v2 binaries
-// (shell scripts), current -> genesis, and a data directory.
+// (shell scripts), current -> genesis, and a data directory. Nothing is staged
+// (no record) until stage is called.
 type testHome struct {
 	t       *testing.T
 	home    string
+	l       home.Layout
 	genesis string
 	v2      string
 }
@@ -25,13 +31,23 @@ type testHome struct {
 func newTestHome(t *testing.T) *testHome {
 	t.Helper()
 	h := &testHome{t: t, home: t.TempDir()}
-	h.genesis = filepath.Join(h.home, RootDir, GenesisDir, BinDir, daemon)
-	h.v2 = filepath.Join(h.home, RootDir, UpgradesDir, "v2", BinDir, daemon)
+	l, err := home.New(h.home, daemon, home.Options{})
+	must(t, err)
+	h.l = l
+	h.genesis = l.GenesisBin()
+	h.v2 = h.bin("v2")
 	h.writeExec(h.genesis, "#!/bin/sh\necho genesis\n")
 	h.writeExec(h.v2, "#!/bin/sh\necho v2\n")
-	must(t, os.MkdirAll(filepath.Join(h.home, "data"), 0o755))
-	must(t, os.Symlink(GenesisDir, filepath.Join(h.home, RootDir, CurrentLink)))
+	must(t, os.MkdirAll(l.DataDir(), 0o755))
+	must(t, os.Symlink(home.GenesisDir, l.Current()))
 	return h
+}
+
+func (h *testHome) bin(name string) string {
+	h.t.Helper()
+	p, err := h.l.UpgradeBin(name)
+	must(h.t, err)
+	return p
 }
 
 func (h *testHome) writeExec(p, content string) {
@@ -42,12 +58,50 @@ func (h *testHome) writeExec(p, content string) {
 
 func (h *testHome) writeUpgradeInfo(content string) {
 	h.t.Helper()
-	must(h.t, os.WriteFile(filepath.Join(h.home, UpgradeInfoFile), []byte(content), 0o644))
+	must(h.t, os.WriteFile(h.l.UpgradeInfo(), []byte(content), 0o644))
+}
+
+// halt writes data/upgrade-info.json as x/upgrade does at the halt for p.
+func (h *testHome) halt(p home.Plan) home.Plan {
+	h.t.Helper()
+	b, err := json.Marshal(p)
+	must(h.t, err)
+	h.writeUpgradeInfo(string(b))
+	return p
+}
+
+// stage writes the completion record of the file already at p's binary path,
+// the way staging does (home.HashFile, then Layout.WriteRecord).
+func (h *testHome) stage(p home.Plan) string {
+	h.t.Helper()
+	return stageRecord(h.t, h.l, p)
+}
+
+func stageRecord(t testing.TB, l home.Layout, p home.Plan) string {
+	t.Helper()
+	bin, err := l.UpgradeBin(p.Name)
+	must(t, err)
+	f, err := os.Open(bin)
+	must(t, err)
+	defer f.Close()
+	d, err := home.HashFile(context.Background(), f)
+	must(t, err)
+	must(t, l.WriteRecord(home.Record{Plan: p.Name, Height: p.Height, InfoHash: p.InfoHash(), Source: home.SourceDownload,
+		SHA256: d.SHA256, Size: d.Size, Stamp: d.Stamp}))
+	return bin
+}
+
+// haltAndStage is halt and stage for v2 at height with info.
+func (h *testHome) haltAndStage(height int64, info string) home.Plan {
+	h.t.Helper()
+	p := h.halt(home.Plan{Name: "v2", Height: height, Info: info})
+	h.stage(p)
+	return p
 }
 
 func (h *testHome) current() string {
 	h.t.Helper()
-	t, err := os.Readlink(filepath.Join(h.home, RootDir, CurrentLink))
+	t, err := os.Readlink(h.l.Current())
 	must(h.t, err)
 	return t
 }
@@ -59,48 +113,29 @@ func must(t testing.TB, err error) {
 	}
 }
 
-func sha(t testing.TB, p string) (string, int64) {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	must(t, err)
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:]), int64(len(b))
+// countingVerifier is the default proof (Layout.Open), counting calls; before,
+// if set, runs after the proof and before the Binary is handed over (a seam to
+// change the file between proof and run).
+type countingVerifier struct {
+	l        home.Layout
+	calls    atomic.Int64
+	rehashed atomic.Int64
+	awaits   bool
+	after    func(Binary)
 }
 
-// hashVerifier trusts the binaries registered with trust, re-hashing them on every
-// call like the staging package does.
-type hashVerifier struct {
-	mu    sync.Mutex
-	want  map[string]Binary
-	calls int
-}
-
-func (v *hashVerifier) trust(t testing.TB, name, path string) Binary {
-	s, n := sha(t, path)
-	b := Binary{Name: name, Path: path, SHA256: s, Size: n}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.want == nil {
-		v.want = map[string]Binary{}
-	}
-	v.want[name] = b
-	return b
-}
-
-func (v *hashVerifier) Trusted(name string) (Binary, error) {
-	v.mu.Lock()
-	b, ok := v.want[name]
-	v.calls++
-	v.mu.Unlock()
-	if !ok {
-		return Binary{}, fmt.Errorf("no completion record for %q", name)
-	}
-	got, err := fileSHA256(b.Path)
+func (v *countingVerifier) Verify(ctx context.Context, p home.Plan) (Binary, error) {
+	v.calls.Add(1)
+	vf, err := v.l.Open(ctx, p)
 	if err != nil {
 		return Binary{}, err
 	}
-	if got != b.SHA256 {
-		return Binary{}, fmt.Errorf("checksum mismatch: expected %s, got %s", b.SHA256, got)
+	if vf.Rehashed {
+		v.rehashed.Add(1)
+	}
+	b := Binary{Verified: vf, AwaitsPreUpgrade: v.awaits}
+	if v.after != nil {
+		v.after(b)
 	}
 	return b, nil
 }
@@ -114,12 +149,16 @@ type fakeOS struct {
 	execErr error
 	execs   []execCall
 	stops   int
+	lock    *home.Lock
+	fetch   func(ctx context.Context, p home.Plan) error
 }
 
 type execCall struct {
-	argv0 string
-	argv  []string
-	env   []string
+	argv0   string
+	target  string // what argv0 resolves to at the exec (the descriptor's file)
+	content string // what argv0 reads at the exec
+	argv    []string
+	env     []string
 }
 
 func (f *fakeOS) OS() OS {
@@ -127,7 +166,12 @@ func (f *fakeOS) OS() OS {
 		Exec: func(argv0 string, argv, envv []string) error {
 			f.mu.Lock()
 			defer f.mu.Unlock()
-			f.execs = append(f.execs, execCall{argv0, append([]string(nil), argv...), append([]string(nil), envv...)})
+			target := argv0
+			if strings.HasPrefix(argv0, "/proc/self/fd/") {
+				target, _ = os.Readlink(argv0)
+			}
+			b, _ := os.ReadFile(argv0)
+			f.execs = append(f.execs, execCall{argv0, target, string(b), append([]string(nil), argv...), append([]string(nil), envv...)})
 			if f.execErr != nil {
 				return f.execErr
 			}
@@ -149,6 +193,8 @@ func (f *fakeOS) OS() OS {
 			f.stops++
 			return nil
 		},
+		Lock:  f.lock,
+		Fetch: f.fetch,
 	}
 }
 
@@ -167,11 +213,8 @@ func (f *fakeOS) stopCount() int {
 func envMap(env []string) map[string]string {
 	m := map[string]string{}
 	for _, kv := range env {
-		for i := 0; i < len(kv); i++ {
-			if kv[i] == '=' {
-				m[kv[:i]] = kv[i+1:]
-				break
-			}
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
 		}
 	}
 	return m
@@ -196,6 +239,7 @@ func (l *testLogger) all() []string {
 	defer l.mu.Unlock()
 	return append([]string(nil), l.msgs...)
 }
+func (l *testLogger) text() string { return strings.Join(l.all(), "\n") }
 
 func testConfig(home string) Config {
 	c := DefaultConfig()
@@ -205,3 +249,8 @@ func testConfig(home string) Config {
 	c.RunPreUpgrade = false
 	return c
 }
+
+// noVerifier refuses everything.
+var noVerifier = VerifierFunc(func(context.Context, home.Plan) (Binary, error) {
+	return Binary{}, errors.New("not staged")
+})

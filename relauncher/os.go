@@ -1,16 +1,21 @@
 package relauncher
 
 import (
+	"context"
 	"os"
 	"syscall"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
-// OS is the process surface the Relauncher touches. Tests replace fields with fakes
-// (tableflip style); a nil field means the real call.
+// OS is the process surface the Relauncher touches, and what the edge hands over
+// with it. Tests replace fields with fakes (tableflip style); a nil function means
+// the real call.
 type OS struct {
 	// Exec replaces the process image (syscall.Exec). It returns only on failure.
 	Exec func(argv0 string, argv []string, envv []string) error
-	// Executable returns the path of the running executable (os.Executable).
+	// Executable returns the path of the running executable (os.Executable, on
+	// Linux the target of /proc/self/exe).
 	Executable func() (string, error)
 	// Args returns the process argv (os.Args).
 	Args func() []string
@@ -24,6 +29,15 @@ type OS struct {
 	// Stop asks the node to shut down cleanly; OnHalt calls it once armed. The
 	// default sends SIGTERM to our own pid, the SDK server's clean shutdown path.
 	Stop func() error
+
+	// Lock is the home lock the edge holds for the whole process lifetime (taken
+	// before Boot). Every exec hands it to the new image (Lock.InheritEnv), so the
+	// home is never unlocked across a switch. Nil: exec without it.
+	Lock *home.Lock
+	// Fetch downloads and stages the binary for p (the edge wires staging); Boot
+	// calls it when the chain halted for p, the binary is missing and
+	// Config.DownloadsEnabled is set. It logs its own progress. Nil: no fetch at boot.
+	Fetch func(ctx context.Context, p home.Plan) error
 	// AwaitedPreUpgrade is what AwaitPreUpgrade did when this process started, or
 	// nil. Boot logs it and fails if the pre-upgrade failed. It is no system call:
 	// the edge hands it over because the logger did not exist yet at that point.

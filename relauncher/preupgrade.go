@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Exit codes of `<bin> pre-upgrade`, as cosmovisor defines them.
@@ -24,36 +26,38 @@ const (
 const preUpgradeOutputMax = 16 << 10
 
 // preUpgrade runs `<bin> pre-upgrade` with cosmovisor's exit code semantics, unlike
-// cosmovisor treating unknown exit codes as failures.
-func (r *Relauncher) preUpgrade(ctx context.Context, bin string) error {
+// cosmovisor treating unknown exit codes as failures. Every run is of the proven
+// descriptor, right after a Recheck.
+func (r *Relauncher) preUpgrade(ctx context.Context, v *home.Verified) error {
 	args := append([]string{"pre-upgrade"}, r.cfg.PreUpgradeArgs...)
 	for attempt := 1; ; attempt++ {
+		if err := v.Recheck(); err != nil {
+			return err
+		}
 		start := time.Now()
-		code, out, err := r.runPreUpgrade(ctx, bin, args)
-		r.log.Info("invisor: pre-upgrade ran", "path", bin, "attempt", attempt, "exit", code, "took", time.Since(start), "output", out)
+		code, out, err := runPreUpgradeCmd(ctx, runnableOf(v), args, preUpgradeEnv(r.os.Environ()), r.cfg.PreUpgradeTimeout)
+		r.log.Info("invisor: pre-upgrade ran", "path", v.Path, "attempt", attempt, "exit", code, "took", time.Since(start), "output", out)
 		switch {
 		case err == nil:
 			return nil
 		case code == PreUpgradeNotImplemented:
-			r.log.Info("invisor: pre-upgrade not implemented (exit 1); continuing", "path", bin)
+			r.log.Info("invisor: pre-upgrade not implemented (exit 1); continuing", "path", v.Path)
 			return nil
 		case code == PreUpgradeRetry && attempt <= r.cfg.PreUpgradeMaxRetries && ctx.Err() == nil:
 			r.log.Warn("invisor: pre-upgrade asked for a retry (exit 31)", "attempt", attempt, "max_retries", r.cfg.PreUpgradeMaxRetries)
 			continue
 		}
-		return &PreUpgradeError{Path: bin, ExitCode: code, Attempts: attempt, Output: out, Err: err}
+		return &PreUpgradeError{Path: v.Path, ExitCode: code, Attempts: attempt, Output: out, Err: err}
 	}
 }
 
-func (r *Relauncher) runPreUpgrade(ctx context.Context, bin string, args []string) (code int, out string, err error) {
-	return runPreUpgradeCmd(ctx, bin, args, preUpgradeEnv(r.os.Environ()), r.cfg.PreUpgradeTimeout)
-}
-
 // runPreUpgradeCmd runs one `<bin> pre-upgrade` to its end or its timeout.
-func runPreUpgradeCmd(ctx context.Context, bin string, args, env []string, timeout time.Duration) (code int, out string, err error) {
+func runPreUpgradeCmd(ctx context.Context, bin runnable, args, env []string, timeout time.Duration) (code int, out string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd := exec.CommandContext(ctx, bin.path, args...)
+	cmd.Args[0] = bin.argv0
+	cmd.ExtraFiles = bin.extra
 	cmd.Env = env
 	buf := &tailBuffer{max: preUpgradeOutputMax}
 	cmd.Stdout, cmd.Stderr = buf, buf
@@ -76,12 +80,12 @@ func runPreUpgradeCmd(ctx context.Context, bin string, args, env []string, timeo
 	return code, out, err
 }
 
-// preUpgradeEnv is env without EnvExecPreUpgrade: a pre-upgrade child must not
-// take itself for a binary that awaits one.
+// preUpgradeEnv is env without EnvExecPreUpgrade and home.EnvLock: a pre-upgrade
+// child must not take itself for a binary that awaits one, nor for the lock holder.
 func preUpgradeEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
-		if !strings.HasPrefix(kv, EnvExecPreUpgrade+"=") {
+		if !strings.HasPrefix(kv, EnvExecPreUpgrade+"=") && !strings.HasPrefix(kv, home.EnvLock+"=") {
 			out = append(out, kv)
 		}
 	}
@@ -95,16 +99,20 @@ type preUpgradeChild struct {
 	marker preUpgradeMarker
 }
 
-// startPreUpgrade starts `<bin> pre-upgrade [PreUpgradeArgs]` and returns at once.
-// Its output goes to a private temp file under the cosmovisor root (a name Layout
-// removes after a crash), not to a pipe, so that it survives the exec. link and
-// target are what the new binary flips `current` to once the run succeeded.
-func (r *Relauncher) startPreUpgrade(bin, link, target string) (*preUpgradeChild, error) {
-	f, err := os.CreateTemp(r.Root(), ".pre-upgrade"+tmpMarker+"*")
+// startPreUpgrade starts `<bin> pre-upgrade [PreUpgradeArgs]` from the proven
+// descriptor v (the caller rechecked it) and returns at once. Its output goes to a
+// private temp file under the cosmovisor root (a name Layout removes after a
+// crash), not to a pipe, so that it survives the exec. link and target are what
+// the new binary flips `current` to once the run succeeded.
+func (r *Relauncher) startPreUpgrade(v *home.Verified, link, target string) (*preUpgradeChild, error) {
+	bin := v.Path
+	f, err := os.CreateTemp(r.layout.Root(), ".pre-upgrade"+home.TempMarker+"*")
 	if err != nil {
 		return nil, fmt.Errorf("relauncher: pre-upgrade output file: %w", err)
 	}
-	cmd := exec.Command(bin, append([]string{"pre-upgrade"}, r.cfg.PreUpgradeArgs...)...)
+	run := runnableOf(v)
+	cmd := exec.Command(run.path, append([]string{"pre-upgrade"}, r.cfg.PreUpgradeArgs...)...)
+	cmd.Args[0], cmd.ExtraFiles = run.argv0, run.extra
 	cmd.Env = preUpgradeEnv(r.os.Environ())
 	cmd.Stdout, cmd.Stderr = f, f
 	start := time.Now()

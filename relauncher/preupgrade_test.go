@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func TestPreUpgradeExitCodes(t *testing.T) {
@@ -52,13 +54,11 @@ n=$(cat %[1]q 2>/dev/null || echo 0); n=$((n+1)); echo $n > %[1]q
 case $n in
 %[2]sesac
 `, counter, cases.String()))
-			h.writeUpgradeInfo(`{"name":"v2","height":3}`)
-			v := &hashVerifier{}
-			v.trust(t, "v2", h.v2)
+			h.haltAndStage(3, "")
 			f := &fakeOS{self: h.genesis, args: []string{"appd"}, env: []string{"MYVAR=kept", "PATH=" + os.Getenv("PATH")}}
 			c := testConfig(h.home)
 			c.RunPreUpgrade, c.PreUpgradeMaxRetries, c.PreUpgradeArgs = true, tc.maxRetries, []string{"--extra"}
-			r, err := New(c, v, nil, f.OS())
+			r, err := New(c, nil, nil, f.OS())
 			must(t, err)
 			err = r.Switch("v2")
 			b, _ := os.ReadFile(counter)
@@ -82,7 +82,7 @@ case $n in
 			if tc.wantCode >= 0 && !strings.Contains(pe.Output, "out-") {
 				t.Errorf("output not captured: %q", pe.Output)
 			}
-			if len(f.calls()) != 0 || h.current() != GenesisDir {
+			if len(f.calls()) != 0 || h.current() != home.GenesisDir {
 				t.Fatalf("failed pre-upgrade still switched: execs %d current %q", len(f.calls()), h.current())
 			}
 		})

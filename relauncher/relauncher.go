@@ -2,34 +2,34 @@ package relauncher
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Relauncher owns the chain node's process lifecycle: boot redirect, the halt
 // coordinator and the switch to a new binary. It is safe for concurrent use.
 type Relauncher struct {
-	cfg  Config
-	home string
-	v    Verifier
-	log  Logger
-	os   OS
+	cfg    Config
+	layout home.Layout
+	v      Verifier
+	log    Logger
+	os     OS
 
 	// Halt coordinator state; the waiter goroutine is the only writer of armed.
 	mu    sync.Mutex
 	req   *haltReq
 	armed string
-	// verified is the binary the halt waiter hashed, with the stamp taken before.
-	verified *verifiedBinary
+	// verified is the binary the halt waiter proved for the armed plan, held open
+	// until Switch runs it (or finds it changed and closes it).
+	verified *armedBinary
 	started  bool
 	closed   bool
 	wake     chan struct{}
@@ -37,35 +37,35 @@ type Relauncher struct {
 	exited   chan struct{}
 }
 
-// verifiedBinary is a binary verified at the halt and the file stamp taken just
-// before its hash.
-type verifiedBinary struct {
-	bin   Binary
-	stamp FileStamp
+// armedBinary is the proof the halt waiter got, for the plan it read.
+type armedBinary struct {
+	plan home.Plan
+	bin  Binary
 }
 
-// New checks cfg and the home directory and returns a Relauncher. log may be nil;
-// zero fields of osys are filled with the real system calls.
+// New checks cfg and the home directory and returns a Relauncher. A nil v means
+// the default proof (LayoutVerifier: the completion record, home.Layout.Open).
+// log may be nil; zero fields of osys are filled with the real system calls.
 func New(cfg Config, v Verifier, log Logger, osys OS) (*Relauncher, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if v == nil {
-		return nil, errors.New("relauncher: nil Verifier")
-	}
 	if log == nil {
 		log = nopLogger{}
 	}
-	home, err := filepath.Abs(cfg.Home)
+	layout, err := home.New(cfg.Home, cfg.DaemonName, home.Options{DisableRecase: cfg.DisableRecase})
 	if err != nil {
-		return nil, fmt.Errorf("relauncher: home: %w", err)
+		return nil, fmt.Errorf("relauncher: %w", err)
 	}
-	cfg.Home = home
+	if v == nil {
+		v = LayoutVerifier(layout)
+	}
+	cfg.Home = layout.Home()
 	cfg = cfg.withDefaults()
-	if fi, err := os.Stat(home); err != nil {
+	if fi, err := os.Stat(cfg.Home); err != nil {
 		return nil, fmt.Errorf("relauncher: home: %w", err)
 	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("relauncher: home %s is not a directory", home)
+		return nil, fmt.Errorf("relauncher: home %s is not a directory", cfg.Home)
 	}
 	if cfg.Backup {
 		if fi, err := os.Stat(cfg.BackupDir); err != nil {
@@ -76,7 +76,7 @@ func New(cfg Config, v Verifier, log Logger, osys OS) (*Relauncher, error) {
 	}
 	return &Relauncher{
 		cfg:    cfg,
-		home:   home,
+		layout: layout,
 		v:      v,
 		log:    log,
 		os:     osys.withDefaults(),
@@ -89,25 +89,73 @@ func New(cfg Config, v Verifier, log Logger, osys OS) (*Relauncher, error) {
 // Config returns the effective configuration (defaults filled, Home absolute).
 func (r *Relauncher) Config() Config { return r.cfg }
 
-// trusted calls the Verifier; a panic in it becomes an error.
-func (r *Relauncher) trusted(name string) (b Binary, err error) {
+// verify asks the Verifier for the proof of plan p and checks that it is for
+// exactly p and the layout's path; a panic in the Verifier becomes an error. Any
+// Binary it does not return is closed.
+func (r *Relauncher) verify(ctx context.Context, p home.Plan) (b Binary, err error) {
 	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("relauncher: verifier panicked: %v", p)
+		if rec := recover(); rec != nil {
+			err = fmt.Errorf("relauncher: verifier panicked: %v", rec)
+		}
+		if err != nil {
+			b.Close()
+			b = Binary{}
 		}
 	}()
-	b, err = r.v.Trusted(name)
-	if err == nil && b.Path == "" {
-		err = errors.New("relauncher: verifier returned an empty path")
+	b, err = r.v.Verify(ctx, p)
+	if err != nil {
+		return b, err
 	}
-	return b, err
+	want, err := r.layout.UpgradeBin(p.Name)
+	switch {
+	case err != nil:
+		return b, err
+	case b.Verified == nil:
+		return b, fmt.Errorf("%w: the verifier returned no proof for upgrade %q", ErrLayout, p.Name)
+	case b.Verified.Plan != p:
+		return b, fmt.Errorf("%w: the verifier's proof is for plan %q at height %d, not %q at %d",
+			ErrLayout, b.Verified.Plan.Name, b.Verified.Plan.Height, p.Name, p.Height)
+	case filepath.Clean(b.Verified.Path) != want:
+		return b, fmt.Errorf("%w: the verifier's binary %s is not %s", ErrLayout, b.Verified.Path, want)
+	}
+	return b, nil
 }
 
-func (r *Relauncher) missing(name string, height int64, err error) *MissingBinaryError {
+func (r *Relauncher) missing(p home.Plan, err error) *MissingBinaryError {
+	path, perr := r.layout.UpgradeBin(p.Name)
+	if perr != nil {
+		path = "(no directory: " + perr.Error() + ")"
+	}
 	return &MissingBinaryError{
-		Name: name, Height: height, Path: r.ExpectedBinary(name), Daemon: r.cfg.DaemonName,
+		Name: p.Name, Height: p.Height, Path: path, Daemon: r.cfg.DaemonName,
 		DownloadsEnabled: r.cfg.DownloadsEnabled, Err: err,
 	}
+}
+
+// unmappable logs, when plan name cannot be mapped to a directory, that nothing
+// will be staged or run for it and what the operator can do; it reports whether
+// it did. Such a name never fails a boot and never arms a switch.
+func (r *Relauncher) unmappable(name string, height int64, what string) bool {
+	_, err := r.layout.DirName(name)
+	if err == nil {
+		return false
+	}
+	reason, advice := err.Error(), ""
+	var ue *home.UnmappableNameError
+	if errors.As(err, &ue) {
+		reason, advice = ue.Reason, ue.Advice()
+	}
+	r.log.Error("invisor: the upgrade's plan name cannot be mapped to a directory; "+what,
+		"upgrade", quoteName(name), "height", height, "reason", reason, "advice", advice)
+	return true
+}
+
+// quoteName quotes a plan name for a log line, cut to a readable length.
+func quoteName(n string) string {
+	if len(n) > 200 {
+		return strconv.Quote(n[:200]) + fmt.Sprintf("... (%d bytes)", len(n))
+	}
+	return strconv.Quote(n)
 }
 
 // Boot decides, before any database is opened, whether this executable is the one
@@ -115,74 +163,132 @@ func (r *Relauncher) missing(name string, height int64, err error) *MissingBinar
 //   - this process awaited its pre-upgrade (OS.AwaitedPreUpgrade): logs how it went
 //     and, if it failed, returns its *PreUpgradeError (`current` is unchanged);
 //   - no (or empty) data/upgrade-info.json: returns nil, run as is;
-//   - upgrade-info names N and this executable is the trusted binary for N (same
-//     file, or same size and SHA-256): returns nil;
-//   - a trusted binary for N exists: unless `current` already points to it, backs
-//     up and runs pre-upgrade as configured and flips `current`; then execs it with
-//     the same argv, env (plus markers) and working directory. Returns only on failure;
-//   - no trusted binary: returns a *MissingBinaryError saying what to put where.
+//   - upgrade-info names a plan whose name no directory can hold: logs the reason
+//     and what to do, and returns nil (the old binary halts at the height again;
+//     a binary the operator started by hand runs);
+//   - the Verifier proves the plan's binary and this executable is that very file,
+//     or a copy with the recorded size and SHA-256: returns nil;
+//   - a proven binary for the plan exists: unless `current` already points to it,
+//     backs up (first attempt only) and runs pre-upgrade as configured and flips
+//     `current`; then execs it with the same argv, env (plus markers and the home
+//     lock) and working directory. Returns only on failure;
+//   - no binary, downloads enabled and OS.Fetch set: fetches it (bounded by
+//     BootFetchTimeout), then proceeds as above;
+//   - otherwise: returns a *MissingBinaryError saying what to put where.
 //
-// A second redirect to the same target in a row is refused with ErrExecLoop.
+// A second redirect to the same target in a row, or an exec into a binary the
+// attempts ledger counts MaxSwitchAttempts times already, is refused with ErrExecLoop.
 func (r *Relauncher) Boot() error { return r.BootContext(context.Background()) }
 
-// BootContext is Boot with a context bounding backup and pre-upgrade.
+// BootContext is Boot with a context bounding the fetch, backup and pre-upgrade.
 func (r *Relauncher) BootContext(ctx context.Context) error {
 	if err := r.os.AwaitedPreUpgrade.Report(r.log); err != nil {
 		return err
 	}
-	ui, ok, err := ReadUpgradeInfo(r.home)
+	p, ok, err := r.layout.ReadUpgradeInfo()
 	if err != nil {
-		return fmt.Errorf("%w; fix or remove the file only if you know the chain is not at an upgrade height", err)
+		return fmt.Errorf("relauncher: %w; fix or remove the file only if you know the chain is not at an upgrade height", err)
 	}
 	if !ok {
+		return nil
+	}
+	if r.unmappable(p.Name, p.Height, "running this binary as it is") {
 		return nil
 	}
 	self, err := r.os.Executable()
 	if err != nil {
 		return fmt.Errorf("relauncher: executable: %w", err)
 	}
-	// Just exec'd by invisor into the upgrade's binary: Switch verified this very
-	// file (and its stamp) right before the exec, and a running executable cannot
-	// be written to, so hashing it again would only delay the new binary's start.
-	if r.execedBy() != "" && sameFile(self, r.ExpectedBinary(ui.Name)) {
-		r.log.Info("invisor: running the binary the chain needs (verified before the exec)",
-			"upgrade", ui.Name, "height", ui.Height, "path", self)
-		return nil
+	b, verr := r.verify(ctx, p)
+	if verr != nil && errors.Is(verr, fs.ErrNotExist) && r.cfg.DownloadsEnabled && r.os.Fetch != nil {
+		b, verr = r.fetchAtBoot(ctx, p, verr)
+		var me *MissingBinaryError
+		if errors.As(verr, &me) {
+			return verr
+		}
 	}
-	bin, verr := r.trusted(ui.Name)
 	if verr != nil {
-		// Running the binary from its cosmovisor place (e.g. via current/bin, or an
-		// operator who migrated from cosmovisor without staging records): run as is.
-		if sameFile(self, r.ExpectedBinary(ui.Name)) {
+		// Running the binary from its cosmovisor place (e.g. via current/bin, or
+		// started by hand): it is running already; say that it is unproven.
+		if bin, err := r.layout.UpgradeBin(p.Name); err == nil && sameFile(self, bin) {
 			r.log.Warn("invisor: running the binary at the upgrade's path, which staging has not verified",
-				"upgrade", ui.Name, "height", ui.Height, "path", self, "reason", verr)
+				"upgrade", p.Name, "height", p.Height, "path", self, "reason", verr)
 			return nil
 		}
-		return r.missing(ui.Name, ui.Height, verr)
+		return r.missing(p, verr)
 	}
-	same, err := isSameBinary(self, bin)
+	// After invisor's own exec this is cheap: the stamp is unchanged, nothing is hashed.
+	if b.Verified.Is(self) {
+		r.log.Info("invisor: running the binary the chain needs", "upgrade", p.Name, "height", p.Height,
+			"path", self, "rehashed", b.Verified.Rehashed, "execed_from", r.execedBy())
+		return b.Close()
+	}
+	same, err := isSameBinary(ctx, self, b.Verified.Record)
 	if err != nil {
+		b.Close()
 		return err
 	}
 	if same {
-		r.log.Info("invisor: running the binary the chain needs", "upgrade", ui.Name, "height", ui.Height, "path", self)
-		return nil
+		r.log.Info("invisor: running a copy of the binary the chain needs", "upgrade", p.Name, "height", p.Height,
+			"path", self, "staged", b.Verified.Path)
+		return b.Close()
 	}
 	r.log.Warn("invisor: this executable is not the binary the chain needs; redirecting",
-		"upgrade", ui.Name, "height", ui.Height, "self", self, "target", bin.Path)
-	return r.switchTo(ctx, ui, bin, self, true)
+		"upgrade", p.Name, "height", p.Height, "self", self, "target", b.Verified.Path)
+	return r.switchTo(ctx, p, b, self, true)
 }
 
-// Switch is called after the node stopped cleanly at the halt for upgrade name. It
-// checks data/upgrade-info.json names the upgrade, re-verifies the binary through
-// the Verifier (refusing on any error), backs up data and runs pre-upgrade as
-// configured, flips `current` atomically and execs the new binary with the same
-// argv, env (plus markers) and working directory. It returns only on failure; an
-// exec failure is an *ExecError, and the caller should exit non-zero so a process
-// manager restarts into Boot.
+// fetchAtBoot runs OS.Fetch for p, bounded by BootFetchTimeout, and verifies
+// again. A failure is a *MissingBinaryError.
+func (r *Relauncher) fetchAtBoot(ctx context.Context, p home.Plan, verr error) (Binary, error) {
+	r.log.Info("invisor: fetching the upgrade binary at boot", "upgrade", p.Name, "height", p.Height,
+		"timeout", r.cfg.BootFetchTimeout, "missing", verr)
+	fctx, cancel := context.WithTimeoutCause(ctx, r.cfg.BootFetchTimeout,
+		fmt.Errorf("relauncher: the fetch at boot took longer than %s (BootFetchTimeout)", r.cfg.BootFetchTimeout))
+	defer cancel()
+	err := r.fetch(fctx, p)
+	if err == nil && fctx.Err() != nil {
+		err = context.Cause(fctx)
+	}
+	if err != nil {
+		if c := context.Cause(fctx); c != nil && !errors.Is(err, c) {
+			err = fmt.Errorf("%w (%w)", err, c)
+		}
+		m := r.missing(p, verr)
+		m.FetchErr = err
+		return Binary{}, m
+	}
+	b, err := r.verify(ctx, p)
+	if err != nil {
+		return Binary{}, r.missing(p, fmt.Errorf("fetched at boot, but: %w", err))
+	}
+	r.log.Info("invisor: upgrade binary fetched at boot", "upgrade", p.Name, "height", p.Height,
+		"path", b.Verified.Path, "sha256", b.Verified.Record.SHA256)
+	return b, nil
+}
+
+func (r *Relauncher) fetch(ctx context.Context, p home.Plan) (err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			err = fmt.Errorf("relauncher: fetch panicked: %v", rec)
+		}
+	}()
+	return r.os.Fetch(ctx, p)
+}
+
+// Switch is called after the node stopped cleanly at the halt for upgrade name
+// (or, outside consensus, right at the halt with no store written since). It
+// checks data/upgrade-info.json names the upgrade, takes the proof for the plan
+// that file holds (the halt waiter's, if the file is provably unchanged since,
+// else a new one from the Verifier, refusing on any error), backs up data (first
+// attempt only) and runs pre-upgrade as configured, flips `current` atomically
+// and execs the proven descriptor with the same argv, env (plus markers and the
+// home lock) and working directory. It returns only on failure; an exec failure
+// is an *ExecError, and the caller should exit non-zero so a process manager
+// restarts into Boot.
 //
-// When the Verifier marked the binary AwaitsPreUpgrade, pre-upgrade is started but
-// not waited for: Switch execs the new binary right away with EnvExecPreUpgrade
+// When the Binary is marked AwaitsPreUpgrade, pre-upgrade is started but not
+// waited for: Switch execs the new binary right away with EnvExecPreUpgrade
 // naming the child, so the new binary's start-up overlaps pre-upgrade's; the new
 // binary waits for it in AwaitPreUpgrade before reading any configuration and
 // flips `current` itself. If the exec fails, Switch waits for (or kills at its
@@ -191,70 +297,82 @@ func (r *Relauncher) Switch(name string) error {
 	return r.SwitchContext(context.Background(), name)
 }
 
-// SwitchContext is Switch with a context bounding backup and pre-upgrade (only
-// the backup, and a wait after a failed exec, when pre-upgrade overlaps the exec).
+// SwitchContext is Switch with a context bounding verification and backup, and
+// pre-upgrade (only a wait after a failed exec when pre-upgrade overlaps the exec).
 func (r *Relauncher) SwitchContext(ctx context.Context, name string) error {
-	if err := validUpgradeName(name); err != nil {
-		return err
+	if _, err := r.layout.DirName(name); err != nil {
+		return fmt.Errorf("relauncher: %w", err)
 	}
-	ui, ok, err := ReadUpgradeInfo(r.home)
+	p, ok, err := r.layout.ReadUpgradeInfo()
 	if err != nil {
-		return err
+		return fmt.Errorf("relauncher: %w", err)
 	}
 	if !ok {
 		return fmt.Errorf("%w: %s is missing or empty; refusing to switch to %q before x/upgrade halted for it",
-			ErrNoUpgradeInfo, filepath.Join(r.home, UpgradeInfoFile), name)
+			ErrNoUpgradeInfo, r.layout.UpgradeInfo(), name)
 	}
-	if ui.Name != name {
-		return fmt.Errorf("%w: switch to %q but upgrade-info.json names %q", ErrUpgradeMismatch, name, ui.Name)
+	if p.Name != name {
+		return fmt.Errorf("%w: switch to %q but upgrade-info.json names %q", ErrUpgradeMismatch, name, p.Name)
 	}
-	bin, err := r.verifiedAtHalt(name)
-	if err != nil {
-		if bin, err = r.trusted(name); err != nil {
-			return r.missing(name, ui.Height, err)
+	b, ok := r.verifiedAtHalt(p)
+	if !ok {
+		if b, err = r.verify(ctx, p); err != nil {
+			return r.missing(p, err)
 		}
 	}
 	self, err := r.os.Executable()
 	if err != nil {
 		self = ""
 	}
-	return r.switchTo(ctx, ui, bin, self, false)
+	return r.switchTo(ctx, p, b, self, false)
 }
 
-// verifiedAtHalt returns the binary the halt waiter hashed for name if the file
-// is provably unchanged since (same device, inode, size, mode, mtime and ctime
-// as stamped before the hash), so the switch does not hash it a second time
-// while the chain is down. Any doubt is an error and the caller verifies again.
-func (r *Relauncher) verifiedAtHalt(name string) (Binary, error) {
+// verifiedAtHalt takes the proof the halt waiter got for p if its descriptor's
+// file is provably unchanged since (Recheck), so the switch does not verify a
+// second time while the chain is down. Any doubt closes it, and the caller
+// verifies again.
+func (r *Relauncher) verifiedAtHalt(p home.Plan) (Binary, bool) {
 	r.mu.Lock()
-	v := r.verified
+	a := r.verified
+	r.verified = nil
 	r.mu.Unlock()
-	if v == nil || v.bin.Name != name {
-		return Binary{}, errors.New("relauncher: not verified at the halt")
+	if a == nil {
+		return Binary{}, false
 	}
-	if err := v.stamp.Recheck(v.bin.Path); err != nil {
-		return Binary{}, err
+	if a.plan != p || a.bin.Verified.Recheck() != nil {
+		a.bin.Close()
+		return Binary{}, false
 	}
-	return v.bin, nil
+	return a.bin, true
 }
 
-// switchTo prepares (backup, pre-upgrade), flips `current` and execs bin.
-// For a boot redirect, preparation is skipped when `current` already points to the
-// upgrade: the flip is the last step of a completed preparation. A Switch to a
-// binary that awaits its pre-upgrade starts it and leaves it and the flip to that
-// binary; a boot redirect always waits.
-func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, self string, redirect bool) error {
-	dir, err := r.upgradeDirOf(bin)
+// switchTo prepares (backup, pre-upgrade), flips `current` and execs b, which it
+// always closes when the exec returns. For a boot redirect, preparation is
+// skipped when `current` already points to the upgrade: the flip is the last step
+// of a completed preparation. A Switch to a binary that awaits its pre-upgrade
+// starts it and leaves it and the flip to that binary; a boot redirect always
+// waits. Every run of the file (pre-upgrade, exec) goes through the proven
+// descriptor right after a Recheck, and the flip follows a Recheck.
+func (r *Relauncher) switchTo(ctx context.Context, p home.Plan, b Binary, self string, redirect bool) error {
+	v := b.Verified
+	defer v.Close()
+	dir, err := r.layout.UpgradeDir(p.Name)
 	if err != nil {
 		return err
 	}
-	stamp, err := statBinary(bin)
+	rel, err := r.layout.CurrentRel(p.Name)
 	if err != nil {
 		return err
 	}
-	env, err := r.execEnv(self, bin.Path, redirect)
+	env, err := r.execEnv(self, v.Path, redirect)
 	if err != nil {
 		return err
+	}
+	att := r.layout.Attempts(p)
+	if att.Count >= r.cfg.MaxSwitchAttempts {
+		return fmt.Errorf("%w: the binary for upgrade %q at height %d was started %d times and did not get past the upgrade "+
+			"(most likely it halts again because it lacks the upgrade handler %q): put the right binary in place (stage it again) and then remove %s",
+			ErrExecLoop, p.Name, p.Height, att.Count, p.Name, filepath.Join(r.layout.Root(), home.AttemptsFile))
 	}
 	// child is the pre-upgrade left for the new binary to wait for; until the exec,
 	// a failure must wait for it (reap) so none runs on mid-write unobserved.
@@ -265,66 +383,106 @@ func (r *Relauncher) switchTo(ctx context.Context, ui UpgradeInfo, bin Binary, s
 		}
 		return err
 	}
-	if !redirect || !r.currentIs(dir) {
+	backup := ""
+	if !redirect || !r.layout.CurrentIs(dir) {
 		if r.cfg.Backup {
-			if _, err := r.backup(ctx, ui.Name); err != nil {
+			if att.Backup != "" {
+				r.log.Info("invisor: no new data backup: the first attempt's backup stands",
+					"upgrade", p.Name, "attempt", att.Count+1, "backup", att.Backup)
+				if _, err := os.Stat(att.Backup); err != nil {
+					r.log.Warn("invisor: the first attempt's data backup is gone", "backup", att.Backup, "err", err)
+				}
+			} else if backup, err = r.backup(ctx, p.Name); err != nil {
 				return err
 			}
 		}
-		rel := filepath.Join(UpgradesDir, filepath.Base(dir))
-		link := filepath.Join(r.Root(), CurrentLink)
+		link := r.layout.Current()
 		switch {
-		case r.cfg.RunPreUpgrade && !redirect && bin.AwaitsPreUpgrade:
-			if child, err = r.startPreUpgrade(bin.Path, link, rel); err != nil {
+		case r.cfg.RunPreUpgrade && !redirect && b.AwaitsPreUpgrade:
+			if err := v.Recheck(); err != nil {
+				return err
+			}
+			if child, err = r.startPreUpgrade(v, link, rel); err != nil {
 				return err
 			}
 			env = append(env, EnvExecPreUpgrade+"="+encodeMarker(child.marker))
 			r.log.Info("invisor: pre-upgrade started; the new binary waits for it before reading its configuration",
-				"path", bin.Path, "pid", child.marker.Pid)
+				"path", v.Path, "pid", child.marker.Pid)
 		case r.cfg.RunPreUpgrade:
-			if err := r.preUpgrade(ctx, bin.Path); err != nil {
+			if err := r.preUpgrade(ctx, v); err != nil {
 				return err
 			}
 		}
 		if child == nil {
-			if err := stamp.Recheck(bin.Path); err != nil {
+			if err := v.Recheck(); err != nil {
 				return err
 			}
-			if err := atomicSymlink(rel, link); err != nil {
-				return err
+			if err := home.Symlink(rel, link); err != nil {
+				return fmt.Errorf("relauncher: flip %s: %w", link, err)
 			}
 			r.log.Info("invisor: current link flipped", "target", rel)
 		}
 	}
-	if err := stamp.Recheck(bin.Path); err != nil {
-		return fail(err)
-	}
 	argv := r.os.Args()
 	if len(argv) == 0 {
-		argv = []string{bin.Path}
+		argv = []string{v.Path}
+	}
+	// A file already changed is refused before it counts as an attempt.
+	if err := v.Recheck(); err != nil {
+		return fail(err)
+	}
+	a, err := r.layout.NoteAttempt(p, backup)
+	if err != nil {
+		return fail(fmt.Errorf("relauncher: record the switch attempt (the exec-loop guard): %w", err))
 	}
 	wd, _ := r.os.Getwd()
-	r.log.Info("invisor: exec", "upgrade", ui.Name, "height", ui.Height, "path", bin.Path,
-		"sha256", bin.SHA256, "pid", r.os.Getpid(), "cwd", wd, "argv", argv)
-	err = r.os.Exec(bin.Path, argv, env)
+	r.log.Info("invisor: exec", "upgrade", p.Name, "height", p.Height, "path", v.Path,
+		"sha256", v.Record.SHA256, "attempt", a.Count, "max_attempts", r.cfg.MaxSwitchAttempts,
+		"pid", r.os.Getpid(), "cwd", wd, "argv", argv)
+	if err := v.Recheck(); err != nil {
+		return fail(err)
+	}
+	// After every child was started: what is inheritable now goes to the new image only.
+	env, undo, err := r.inherit(v, env)
+	if err != nil {
+		return fail(err)
+	}
+	err = r.os.Exec(v.ExecPath(), argv, env)
+	undo()
 	if err == nil {
 		// Only a fake returns nil; the real exec never returns on success.
 		return nil
 	}
-	return fail(newExecError(bin.Path, err))
+	return fail(newExecError(v.Path, err))
 }
 
-// upgradeDirOf returns <root>/upgrades/<dir> for a binary at .../upgrades/<dir>/bin/<daemon>.
-func (r *Relauncher) upgradeDirOf(bin Binary) (string, error) {
-	p := filepath.Clean(bin.Path)
-	if !filepath.IsAbs(p) || filepath.Base(p) != r.cfg.DaemonName || filepath.Base(filepath.Dir(p)) != BinDir {
-		return "", fmt.Errorf("%w: trusted binary %q is not <home>/cosmovisor/upgrades/<name>/bin/%s", ErrLayout, bin.Path, r.cfg.DaemonName)
+// inherit makes what the new image needs survive the exec: the home lock (its
+// EnvLock entry is appended to env) and, for a script, the verified descriptor
+// its interpreter reads. undo restores close-on-exec after a failed exec.
+func (r *Relauncher) inherit(v *home.Verified, env []string) ([]string, func(), error) {
+	var undos []func()
+	undo := func() {
+		for _, u := range undos {
+			u()
+		}
 	}
-	dir := filepath.Dir(filepath.Dir(p))
-	if !sameFile(filepath.Dir(dir), filepath.Join(r.Root(), UpgradesDir)) {
-		return "", fmt.Errorf("%w: trusted binary %q is outside %s", ErrLayout, bin.Path, filepath.Join(r.Root(), UpgradesDir))
+	if isScript(v) && v.ExecPath() != v.Path {
+		fd := int(v.File().Fd())
+		if err := home.ClearCloseOnExec(fd); err != nil {
+			return nil, undo, fmt.Errorf("relauncher: keep %s open for its interpreter: %w", v.Path, err)
+		}
+		undos = append(undos, func() { setCloseOnExec(fd) })
 	}
-	return dir, nil
+	if lk := r.os.Lock; lk != nil {
+		kv, err := lk.InheritEnv()
+		if err != nil {
+			undo()
+			return nil, func() {}, fmt.Errorf("relauncher: hand the home lock to the new binary: %w", err)
+		}
+		env = append(env, kv)
+		undos = append(undos, lk.Keep)
+	}
+	return env, undo, nil
 }
 
 // execedBy returns the executable that exec'd this process (EnvExecedFrom), or "".
@@ -337,8 +495,9 @@ func (r *Relauncher) execedBy() string {
 	return ""
 }
 
-// execEnv is the current environment with the exec markers updated; it enforces
-// the loop guard.
+// execEnv is the current environment with the exec markers updated (an inherited
+// home lock entry dropped: inherit adds the live one); it enforces the per-PID
+// loop guard.
 func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, error) {
 	in := r.os.Environ()
 	out := make([]string, 0, len(in)+4)
@@ -353,7 +512,7 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 		case EnvRedirectTarget:
 			prevTarget = v
 			continue
-		case EnvExecedFrom, EnvExecPreUpgrade:
+		case EnvExecedFrom, EnvExecPreUpgrade, home.EnvLock:
 			continue
 		}
 		out = append(out, kv)
@@ -363,7 +522,7 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 	}
 	if redirect && prevTarget != "" && (prevTarget == target || sameFile(prevTarget, target)) {
 		return nil, fmt.Errorf("%w: already redirected to %s, which did not recognise itself as the binary for the upgrade; check %s and the staged binary",
-			ErrExecLoop, target, UpgradeInfoFile)
+			ErrExecLoop, target, home.UpgradeInfoFile)
 	}
 	out = append(out, EnvExecGeneration+"="+strconv.Itoa(gen+1))
 	if self != "" {
@@ -375,100 +534,25 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 	return out, nil
 }
 
-// isSameBinary reports whether the running executable self is bin: the same file,
-// or a file with the same size and SHA-256.
-func isSameBinary(self string, bin Binary) (bool, error) {
-	if sameFile(self, bin.Path) {
-		return true, nil
+// isSameBinary reports whether the running executable self (a file other than the
+// staged one, such as the operator's ExecStart path) has the recorded size and
+// SHA-256.
+func isSameBinary(ctx context.Context, self string, rec home.Record) (bool, error) {
+	f, err := os.Open(self)
+	if err != nil {
+		return false, fmt.Errorf("relauncher: executable: %w", err)
 	}
-	if rs, err := filepath.EvalSymlinks(self); err == nil {
-		if rb, err := filepath.EvalSymlinks(bin.Path); err == nil && rs == rb {
-			return true, nil
-		}
-	}
-	if bin.SHA256 == "" {
-		return false, nil
-	}
-	fi, err := os.Stat(self)
+	defer f.Close()
+	fi, err := f.Stat()
 	if err != nil {
 		return false, fmt.Errorf("relauncher: stat executable: %w", err)
 	}
-	if bin.Size > 0 && fi.Size() != bin.Size {
+	if fi.Size() != rec.Size {
 		return false, nil
 	}
-	sum, err := fileSHA256(self)
+	d, err := home.HashFile(ctx, f)
 	if err != nil {
-		return false, err
+		return false, fmt.Errorf("relauncher: hash executable: %w", err)
 	}
-	return strings.EqualFold(sum, bin.SHA256), nil
-}
-
-func fileSHA256(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", fmt.Errorf("relauncher: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("relauncher: hash %s: %w", p, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// FileStamp identifies a file's content cheaply: a rename, rewrite, truncate or
-// chmod after verification changes it (device, inode, size, mode, mtime, ctime).
-// Take it before hashing a file; Recheck later proves the hash still holds.
-type FileStamp struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime int64 // ns
-	mode         os.FileMode
-}
-
-// StampOf returns the stamp of the file at p (not following a final symlink).
-func StampOf(p string) (FileStamp, error) {
-	fi, err := os.Lstat(p)
-	if err != nil {
-		return FileStamp{}, fmt.Errorf("relauncher: %w", err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return FileStamp{}, fmt.Errorf("relauncher: no stat for %s", p)
-	}
-	return FileStamp{
-		dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mode: fi.Mode(),
-		mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(),
-	}, nil
-}
-
-// statBinary checks the verified binary is a regular executable file of the
-// verified size and returns its stamp.
-func statBinary(bin Binary) (FileStamp, error) {
-	s, err := StampOf(bin.Path)
-	if err != nil {
-		return FileStamp{}, err
-	}
-	if !s.mode.IsRegular() {
-		return FileStamp{}, fmt.Errorf("%w: %s is not a regular file (%s)", ErrLayout, bin.Path, s.mode.Type())
-	}
-	if s.mode.Perm()&0o111 == 0 {
-		return FileStamp{}, fmt.Errorf("%w: %s is not executable (%s)", ErrLayout, bin.Path, s.mode.Perm())
-	}
-	if bin.Size > 0 && s.size != bin.Size {
-		return FileStamp{}, fmt.Errorf("%w: %s has %d bytes, verified %d", ErrBinaryChanged, bin.Path, s.size, bin.Size)
-	}
-	return s, nil
-}
-
-// Recheck reports ErrBinaryChanged unless the file at p still has stamp s.
-func (s FileStamp) Recheck(p string) error {
-	n, err := StampOf(p)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrBinaryChanged, err)
-	}
-	if n != s {
-		return fmt.Errorf("%w: %s was replaced or modified after verification", ErrBinaryChanged, p)
-	}
-	return nil
+	return strings.EqualFold(d.SHA256, rec.SHA256), nil
 }

@@ -1,6 +1,7 @@
 package relauncher
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,182 +9,209 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func TestBoot(t *testing.T) {
 	const info = `{"name":"v2","time":"0001-01-01T00:00:00Z","height":123,"info":"x"}`
+	plan := home.Plan{Name: "v2", Height: 123, Info: "x"}
 	baseArgs := []string{"/usr/bin/appd", "start", "--home", "/h", "arg with space"}
-	baseEnv := []string{"PATH=/bin", "MYVAR=kept", "EMPTY="}
+	baseEnv := []string{"PATH=/bin", "MYVAR=kept", "EMPTY=", home.EnvLock + "=9:1:2"}
 
 	tests := []struct {
 		name       string
-		setup      func(h *testHome, v *hashVerifier, f *fakeOS, c *Config)
-		wantErr    error  // errors.Is target; nil means no error
-		wantErrSub string // substring of the error message
+		setup      func(h *testHome, f *fakeOS, c *Config) Verifier // nil: the default proof
+		wantErr    error                                            // errors.Is target; nil means no error
+		wantErrSub string                                           // substring of the error message
 		wantExec   bool
 		wantLink   string
 	}{
 		{
 			name:     "no upgrade-info runs as is",
-			setup:    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) { v.trust(t, "v2", h.v2) },
-			wantLink: GenesisDir,
+			setup:    func(h *testHome, f *fakeOS, c *Config) Verifier { h.stage(plan); return nil },
+			wantLink: home.GenesisDir,
 		},
 		{
 			name:     "empty upgrade-info runs as is",
-			setup:    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) { h.writeUpgradeInfo(" \n") },
-			wantLink: GenesisDir,
+			setup:    func(h *testHome, f *fakeOS, c *Config) Verifier { h.writeUpgradeInfo(" \n"); return nil },
+			wantLink: home.GenesisDir,
 		},
 		{
 			name:     "malformed upgrade-info refuses",
-			setup:    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) { h.writeUpgradeInfo(`{"name":`) },
-			wantErr:  ErrMalformedUpgradeInfo,
-			wantLink: GenesisDir,
+			setup:    func(h *testHome, f *fakeOS, c *Config) Verifier { h.writeUpgradeInfo(`{"name":`); return nil },
+			wantErr:  home.ErrMalformedUpgradeInfo,
+			wantLink: home.GenesisDir,
 		},
 		{
-			name: "hostile name in upgrade-info refuses",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			name: "unmappable name in upgrade-info runs as is",
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(`{"name":"..","height":5}`)
+				return nil
 			},
-			wantErr:  ErrMalformedUpgradeInfo,
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "executable is the trusted binary",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				f.self = h.v2
+				return nil
 			},
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "executable reached through current symlink is the trusted binary",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				l := filepath.Join(t.TempDir(), "appd")
 				must(t, os.Symlink(h.v2, l))
 				f.self = l
+				return nil
 			},
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "executable is a copy with the same sha256",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				b, _ := os.ReadFile(h.v2)
 				p := filepath.Join(t.TempDir(), "appd")
 				must(t, os.WriteFile(p, b, 0o755))
 				f.self = p
+				return nil
 			},
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "old binary redirects to trusted binary",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
+				return nil
 			},
 			wantExec: true,
 			wantLink: "upgrades/v2",
 		},
 		{
 			name: "not trusted: no exec, says what to install where",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
+				return nil
 			},
 			wantErr:    ErrBinaryNotReady,
 			wantErrSub: `upgrade "v2" at height 123 needs ` + "%HOME%/cosmovisor/upgrades/v2/bin/appd; place the binary there and run `appd invisor stage v2 --file <path>`",
-			wantLink:   GenesisDir,
+			wantLink:   home.GenesisDir,
 		},
 		{
-			name: "staged binary modified: verifier refuses, no exec",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			name: "record for another plan under the same name: no exec",
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
-				h.writeExec(h.v2, "#!/bin/sh\necho evil\n")
+				h.stage(home.Plan{Name: "v2", Height: 123, Info: "other"})
+				return nil
 			},
-			wantErr:    ErrBinaryNotReady,
-			wantErrSub: "checksum mismatch",
-			wantLink:   GenesisDir,
+			wantErr:    home.ErrNotTrusted,
+			wantErrSub: "a replaced plan never inherits a binary",
+			wantLink:   home.GenesisDir,
 		},
 		{
 			name: "not trusted but running from the upgrade path runs as is",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				f.self = filepath.Join(h.home, RootDir, CurrentLink, BinDir, daemon) // resolves to genesis
-				must(t, os.Remove(filepath.Join(h.home, RootDir, CurrentLink)))
-				must(t, os.Symlink(filepath.Join(h.home, RootDir, UpgradesDir, "v2"), filepath.Join(h.home, RootDir, CurrentLink)))
+				f.self = filepath.Join(h.l.Current(), home.BinDir, daemon)
+				must(t, os.Remove(h.l.Current()))
+				must(t, os.Symlink(filepath.Dir(filepath.Dir(h.v2)), h.l.Current()))
+				return nil
 			},
 			wantLink: "%HOME%/cosmovisor/upgrades/v2",
 		},
 		{
 			name: "loop guard: second redirect to the same target refused",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				f.env = append(f.env, EnvRedirectTarget+"="+h.v2, EnvExecGeneration+"=1")
+				return nil
 			},
 			wantErr:  ErrExecLoop,
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "generation limit refused",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				c.MaxExecGeneration = 3
 				f.env = append(f.env, EnvExecGeneration+"=3")
+				return nil
 			},
 			wantErr:  ErrExecLoop,
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
 			name: "absolute current link already at target: no preparation, exec",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
-				link := filepath.Join(h.home, RootDir, CurrentLink)
-				must(t, os.Remove(link))
-				must(t, os.Symlink(filepath.Join(h.home, RootDir, UpgradesDir, "v2"), link))
+				must(t, os.Remove(h.l.Current()))
+				must(t, os.Symlink(filepath.Dir(filepath.Dir(h.v2)), h.l.Current()))
 				c.RunPreUpgrade = true // v2's script would "succeed", so make it fail if run
 				h.writeExec(h.v2, "#!/bin/sh\nexit 30\n")
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
+				return nil
 			},
 			wantExec: true,
 			wantLink: "%HOME%/cosmovisor/upgrades/v2",
 		},
 		{
-			name: "trusted binary outside the layout refused",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			name: "verifier's binary outside the layout refused",
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				p := filepath.Join(t.TempDir(), "bin", daemon)
-				h.writeExec(p, "#!/bin/sh\n")
-				v.trust(t, "v2", p)
+				other := newTestHome(t)
+				other.stage(plan)
+				return LayoutVerifier(other.l)
 			},
 			wantErr:  ErrLayout,
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
 		},
 		{
-			name: "trusted path is a symlink: refused",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			name: "verifier's proof for another plan refused",
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				real := filepath.Join(t.TempDir(), "real")
-				h.writeExec(real, "#!/bin/sh\n")
-				must(t, os.Remove(h.v2))
-				must(t, os.Symlink(real, h.v2))
-				v.trust(t, "v2", h.v2)
+				q := home.Plan{Name: "v2", Height: 123, Info: "y"}
+				h.stage(q)
+				return VerifierFunc(func(ctx context.Context, _ home.Plan) (Binary, error) {
+					return LayoutVerifier(h.l).Verify(ctx, q)
+				})
 			},
 			wantErr:  ErrLayout,
-			wantLink: GenesisDir,
+			wantLink: home.GenesisDir,
+		},
+		{
+			name: "staged path is a symlink: refused",
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
+				h.writeUpgradeInfo(info)
+				h.stage(plan)
+				real := filepath.Join(t.TempDir(), "real")
+				b, _ := os.ReadFile(h.v2)
+				must(t, os.WriteFile(real, b, 0o755))
+				must(t, os.Remove(h.v2))
+				must(t, os.Symlink(real, h.v2))
+				return nil
+			},
+			wantErr:    home.ErrNotTrusted,
+			wantErrSub: "symlink",
+			wantLink:   home.GenesisDir,
 		},
 		{
 			name: "exec ENOENT mapped to ExecError",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) Verifier {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				f.execErr = syscall.ENOENT
+				return nil
 			},
 			wantErr:    syscall.ENOENT,
 			wantErrSub: "ENOENT",
@@ -194,10 +222,9 @@ func TestBoot(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHome(t)
-			v := &hashVerifier{}
 			f := &fakeOS{self: h.genesis, args: baseArgs, env: append([]string(nil), baseEnv...)}
 			c := testConfig(h.home)
-			tc.setup(h, v, f, &c)
+			v := tc.setup(h, f, &c)
 			r, err := New(c, v, &testLogger{}, f.OS())
 			must(t, err)
 			err = r.Boot()
@@ -221,24 +248,27 @@ func TestBoot(t *testing.T) {
 				return
 			}
 			ex := calls[0]
-			if ex.argv0 != h.v2 {
-				t.Errorf("argv0 = %q, want %q", ex.argv0, h.v2)
+			if ex.target != h.v2 || !strings.HasPrefix(ex.argv0, "/proc/self/fd/") {
+				t.Errorf("exec %q (-> %q), want the descriptor of %q", ex.argv0, ex.target, h.v2)
 			}
 			if !reflect.DeepEqual(ex.argv, baseArgs) {
 				t.Errorf("argv = %q, want %q", ex.argv, baseArgs)
 			}
 			env := envMap(ex.env)
-			for _, kv := range baseEnv {
+			for _, kv := range baseEnv[:3] {
 				k, val, _ := strings.Cut(kv, "=")
 				if got, ok := env[k]; !ok || got != val {
 					t.Errorf("env %s = %q, want %q", k, got, val)
 				}
 			}
+			if _, ok := env[home.EnvLock]; ok {
+				t.Errorf("a stale %s was passed on without a lock", home.EnvLock)
+			}
 			if env[EnvExecGeneration] != "1" || env[EnvRedirectTarget] != h.v2 || env[EnvExecedFrom] != h.genesis {
 				t.Errorf("markers = %v", env)
 			}
-			if len(ex.env) != len(baseEnv)+3 {
-				t.Errorf("env has %d entries, want %d: %q", len(ex.env), len(baseEnv)+3, ex.env)
+			if len(ex.env) != 3+3 {
+				t.Errorf("env has %d entries, want %d: %q", len(ex.env), 6, ex.env)
 			}
 			if tc.wantErr != nil {
 				var ee *ExecError
@@ -251,116 +281,121 @@ func TestBoot(t *testing.T) {
 }
 
 // TestBootRedirectThenTargetBoots chains two Boots: the redirect, then the target's
-// own Boot, which must recognise itself and run.
+// own Boot, which must recognise itself (a proof, cheap: no rehash) and run.
 func TestBootRedirectThenTargetBoots(t *testing.T) {
 	h := newTestHome(t)
-	h.writeUpgradeInfo(`{"name":"v2","height":9}`)
-	v := &hashVerifier{}
-	v.trust(t, "v2", h.v2)
+	h.haltAndStage(9, "")
+	v := &countingVerifier{l: h.l}
 	f := &fakeOS{self: h.genesis, args: []string{"appd", "start"}, env: []string{"A=1"}}
 	r, err := New(testConfig(h.home), v, nil, f.OS())
 	must(t, err)
 	must(t, r.Boot())
 	ex := f.calls()[0]
-	f2 := &fakeOS{self: ex.argv0, args: ex.argv, env: ex.env}
+	f2 := &fakeOS{self: ex.target, args: ex.argv, env: ex.env}
 	r2, err := New(testConfig(h.home), v, nil, f2.OS())
 	must(t, err)
 	must(t, r2.Boot())
 	if n := len(f2.calls()); n != 0 {
 		t.Fatalf("target redirected again (%d execs)", n)
 	}
+	if v.calls.Load() != 2 || v.rehashed.Load() != 0 {
+		t.Fatalf("verifier calls %d, rehashes %d; want 2 proofs, no rehash", v.calls.Load(), v.rehashed.Load())
+	}
 }
 
 func TestSwitch(t *testing.T) {
 	const info = `{"name":"v2","height":"77"}`
+	plan := home.Plan{Name: "v2", Height: 77}
 	args := []string{"appd", "start"}
-	tests := []struct {
+	type tcase struct {
 		name     string
 		switchTo string
-		setup    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config)
+		setup    func(h *testHome, f *fakeOS, c *Config)
 		wantErr  error
 		wantExec bool
 		wantLink string
-	}{
+	}
+	tests := []tcase{
 		{
 			name: "switch execs and flips", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				f.env = append(f.env, EnvRedirectTarget+"="+h.v2, EnvExecGeneration+"=2")
 			},
 			wantExec: true, wantLink: "upgrades/v2",
 		},
 		{
+			name: "upper-case plan name: cosmovisor's lower-cased directory", switchTo: "V2",
+			setup: func(h *testHome, f *fakeOS, c *Config) {
+				h.writeUpgradeInfo(`{"name":"V2","height":"77"}`)
+				h.stage(home.Plan{Name: "V2", Height: 77})
+			},
+			wantExec: true, wantLink: "upgrades/v2",
+		},
+		{
 			name: "no upgrade-info refused", switchTo: "v2",
-			setup:   func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) { v.trust(t, "v2", h.v2) },
-			wantErr: ErrNoUpgradeInfo, wantLink: GenesisDir,
+			setup:   func(h *testHome, f *fakeOS, c *Config) { h.stage(plan) },
+			wantErr: ErrNoUpgradeInfo, wantLink: home.GenesisDir,
 		},
 		{
 			name: "upgrade-info names another upgrade", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(`{"name":"v3","height":1}`)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 			},
-			wantErr: ErrUpgradeMismatch, wantLink: GenesisDir,
+			wantErr: ErrUpgradeMismatch, wantLink: home.GenesisDir,
 		},
 		{
-			name: "invalid name", switchTo: "..",
-			setup:   func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {},
-			wantErr: ErrInvalidName, wantLink: GenesisDir,
+			name: "unmappable name", switchTo: "..",
+			setup:   func(h *testHome, f *fakeOS, c *Config) {},
+			wantErr: home.ErrBadName, wantLink: home.GenesisDir,
 		},
 		{
 			name: "hash mismatch refused", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				must(t, os.WriteFile(h.v2, []byte("#!/bin/sh\necho tampered\n"), 0o755))
 			},
-			wantErr: ErrBinaryNotReady, wantLink: GenesisDir,
+			wantErr: home.ErrChanged, wantLink: home.GenesisDir,
 		},
 		{
 			name: "binary modified during pre-upgrade refused", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
 				h.writeExec(h.v2, "#!/bin/sh\necho '# changed' >> \"$0\"\nexit 0\n")
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				c.RunPreUpgrade = true
 			},
-			wantErr: ErrBinaryChanged, wantLink: GenesisDir,
+			wantErr: home.ErrChanged, wantLink: home.GenesisDir,
 		},
 		{
 			name: "not executable refused", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
 				must(t, os.Chmod(h.v2, 0o644))
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 			},
-			wantErr: ErrLayout, wantLink: GenesisDir,
+			wantErr: home.ErrNotTrusted, wantLink: home.GenesisDir,
 		},
 		{
 			name: "pre-upgrade failure: current untouched", switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
 				h.writeExec(h.v2, "#!/bin/sh\nexit 30\n")
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				c.RunPreUpgrade = true
 			},
-			wantErr: ErrPreUpgrade, wantLink: GenesisDir,
+			wantErr: ErrPreUpgrade, wantLink: home.GenesisDir,
 		},
 	}
 	for _, errno := range []syscall.Errno{syscall.ENOENT, syscall.EACCES, syscall.ENOEXEC, syscall.ETXTBSY} {
-		tests = append(tests, struct {
-			name     string
-			switchTo string
-			setup    func(h *testHome, v *hashVerifier, f *fakeOS, c *Config)
-			wantErr  error
-			wantExec bool
-			wantLink string
-		}{
+		tests = append(tests, tcase{
 			name: "exec " + errno.Error(), switchTo: "v2",
-			setup: func(h *testHome, v *hashVerifier, f *fakeOS, c *Config) {
+			setup: func(h *testHome, f *fakeOS, c *Config) {
 				h.writeUpgradeInfo(info)
-				v.trust(t, "v2", h.v2)
+				h.stage(plan)
 				f.execErr = errno
 			},
 			wantErr: errno, wantExec: true, wantLink: "upgrades/v2",
@@ -369,11 +404,10 @@ func TestSwitch(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHome(t)
-			v := &hashVerifier{}
-			f := &fakeOS{self: h.genesis, args: args, env: []string{"MYVAR=1"}}
+			f := &fakeOS{self: h.genesis, args: args, env: []string{"MYVAR=1", "PATH=" + os.Getenv("PATH")}}
 			c := testConfig(h.home)
-			tc.setup(h, v, f, &c)
-			r, err := New(c, v, nil, f.OS())
+			tc.setup(h, f, &c)
+			r, err := New(c, nil, nil, f.OS())
 			must(t, err)
 			err = r.Switch(tc.switchTo)
 			if tc.wantErr == nil && err != nil {
@@ -394,17 +428,14 @@ func TestSwitch(t *testing.T) {
 			}
 			ex := calls[0]
 			env := envMap(ex.env)
-			if ex.argv0 != h.v2 || !reflect.DeepEqual(ex.argv, args) || env["MYVAR"] != "1" {
+			if ex.target != h.v2 || !reflect.DeepEqual(ex.argv, args) || env["MYVAR"] != "1" {
 				t.Errorf("exec = %+v", ex)
 			}
 			if _, ok := env[EnvRedirectTarget]; ok {
 				t.Errorf("Switch kept %s", EnvRedirectTarget)
 			}
-			if want := "1"; f.env[len(f.env)-1] == EnvExecGeneration+"=2" {
-				want = "3"
-				if env[EnvExecGeneration] != want {
-					t.Errorf("generation = %q, want %q", env[EnvExecGeneration], want)
-				}
+			if f.env[len(f.env)-1] == EnvExecGeneration+"=2" && env[EnvExecGeneration] != "3" {
+				t.Errorf("generation = %q, want 3", env[EnvExecGeneration])
 			}
 			if errno, ok := tc.wantErr.(syscall.Errno); ok {
 				var ee *ExecError
@@ -417,53 +448,54 @@ func TestSwitch(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	home := t.TempDir()
-	file := filepath.Join(home, "f")
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
 	must(t, os.WriteFile(file, nil, 0o644))
-	v := VerifierFunc(func(string) (Binary, error) { return Binary{}, errors.New("no") })
 	tests := []struct {
 		name string
 		mod  func(*Config)
-		v    Verifier
 	}{
-		{"empty home", func(c *Config) { c.Home = "" }, v},
-		{"missing home", func(c *Config) { c.Home = filepath.Join(home, "nope") }, v},
-		{"home is a file", func(c *Config) { c.Home = file }, v},
-		{"bad daemon", func(c *Config) { c.DaemonName = "../x" }, v},
-		{"empty daemon", func(c *Config) { c.DaemonName = "" }, v},
-		{"negative retries", func(c *Config) { c.PreUpgradeMaxRetries = -1 }, v},
-		{"relative backup dir", func(c *Config) { c.BackupDir = "rel" }, v},
-		{"missing backup dir", func(c *Config) { c.Backup = true; c.BackupDir = filepath.Join(home, "nope") }, v},
-		{"nil verifier", func(c *Config) {}, nil},
+		{"empty home", func(c *Config) { c.Home = "" }},
+		{"missing home", func(c *Config) { c.Home = filepath.Join(dir, "nope") }},
+		{"home is a file", func(c *Config) { c.Home = file }},
+		{"bad daemon", func(c *Config) { c.DaemonName = "../x" }},
+		{"empty daemon", func(c *Config) { c.DaemonName = "" }},
+		{"negative retries", func(c *Config) { c.PreUpgradeMaxRetries = -1 }},
+		{"negative attempts", func(c *Config) { c.MaxSwitchAttempts = -1 }},
+		{"negative fetch timeout", func(c *Config) { c.BootFetchTimeout = -1 }},
+		{"relative backup dir", func(c *Config) { c.BackupDir = "rel" }},
+		{"missing backup dir", func(c *Config) { c.Backup = true; c.BackupDir = filepath.Join(dir, "nope") }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := testConfig(home)
+			c := testConfig(dir)
 			tc.mod(&c)
-			if _, err := New(c, tc.v, nil, OS{}); err == nil {
+			if _, err := New(c, noVerifier, nil, OS{}); err == nil {
 				t.Fatal("New accepted a bad config")
 			}
 		})
 	}
-	if _, err := New(testConfig(home), v, nil, OS{}); err != nil {
-		t.Fatal(err)
+	r, err := New(testConfig(dir), nil, nil, OS{})
+	must(t, err)
+	if c := r.Config(); c.MaxSwitchAttempts != DefaultMaxSwitchAttempts || c.BootFetchTimeout != DefaultBootFetchTimeout {
+		t.Fatalf("defaults not filled: %+v", c)
 	}
 }
 
 func TestLayout(t *testing.T) {
-	home := t.TempDir()
+	dir := t.TempDir()
 	self := filepath.Join(t.TempDir(), "appd")
 	must(t, os.WriteFile(self, []byte("#!/bin/sh\necho self\n"), 0o700))
 	f := &fakeOS{self: self}
-	r, err := New(testConfig(home), VerifierFunc(func(string) (Binary, error) { return Binary{}, errors.New("x") }), nil, f.OS())
+	r, err := New(testConfig(dir), noVerifier, nil, f.OS())
 	must(t, err)
-	root := filepath.Join(home, RootDir)
-	must(t, os.MkdirAll(root, 0o755))
-	stale := filepath.Join(root, "."+CurrentLink+tmpMarker+"abc")
+	l := r.Home()
+	must(t, os.MkdirAll(l.Root(), 0o755))
+	stale := filepath.Join(l.Root(), "."+home.CurrentLink+home.TempMarker+"abc")
 	must(t, os.Symlink("nowhere", stale))
 
 	must(t, r.Layout())
-	gen := filepath.Join(root, GenesisDir, BinDir, daemon)
+	gen := l.GenesisBin()
 	got, err := os.ReadFile(gen)
 	must(t, err)
 	if string(got) != "#!/bin/sh\necho self\n" {
@@ -472,41 +504,48 @@ func TestLayout(t *testing.T) {
 	if fi, _ := os.Stat(gen); fi.Mode().Perm() != 0o755 {
 		t.Fatalf("genesis mode %v", fi.Mode())
 	}
-	if l, _ := os.Readlink(filepath.Join(root, CurrentLink)); l != GenesisDir {
-		t.Fatalf("current -> %q", l)
+	if tgt, _ := os.Readlink(l.Current()); tgt != home.GenesisDir {
+		t.Fatalf("current -> %q", tgt)
 	}
 	if _, err := os.Lstat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale temp link survived: %v", err)
 	}
-	if fi, err := os.Stat(filepath.Join(root, UpgradesDir)); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(l.UpgradesRoot()); err != nil || !fi.IsDir() {
 		t.Fatalf("upgrades dir: %v", err)
 	}
 
 	// Second run changes nothing: existing genesis and current are kept.
 	must(t, os.WriteFile(self, []byte("other"), 0o700))
-	must(t, os.Remove(filepath.Join(root, CurrentLink)))
-	must(t, os.Symlink("upgrades/v2", filepath.Join(root, CurrentLink)))
+	must(t, os.Remove(l.Current()))
+	must(t, os.Symlink("upgrades/v2", l.Current()))
 	must(t, r.Layout())
 	if got, _ := os.ReadFile(gen); string(got) != "#!/bin/sh\necho self\n" {
 		t.Fatalf("genesis overwritten: %q", got)
 	}
-	if l, _ := os.Readlink(filepath.Join(root, CurrentLink)); l != "upgrades/v2" {
-		t.Fatalf("current changed to %q", l)
+	if tgt, _ := os.Readlink(l.Current()); tgt != "upgrades/v2" {
+		t.Fatalf("current changed to %q", tgt)
 	}
-	ents, _ := os.ReadDir(filepath.Join(root, GenesisDir, BinDir))
+	ents, _ := os.ReadDir(filepath.Dir(gen))
 	if len(ents) != 1 {
 		t.Fatalf("genesis/bin has %d entries", len(ents))
 	}
 }
 
+// The relauncher's paths are internal/home's, with cosmovisor's recase unless disabled.
 func TestUpgradeDirMapping(t *testing.T) {
-	r, err := New(testConfig(t.TempDir()), VerifierFunc(func(string) (Binary, error) { return Binary{}, nil }), nil, OS{})
-	must(t, err)
-	if got := filepath.Base(r.UpgradeDir("a/b")); got != "a%2Fb" {
-		t.Fatalf("UpgradeDir(a/b) base = %q", got)
-	}
-	if got := r.ExpectedBinary("v2"); got != filepath.Join(r.Root(), "upgrades", "v2", "bin", daemon) {
-		t.Fatalf("ExpectedBinary = %q", got)
+	for _, tc := range []struct {
+		disable bool
+		want    string
+	}{{false, "a%2Fb"}, {true, "A%2FB"}} {
+		c := testConfig(t.TempDir())
+		c.DisableRecase = tc.disable
+		r, err := New(c, nil, nil, OS{})
+		must(t, err)
+		d, err := r.Home().UpgradeDir("A/B")
+		must(t, err)
+		if filepath.Base(d) != tc.want || filepath.Dir(d) != r.Home().UpgradesRoot() {
+			t.Fatalf("DisableRecase %v: UpgradeDir(A/B) = %q, want base %q", tc.disable, d, tc.want)
+		}
 	}
 }
 
@@ -520,7 +559,7 @@ func TestCheckBackupDirUnwritable(t *testing.T) {
 	c.BackupDir = t.TempDir()
 	must(t, os.Chmod(c.BackupDir, 0o500))
 	t.Cleanup(func() { os.Chmod(c.BackupDir, 0o700) })
-	r, err := New(c, VerifierFunc(func(string) (Binary, error) { return Binary{}, nil }), nil, OS{})
+	r, err := New(c, nil, nil, OS{})
 	must(t, err)
 	if err := r.Check(); err == nil {
 		t.Fatal("Check accepted an unwritable backup dir")

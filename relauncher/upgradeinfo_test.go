@@ -2,58 +2,39 @@ package relauncher
 
 import (
 	"errors"
+	"os"
+	"strings"
 	"testing"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
-func TestParseUpgradeInfo(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    UpgradeInfo
-		wantErr bool
-	}{
-		{`{"name":"v2","height":123,"info":"x"}`, UpgradeInfo{"v2", 123, "x"}, false},
-		{`{"name":"v2","time":"0001-01-01T00:00:00Z","height":"77"}`, UpgradeInfo{"v2", 77, ""}, false},
-		{`{"name":"v2"}`, UpgradeInfo{"v2", 0, ""}, false},
-		{`{"name":"v2","height":null}`, UpgradeInfo{"v2", 0, ""}, false},
-		{`{"name":"","height":1}`, UpgradeInfo{}, true},
-		{`{"name":"..","height":1}`, UpgradeInfo{}, true},
-		{`{"name":"a\u0000b","height":1}`, UpgradeInfo{}, true},
-		{`{"name":"v2","height":-1}`, UpgradeInfo{}, true},
-		{`{"name":"v2","height":1.5}`, UpgradeInfo{}, true},
-		{`{"name":"v2","height":"x"}`, UpgradeInfo{}, true},
-		{`{"name":"v2"} {"name":"v3"}`, UpgradeInfo{}, true},
-		{`[]`, UpgradeInfo{}, true},
-		{`{"name":`, UpgradeInfo{}, true},
-	}
-	for _, tc := range tests {
-		got, err := ParseUpgradeInfo([]byte(tc.in))
-		if (err != nil) != tc.wantErr {
-			t.Errorf("%s: err = %v", tc.in, err)
-			continue
-		}
-		if err != nil && !errors.Is(err, ErrMalformedUpgradeInfo) {
-			t.Errorf("%s: err %v not ErrMalformedUpgradeInfo", tc.in, err)
-		}
-		if got != tc.want {
-			t.Errorf("%s: got %+v", tc.in, got)
-		}
-	}
-}
-
-func FuzzParseUpgradeInfo(f *testing.F) {
-	for _, s := range []string{`{"name":"v2","height":123,"info":"x"}`, `{"name":"v2","height":"1"}`, `{}`, ``, `{"name":".."}`} {
+// FuzzBootUpgradeInfo: whatever x/upgrade (or a crash, or an operator) left in
+// data/upgrade-info.json, Boot with nothing staged either runs the node as is,
+// says which binary is missing, or refuses a malformed file; it never execs and
+// never fails over a plan name.
+func FuzzBootUpgradeInfo(f *testing.F) {
+	for _, s := range []string{`{"name":"v2","height":123}`, `{"name":".."}`, `{"name":"` + strings.Repeat("/", 90) + `"}`,
+		`{"name":"A/B\u0000"}`, `{"name":"."}`, ``, `{"name":""}`, `{"name":"V2","height":"5"}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ui, err := ParseUpgradeInfo(b)
-		if err != nil {
-			if !errors.Is(err, ErrMalformedUpgradeInfo) {
-				t.Fatalf("unexpected error type %v", err)
-			}
-			return
+		h := newTestHome(t)
+		must(t, os.WriteFile(h.l.UpgradeInfo(), b, 0o644))
+		fo := &fakeOS{self: h.genesis}
+		r, err := New(testConfig(h.home), nil, nil, fo.OS())
+		must(t, err)
+		err = r.Boot()
+		if len(fo.calls()) != 0 {
+			t.Fatal("exec'd with nothing staged")
 		}
-		if validUpgradeName(ui.Name) != nil || ui.Height < 0 {
-			t.Fatalf("accepted %+v", ui)
+		switch {
+		case err == nil, errors.Is(err, ErrBinaryNotReady), errors.Is(err, home.ErrMalformedUpgradeInfo):
+		default:
+			t.Fatalf("Boot: %v", err)
+		}
+		if errors.Is(err, home.ErrBadName) {
+			t.Fatalf("Boot failed over a name: %v", err)
 		}
 	})
 }

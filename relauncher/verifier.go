@@ -1,34 +1,52 @@
 package relauncher
 
-// Binary is a verified, trusted binary for an upgrade.
+import (
+	"context"
+
+	"github.com/invisor/invisor/internal/home"
+)
+
+// Binary is the proof that a file may run for one plan, held open, plus what the
+// switch may do with it.
 type Binary struct {
-	Name   string // upgrade name
-	Path   string // absolute path, <Home>/cosmovisor/upgrades/<dir>/bin/<daemon>
-	SHA256 string // lowercase hex of the file's SHA-256
-	Size   int64  // file size in bytes; 0 means unknown
-	// AwaitsPreUpgrade says the file was scanned and links AwaitPreUpgrade (see
-	// BinaryAwaitsPreUpgrade), so Switch may start its pre-upgrade and exec it
+	// Verified is the open, verified file (internal/home's proof). The relauncher
+	// runs this very descriptor (Verified.ExecPath) after a last Recheck, and closes
+	// it when it does not exec.
+	Verified *home.Verified
+	// AwaitsPreUpgrade says the file links AwaitPreUpgrade (see
+	// ScanAwaitsPreUpgrade), so Switch may start its pre-upgrade and exec it
 	// without waiting. False means the sequential switch.
 	AwaitsPreUpgrade bool
 }
 
-// Verifier re-verifies a staged binary (re-hash against its completion record) and
-// returns it only if it is trusted. The staging package implements it.
+// Close closes the verified descriptor; it is safe on a zero Binary.
+func (b Binary) Close() error { return b.Verified.Close() }
+
+// Verifier proves that the binary in the layout's place for plan p may run for
+// exactly p (name, height and info, as data/upgrade-info.json holds them). The
+// relauncher passes the plan it read from that file, never just a name, and
+// refuses a Binary whose proof is for another plan or another path.
 type Verifier interface {
-	Trusted(name string) (Binary, error)
+	Verify(ctx context.Context, p home.Plan) (Binary, error)
 }
 
 // VerifierFunc adapts a function to Verifier.
-type VerifierFunc func(name string) (Binary, error)
+type VerifierFunc func(ctx context.Context, p home.Plan) (Binary, error)
 
-// Trusted calls f.
-func (f VerifierFunc) Trusted(name string) (Binary, error) { return f(name) }
+// Verify calls f.
+func (f VerifierFunc) Verify(ctx context.Context, p home.Plan) (Binary, error) { return f(ctx, p) }
 
-// BinaryPather is optionally implemented by a Verifier that knows where the binary
-// for an upgrade is expected; it is used in "what is missing" messages. Without it
-// the relauncher uses cosmovisor's mapping (UpgradeDir).
-type BinaryPather interface {
-	BinaryPath(name string) string
+// LayoutVerifier is the default Verifier: the completion record beside the
+// binary, checked by home.Layout.Open (stamp unchanged, or re-hashed through the
+// descriptor). It never claims AwaitsPreUpgrade.
+func LayoutVerifier(l home.Layout) Verifier {
+	return VerifierFunc(func(ctx context.Context, p home.Plan) (Binary, error) {
+		v, err := l.Open(ctx, p)
+		if err != nil {
+			return Binary{}, err
+		}
+		return Binary{Verified: v}, nil
+	})
 }
 
 // Logger receives the relauncher's progress; kv are alternating keys and values.

@@ -156,7 +156,7 @@ func TestFault19SIGKILLDuringDownload(t *testing.T) {
 	cmd, out := startChild(t, cfg.Home, info)
 	var partial string
 	for deadline := time.Now().Add(20 * time.Second); partial == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		m, _ := filepath.Glob(filepath.Join(CosmovisorRoot(cfg.Home), TempPrefix+"*", "download"))
+		m, _ := filepath.Glob(filepath.Join(layoutOf(t, cfg).Root(), TempPrefix+"*", "download"))
 		if len(m) == 1 {
 			if fi, err := os.Stat(m[0]); err == nil && fi.Size() > 0 {
 				partial = m[0]
@@ -172,19 +172,18 @@ func TestFault19SIGKILLDuringDownload(t *testing.T) {
 	cmd.Wait()
 	killed.Store(true)
 
-	if _, err := Trusted(cfg.Home, daemon, "v2"); err == nil {
+	p := Plan{Name: "v2", Height: 1, Info: info}
+	if _, err := trusted(t, cfg, p); err == nil {
 		t.Fatal("a killed download is trusted")
 	}
-	s, err := New(cfg, nil)
-	if err != nil {
+	if _, err := New(cfg, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	assertNothingInstalled(t, cfg, "v2")
 	if _, err := os.Stat(partial); err == nil {
 		t.Errorf("the partial download %s survived New", partial)
 	}
-	inst, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: info}, nil)
+	inst, err := Fetch(context.Background(), cfg, p, nil)
 	if err != nil || inst.SHA256 != sha(testBins.good) {
 		t.Fatalf("fresh attempt after the crash: %+v, %v", inst, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Defaults used by DefaultConfig. They are exported so the app wiring can print them
@@ -26,6 +28,8 @@ const (
 	DefaultPollInterval          = 1 * time.Second
 	DefaultProgressInterval      = 5 * time.Second
 	DefaultDiskShare             = 0.1 // staging's writes keep the disk busy at most 10% of the time
+	DefaultDisableRecase         = false
+	DefaultTrustPlacedBinaries   = false
 )
 
 // DefaultPreflightArgs are the arguments the staged binary is run with before it is
@@ -39,9 +43,19 @@ type Config struct {
 	Home string
 	// DaemonName is the file name under bin/, e.g. "exampled".
 	DaemonName string
+	// DisableRecase mirrors COSMOVISOR_DISABLE_RECASE: plan names keep their case in
+	// directory names (see home.DirName); by default they are lower-cased as
+	// cosmovisor does.
+	DisableRecase bool
 	// AllowDownload mirrors DAEMON_ALLOW_DOWNLOAD_BINARIES. When false only binaries
-	// placed by hand under upgrades/<name>/bin/ are verified and recorded.
+	// placed by the operator under upgrades/<dir>/bin/ are verified and recorded.
 	AllowDownload bool
+	// TrustPlacedBinaries (app.toml unsafe-trust-placed-binaries) is the operator's
+	// explicit, unsafe override: a binary placed at the install path that the plan
+	// does not confirm (its checksum or archive differs, or it cannot be checked
+	// now) is trusted after the preflight, recorded as home.SourceOverride and
+	// logged as a warning. Off by default.
+	TrustPlacedBinaries bool
 	// RequireChecksum mirrors DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM. When true every
 	// download (and an info URL) must carry ?checksum=sha256:<hex> or sha512; when
 	// false unpinned downloads and md5/sha1 checksums are accepted.
@@ -117,6 +131,8 @@ func DefaultConfig() Config {
 		PollInterval:          DefaultPollInterval,
 		ProgressInterval:      DefaultProgressInterval,
 		DiskShare:             DefaultDiskShare,
+		DisableRecase:         DefaultDisableRecase,
+		TrustPlacedBinaries:   DefaultTrustPlacedBinaries,
 		UserAgent:             "invisor-staging",
 	}
 }
@@ -134,7 +150,7 @@ func (c Config) Validate() error {
 	case c.DaemonName == "":
 		return bad("DaemonName", "is empty (set DAEMON_NAME)")
 	}
-	if err := checkDaemonName(c.DaemonName); err != nil {
+	if err := home.ValidDaemonName(c.DaemonName); err != nil {
 		return bad("DaemonName", err.Error())
 	}
 	durs := []struct {
@@ -187,17 +203,8 @@ func (c Config) Validate() error {
 	return nil
 }
 
-func checkDaemonName(n string) error {
-	switch {
-	case n == "." || n == "..":
-		return fmt.Errorf("%q is not a file name", n)
-	case len(n) > 255:
-		return fmt.Errorf("is longer than 255 bytes")
-	}
-	for _, r := range n {
-		if r == '/' || r == '\\' || r < 0x20 || r == 0x7f {
-			return fmt.Errorf("%q must be a plain file name (no slashes or control characters)", n)
-		}
-	}
-	return nil
+// Layout returns the home layout staging works in: Home, DaemonName and
+// DisableRecase as home.New sees them.
+func (c Config) Layout() (home.Layout, error) {
+	return home.New(c.Home, c.DaemonName, home.Options{DisableRecase: c.DisableRecase})
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Sentinel errors callers branch on with errors.Is. Errors returned by this package
@@ -19,17 +21,18 @@ var (
 	ErrPlanSuperseded = errors.New("plan superseded")
 	// ErrPlanCancelled: the work was cancelled because no plan is in force any more.
 	ErrPlanCancelled = errors.New("plan cancelled")
-	// ErrNotTrusted: there is no completion record, or the binary no longer matches it.
-	ErrNotTrusted = errors.New("binary not trusted")
-	// ErrLocked: another Stager holds the lock on this home.
-	ErrLocked = errors.New("staging home locked by another process")
+	// ErrNotTrusted is home.ErrNotTrusted: there is no proof that the file may run
+	// for the plan (no record for it, the file changed, or the plan does not confirm
+	// a binary the operator placed).
+	ErrNotTrusted = home.ErrNotTrusted
 	// ErrNotFound: there is no binary to stage (no URL for this platform, downloads
 	// disabled and nothing placed by hand).
 	ErrNotFound = errors.New("binary not found")
 	// ErrBadInfo: the plan info is malformed, unpinned or unusable.
 	ErrBadInfo = errors.New("bad plan info")
-	// ErrBadName: the plan name cannot be mapped to a safe directory name.
-	ErrBadName = errors.New("bad plan name")
+	// ErrBadName is home.ErrBadName: the plan name cannot be mapped to a directory
+	// (an *home.UnmappableNameError, reachable with errors.As) or a daemon name is invalid.
+	ErrBadName = home.ErrBadName
 	// ErrUnsafeArchive: an archive entry escapes the root, is a link or a device.
 	ErrUnsafeArchive = errors.New("unsafe archive")
 	// ErrNotExecutable: the file is not a regular executable for this GOOS/GOARCH.
@@ -128,4 +131,27 @@ func diskFull(err error, what, dir string) error {
 		return fmt.Errorf("%w: disk full while writing %s under %s: %w; nothing was installed, free space and it is retried", ErrNoSpace, what, dir, err)
 	}
 	return err
+}
+
+// PlacedMismatchError reports a binary placed at the install path (by hand, or by
+// `invisor stage/prepare/import`) whose bytes are not the ones the plan in force
+// names. The file is left as it is and not trusted. It matches ErrChecksumMismatch
+// and ErrNotTrusted.
+type PlacedMismatchError struct {
+	Plan     string
+	Path     string
+	Against  string // "the plan checksum" or "the binary in the plan's archive"
+	Algo     string
+	Expected string
+	Actual   string
+}
+
+func (e *PlacedMismatchError) Error() string {
+	return fmt.Sprintf("checksum mismatch: the binary placed at %s is not the one plan %q names: %s expected %s (%s), got %s; it is not trusted and was left as it is: remove it or replace it with the binary the plan names",
+		e.Path, e.Plan, e.Algo, e.Expected, e.Against, e.Actual)
+}
+
+// Is makes errors.Is(err, ErrChecksumMismatch) and errors.Is(err, ErrNotTrusted) true.
+func (e *PlacedMismatchError) Is(target error) bool {
+	return target == ErrChecksumMismatch || target == ErrNotTrusted
 }

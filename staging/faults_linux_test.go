@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -34,7 +33,7 @@ func TestFault25DiskFull(t *testing.T) {
 	good := testBins.good
 	// setup mounts an 8 MiB tmpfs as the home and stages plan v1 there, so the test
 	// can check that a failure for v2 leaves the existing install untouched.
-	setup := func(t *testing.T) (Config, *blobServer) {
+	setup := func(t *testing.T) (Config, *blobServer, Plan) {
 		cfg := testConfig(t)
 		mountTmpfs(t, cfg.Home, 0, "size=8m")
 		srv := newServer(t)
@@ -42,9 +41,9 @@ func TestFault25DiskFull(t *testing.T) {
 		if _, err := Fetch(context.Background(), cfg, v1, nil); err != nil {
 			t.Fatal(err)
 		}
-		return cfg, srv
+		return cfg, srv, v1
 	}
-	after := func(t *testing.T, cfg Config, err error, substr ...string) {
+	after := func(t *testing.T, cfg Config, v1 Plan, err error, substr ...string) {
 		t.Helper()
 		t.Logf("error: %v", err)
 		if !errors.Is(err, ErrNoSpace) {
@@ -56,10 +55,10 @@ func TestFault25DiskFull(t *testing.T) {
 			}
 		}
 		assertNothingInstalled(t, cfg, "v2")
-		if inst, err := Trusted(cfg.Home, daemon, "v1"); err != nil || inst.SHA256 != sha(good) {
+		if inst, err := trusted(t, cfg, v1); err != nil || inst.SHA256 != sha(good) {
 			t.Errorf("the v1 install was disturbed: %+v, %v", inst, err)
 		}
-		if ents, _ := os.ReadDir(filepath.Join(CosmovisorRoot(cfg.Home), UpgradesDir)); len(ents) != 1 {
+		if ents, _ := os.ReadDir(layoutOf(t, cfg).UpgradesRoot()); len(ents) != 1 {
 			t.Errorf("upgrades/ holds %d entries, want only v1", len(ents))
 		}
 	}
@@ -67,7 +66,7 @@ func TestFault25DiskFull(t *testing.T) {
 	copy(big, good)
 
 	t.Run("body of unknown length fills the disk", func(t *testing.T) {
-		cfg, srv := setup(t)
+		cfg, srv, v1 := setup(t)
 		u := srv.handle("/v2", func(w http.ResponseWriter, r *http.Request) {
 			for i := 0; i < len(big); i += 32 << 10 {
 				if _, err := w.Write(big[i : i+32<<10]); err != nil {
@@ -77,10 +76,10 @@ func TestFault25DiskFull(t *testing.T) {
 			}
 		})
 		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: infoJSON(pinned(u, big))}, nil)
-		after(t, cfg, err, "disk full", "no space left")
+		after(t, cfg, v1, err, "disk full", "no space left")
 	})
 	t.Run("Content-Length over free space refused before the body", func(t *testing.T) {
-		cfg, srv := setup(t)
+		cfg, srv, v1 := setup(t)
 		var sent atomic.Int64
 		u := srv.handle("/v2", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", fmt.Sprint(len(big)))
@@ -93,18 +92,18 @@ func TestFault25DiskFull(t *testing.T) {
 			}
 		})
 		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: infoJSON(pinned(u, big))}, nil)
-		after(t, cfg, err, fmt.Sprintf("needs %d bytes", len(big)), "available")
+		after(t, cfg, v1, err, fmt.Sprintf("needs %d bytes", len(big)), "available")
 		var se *SpaceError
 		if !errors.As(err, &se) || se.Need != int64(len(big)) || se.Avail >= se.Need || se.Avail <= 0 {
 			t.Errorf("SpaceError = %+v", se)
 		}
 	})
 	t.Run("archive unpacks beyond the disk", func(t *testing.T) {
-		cfg, srv := setup(t)
+		cfg, srv, v1 := setup(t)
 		arc := gz(makeTar(t, []tarEntry{{Name: "bin/exampled", Body: good}, {Name: "lib/big", Body: make([]byte, 12<<20)}}))
 		u := srv.blob("/v2.tar.gz", arc)
 		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: infoJSON(pinned(u, arc))}, nil)
-		after(t, cfg, err, "disk full")
+		after(t, cfg, v1, err, "disk full")
 		if errors.Is(err, ErrUnsafeArchive) {
 			t.Error("a full disk is reported as a bad archive")
 		}
@@ -117,7 +116,7 @@ func TestFault26HomeUnusable(t *testing.T) {
 		if os.Geteuid() == 0 {
 			// Root ignores modes: make it a read-only mount instead.
 			mountTmpfs(t, cfg.Home, 0, "size=1m")
-			os.MkdirAll(filepath.Join(CosmovisorRoot(cfg.Home), UpgradesDir), 0o755)
+			os.MkdirAll(layoutOf(t, cfg).UpgradesRoot(), 0o755)
 			if err := syscall.Mount("", cfg.Home, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
 				t.Skipf("cannot remount read-only: %v", err)
 			}
@@ -132,7 +131,7 @@ func TestFault26HomeUnusable(t *testing.T) {
 	})
 	t.Run("upgrades on another filesystem", func(t *testing.T) {
 		cfg := testConfig(t)
-		upgrades := filepath.Join(CosmovisorRoot(cfg.Home), UpgradesDir)
+		upgrades := layoutOf(t, cfg).UpgradesRoot()
 		os.MkdirAll(upgrades, 0o755)
 		mountTmpfs(t, upgrades, 0, "size=1m")
 		_, err := New(cfg, nil)

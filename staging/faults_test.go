@@ -34,18 +34,24 @@ import (
 //	10 bombs, entry counts      TestFetchRejects/fault10_*, FuzzExtract
 //	11 other OS/arch            TestFetchRejects/fault11_*
 //	12 HTML, script, empty      TestFetchRejects/fault12_*
-//	13 missing lib, noexec      TestFetchRejects/fault13_*, TestFault13NoexecMount (Linux, needs mount)
-//	14 cancelled mid-download   TestFault14StagerCancelMidDownload
-//	15 plan replaced            TestFault15StagerPlanReplaced
-//	17 hostile plan name        TestFault17SafeName, TestFault17FetchHostileNameRefused, FuzzSafeName
+//	13 missing lib, noexec      TestFetchRejects/fault13_*, TestFault13NoexecMount (Linux, needs mount), TestPreflightSandboxUnwritableHOME
+//	14 cancelled mid-download   TestFault14StagerCancelMidDownload, TestFault14StagerWithdrawnPlanInstallRemoved
+//	15 plan replaced            TestFault15StagerPlanReplaced, TestFault15ReplacedPlanStagedAnew
+//	17 hostile plan name        TestFault17HostileNames, FuzzPlanName
 //	18 info URL unpinned etc.   TestFetchRejects/fault18_*, FuzzParseInfo
-//	19 crash during download    TestFault19SIGKILLDuringDownload, TestNew/fault19_*, TestFault28Trusted
+//	19 crash during download    TestFault19SIGKILLDuringDownload, TestFault19CrashLeftovers, TestFault28ModifiedAfterVerification
 //	25 disk full                TestFault25DiskFull (Linux, needs mount)
-//	26 home unwritable, 2 fs    TestFault26HomeUnusable (Linux, needs mount)
-//	27 two supervisors          TestNew/fault27_*
-//	28 modified after verify    TestFault28Trusted, TestFault28ModifiedDuringPreflight
+//	26 home unwritable, 2 fs    TestFault26HomeUnusable (Linux, needs mount), TestPreflightSandboxUnwritableHOME
+//	28 modified after verify    TestFault28ModifiedAfterVerification, TestFault28ModifiedDuringPreflight
 //	29 other scheme, bad TLS    TestFetchRejects/fault29_*, TestFault29TLS
 //	31 concurrent staging       TestFault31StagerConcurrentUse (and -race over the package)
+//	33 names cosmovisor maps    TestFault17HostileNames (recase, escaping, unmappable reported once), FuzzPlanName
+//	34 placed binary mismatch   TestFault34PlacedBinaryMismatchNeverTrusted, TestFault34LegacyRecordsReverified, TestFault34OverrideWithdrawn
+//	35 same name replaced       TestFault35SameNameReplacedNeverInherits, TestFault15ReplacedPlanStagedAnew
+//	36 plan info unreachable    TestFault36InfoUnreachableNotTrusted, TestFault34PlacedBinaryMismatchNeverTrusted/3b_archive_server_down
+//
+// Row 27 (two supervisors on one home) is the home lock's (internal/home), taken by
+// the process edge; staging takes no lock.
 
 func TestFault29TLS(t *testing.T) {
 	good := testBins.good
@@ -130,7 +136,8 @@ func TestFault01ChecksumMismatchRetried(t *testing.T) {
 	})
 	u := srv.handle("/exampled", wrong)
 	s, _ := startStager(t, cfg)
-	s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))})
+	p := Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))}
+	s.Offer(&p)
 	st := waitStatus(t, s, "two failed attempts", func(st Status) bool { return st.State == StateFailed && st.Attempt >= 2 })
 	if !strings.Contains(st.Err, "checksum mismatch") || !strings.Contains(st.Err, sha(testBins.bad)) || !strings.Contains(st.Err, sha(testBins.good)) {
 		t.Errorf("status error does not name expected and actual: %q", st.Err)
@@ -142,7 +149,7 @@ func TestFault01ChecksumMismatchRetried(t *testing.T) {
 	fixed.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if inst, err := s.WaitReady(ctx, "v2"); err != nil || inst.SHA256 != sha(testBins.good) {
+	if inst, err := s.WaitReady(ctx, p); err != nil || inst.SHA256 != sha(testBins.good) {
 		t.Fatalf("after the server was fixed: %+v, %v", inst, err)
 	}
 }
@@ -166,10 +173,11 @@ func TestFault03TruncatedThenFreshDownload(t *testing.T) {
 		w.Write(good)
 	})
 	s, _ := startStager(t, cfg)
-	s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, good))})
+	p := Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, good))}
+	s.Offer(&p)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inst, err := s.WaitReady(ctx, "v2")
+	inst, err := s.WaitReady(ctx, p)
 	if err != nil || inst.SHA256 != sha(good) {
 		t.Fatalf("WaitReady: %+v, %v", inst, err)
 	}

@@ -2,12 +2,8 @@ package staging
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Logger is satisfied by cosmossdk.io/log Logger.
@@ -31,12 +29,10 @@ func (NopLogger) Info(string, ...any)  {}
 func (NopLogger) Warn(string, ...any)  {}
 func (NopLogger) Error(string, ...any) {}
 
-// Plan is the part of an x/upgrade plan staging needs.
-type Plan struct {
-	Name   string
-	Height int64
-	Info   string
-}
+// Plan is the upgrade plan a binary is staged for (name, height, info), the same
+// type as home.Plan, so a record's proof is checked against exactly what staging
+// was given.
+type Plan = home.Plan
 
 // observer receives state changes and progress from fetch; a Stager sets it.
 type observer struct {
@@ -58,16 +54,25 @@ func (o *observer) setState(s State) {
 	}
 }
 
-// Fetch runs one synchronous attempt to bring BinPath(cfg.Home, cfg.DaemonName, p.Name)
-// into a verified, recorded state, and returns the trusted install.
+// Fetch runs one synchronous attempt to bring the binary of plan p to
+// Layout.UpgradeBin(p.Name) in a verified, recorded state, and returns the install
+// as home.Layout.Open proves it.
 //
-// If the plan already has a valid completion record for the same plan info, it is
-// returned at once. If a binary was placed there by hand without a record, it is
-// checked (against the plan checksum when the plan names a plain binary), preflighted
-// and recorded; it is never overwritten. Otherwise, if cfg.AllowDownload, the plan info
-// is resolved and the binary downloaded, verified, unpacked, preflighted and
-// atomically moved into place, then recorded. On any error the upgrade directory is
-// left as it was and the attempt's temp directory is removed.
+//   - A completion record for exactly p (name, height, info) whose file is provably
+//     unchanged: returned at once.
+//   - A record for another plan of the same name (replaced by governance): that
+//     install is taken out of the name space first (a download is removed, an
+//     operator's install is moved to upgrades/<dir>#replaced-<unix seconds>).
+//   - A binary at the install path without a record for p (placed by the operator,
+//     or left by a crash between rename and record): verified against what the plan
+//     names for this platform (see doc.go, "Binaries placed by the operator"),
+//     preflighted and recorded; never overwritten or deleted.
+//   - Nothing there: when cfg.AllowDownload, the binary the plan names is
+//     downloaded, verified, unpacked, preflighted, moved into place and recorded.
+//
+// On any error the upgrade directory is left as it was and the attempt's temp
+// directory is removed. A plan name home.DirName cannot map is an error wrapping
+// *home.UnmappableNameError that says what the operator can do.
 func Fetch(ctx context.Context, cfg Config, p Plan, log Logger) (Install, error) {
 	if err := cfg.Validate(); err != nil {
 		return Install{}, err
@@ -78,124 +83,199 @@ func Fetch(ctx context.Context, cfg Config, p Plan, log Logger) (Install, error)
 	return fetch(ctx, cfg, p, log, nil)
 }
 
-func infoHash(info string) string {
-	s := sha256.Sum256([]byte(info))
-	return hex.EncodeToString(s[:])
+// job is one attempt for one plan.
+type job struct {
+	cfg  Config
+	l    home.Layout
+	p    Plan
+	log  Logger
+	obs  *observer
+	pace *pacer
+	dir  string // l.UpgradeDir(p.Name)
+	bin  string // l.UpgradeBin(p.Name)
+	tmp  string // the attempt's temp dir, made by temp
+}
+
+// temp returns the attempt's private temp directory under <home>/cosmovisor (same
+// filesystem as upgrades/), creating it on first use.
+func (j *job) temp() (string, error) {
+	if j.tmp != "" {
+		return j.tmp, nil
+	}
+	if err := os.MkdirAll(j.l.Root(), 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w; check that the node home is writable", j.l.Root(), err)
+	}
+	tmp, err := os.MkdirTemp(j.l.Root(), TempPrefix)
+	if err != nil {
+		return "", fmt.Errorf("create temp dir under %s: %w", j.l.Root(), err)
+	}
+	j.tmp = tmp
+	return tmp, nil
+}
+
+// cleanup removes the temp directory; what was installed has been renamed out of
+// it, and a large download is freed in paced steps.
+func (j *job) cleanup() {
+	if j.tmp != "" {
+		removeTreePaced(j.tmp, j.pace)
+	}
 }
 
 func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (Install, error) {
-	if _, err := SafeName(p.Name); err != nil {
+	l, err := cfg.Layout()
+	if err != nil {
+		return Install{}, fmt.Errorf("staging: %w", err)
+	}
+	dir, err := upgradeDir(l, p.Name)
+	if err != nil {
 		return Install{}, err
 	}
 	if err := ctx.Err(); err != nil {
 		return Install{}, context.Cause(ctx)
 	}
-	upDir := UpgradeDir(cfg.Home, p.Name)
-	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
-	recPath := bin + RecordSuffix
+	bin, _ := l.UpgradeBin(p.Name) // mapped above
+	j := &job{cfg: cfg, l: l, p: p, log: log, obs: obs, pace: newPacer(ctx, cfg.DiskShare, obs.hurryFlag()), dir: dir, bin: bin}
+	defer j.cleanup()
 
-	if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
+	if err := checkNoSymlinks(l, dir); err != nil {
 		return Install{}, err
 	}
-
-	// 1. Already staged for this plan?
-	if _, err := os.Lstat(recPath); err == nil {
-		inst, err := Trusted(cfg.Home, cfg.DaemonName, p.Name)
-		if err != nil {
-			return Install{}, err
-		}
-		if inst.Record.InfoHash == infoHash(p.Info) {
-			return inst, nil
-		}
-		// Recorded for another plan of the same name: a plan replaced by
-		// governance, or a binary staged by hand before the plan existed.
-		if inst.Record.Source == "hand-placed" {
-			// The operator's binary stays; it is verified again against the plan
-			// in force (its checksum, when it names a plain binary) and recorded
-			// for it, or left untrusted.
-			if err := os.Remove(recPath); err != nil {
-				return Install{}, err
-			}
-			if log != nil {
-				log.Info("staging: verifying the binary placed by hand against the plan in force", "plan", p.Name, "path", bin)
-			}
-			return adoptPlaced(ctx, cfg, p, log, obs, bin)
-		}
-		// Downloaded for a replaced plan: it must never run for this one.
-		if err := removeInstall(cfg.Home, upDir, newPacer(ctx, cfg.DiskShare, obs.hurryFlag())); err != nil {
-			return Install{}, fmt.Errorf("staging: removing %s, staged for a replaced plan %q: %w", upDir, p.Name, err)
-		}
-		if log != nil {
-			log.Info("staging: removed the binary staged for the replaced plan", "plan", p.Name, "dir", upDir)
-		}
+	// 1. Recorded: for this very plan, or for a plan it replaced.
+	if inst, done, err := j.fromRecord(ctx); done || err != nil {
+		return inst, err
 	}
-
-	// 2. Placed by hand (or a crash between rename and record): verify and record.
+	// 2. Placed by the operator (or a crash between rename and record).
 	if fi, err := os.Lstat(bin); err == nil {
 		if fi.Mode()&fs.ModeSymlink != 0 {
 			return Install{}, fmt.Errorf("%w: %s is a symlink; replace it with the binary itself", ErrNotTrusted, bin)
 		}
-		return adoptPlaced(ctx, cfg, p, log, obs, bin)
+		return j.adoptPlaced(ctx)
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return Install{}, err
 	}
-
+	// 3. Nothing there.
 	if !cfg.AllowDownload {
 		return Install{}, fmt.Errorf("%w: downloads are disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false); place the binary for plan %q at %s",
 			ErrNotFound, p.Name, bin)
 	}
-	return download(ctx, cfg, p, log, obs, newPacer(ctx, cfg.DiskShare, obs.hurryFlag()))
+	return j.download(ctx)
 }
 
-// checkNoSymlinks refuses a planted symlink at upgrades/, upgrades/<name> or its bin/,
-// so the install can never land outside the home.
-func checkNoSymlinks(home, upDir string) error {
-	for _, d := range []string{filepath.Dir(upDir), upDir, filepath.Join(upDir, "bin")} {
-		fi, err := os.Lstat(d)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("%w: %s is a symlink; staging only installs into real directories under %s, replace it with a directory",
-				ErrNotTrusted, d, CosmovisorRoot(home))
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%w: %s is not a directory", ErrNotTrusted, d)
-		}
+// fromRecord handles a completion record at the install path. done is true when
+// the install is the proven one for the plan. A record that is not a proof for
+// the plan in force is removed (a previous format, incomplete, unreadable: the
+// file is verified again as a placed one) or, when it is for a replaced plan of
+// the same name, its install is taken out of the name space (retire).
+func (j *job) fromRecord(ctx context.Context) (Install, bool, error) {
+	rec, err := j.l.ReadRecord(j.p.Name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Install{}, false, nil
 	}
+	if err != nil {
+		j.log.Warn("staging: the completion record is unreadable, so it is no proof; the binary is verified again", "plan", j.p.Name, "err", err)
+		return Install{}, false, j.l.RemoveRecord(j.p.Name)
+	}
+	legacy := rec.Format < home.RecordFormat
+	other := rec.Plan != j.p.Name || rec.Height != j.p.Height || rec.InfoHash != j.p.InfoHash()
+	switch {
+	case !legacy && rec.For(j.p) == nil && rec.Source == home.SourceOverride && !j.cfg.TrustPlacedBinaries:
+		j.log.Warn("staging: the binary was trusted on the unsafe-trust-placed-binaries override, which is no longer set; it is verified again against the plan",
+			"plan", j.p.Name, "path", j.bin, "sha256", rec.SHA256)
+		return Install{}, false, j.l.RemoveRecord(j.p.Name)
+	case !legacy && rec.For(j.p) == nil:
+		inst, err := openInstall(ctx, j.l, j.p)
+		if err != nil {
+			if _, lerr := os.Lstat(j.bin); errors.Is(lerr, fs.ErrNotExist) {
+				// A record without its binary proves nothing and hides nothing.
+				j.log.Warn("staging: completion record without its binary; removed it", "plan", j.p.Name, "path", j.bin)
+				return Install{}, false, j.l.RemoveRecord(j.p.Name)
+			}
+			return Install{}, false, err
+		}
+		switch rec.Source {
+		case home.SourceOverride:
+			j.log.Warn("staging: UNSAFE: the binary for the plan in force is trusted on the unsafe-trust-placed-binaries override, not on the plan",
+				"plan", j.p.Name, "path", j.bin, "sha256", rec.SHA256)
+		case home.SourceOperatorWord:
+			j.log.Warn("staging: the binary for the plan in force is trusted on the operator's word (the plan names no binary for this platform)",
+				"plan", j.p.Name, "path", j.bin, "sha256", rec.SHA256)
+		}
+		return inst, true, nil
+	case other && (!legacy || rec.Source == home.SourceDownload):
+		return Install{}, false, j.retire(ctx, rec)
+	default:
+		j.log.Warn("staging: the completion record is not a proof this version accepts (an earlier format or incomplete); the binary is verified again against the plan",
+			"plan", j.p.Name, "path", j.bin, "source", rec.Source, "format", rec.Format)
+		return Install{}, false, j.l.RemoveRecord(j.p.Name)
+	}
+}
+
+// retire takes the install of a replaced plan (same directory, recorded for
+// another name, height or info) out of the name space, so it is never adopted for
+// the plan in force: a download is removed; an operator's install is moved to
+// <dir>#replaced-<unix seconds>, so the operator's file is not lost.
+func (j *job) retire(ctx context.Context, rec home.Record) error {
+	if j.l.CurrentIs(j.dir) {
+		return fmt.Errorf("%w: %s holds the binary of plan %q (height %d), which the current link points to; the plan in force %q (height %d) is staged only once that install is moved away by hand",
+			ErrNotTrusted, j.dir, rec.Plan, rec.Height, j.p.Name, j.p.Height)
+	}
+	if ui, ok, _ := j.l.ReadUpgradeInfo(); ok && ui.Name == rec.Plan && ui.Height == rec.Height {
+		return fmt.Errorf("%w: %s holds the binary of plan %q (height %d), which data/upgrade-info.json names; it is not replaced by the binary of plan %q (height %d)",
+			ErrNotTrusted, j.dir, rec.Plan, rec.Height, j.p.Name, j.p.Height)
+	}
+	if rec.Source == home.SourceDownload && stillRecorded(ctx, j.bin, rec) {
+		if err := removeInstall(j.l, j.dir, j.pace); err != nil {
+			return fmt.Errorf("staging: removing %s, downloaded for a replaced plan %q: %w", j.dir, rec.Plan, err)
+		}
+		j.log.Info("staging: removed the binary downloaded for a replaced plan of the same name; the plan in force is staged anew",
+			"plan", j.p.Name, "height", j.p.Height, "old_height", rec.Height, "dir", j.dir)
+		return nil
+	}
+	dst, err := moveAside(j.dir, time.Now())
+	if err != nil {
+		return fmt.Errorf("staging: moving %s (the operator's binary for a replaced plan %q) aside: %w", j.dir, rec.Plan, err)
+	}
+	j.log.Warn("staging: the plan was replaced under the same name; the operator's binary recorded for the old plan is never used for the new one and was moved aside",
+		"plan", j.p.Name, "height", j.p.Height, "old_height", rec.Height, "source", rec.Source, "moved_to", dst)
 	return nil
 }
 
+// stillRecorded reports whether the file at bin is (provably) the one rec describes,
+// or is gone: only then is an install removed rather than moved aside, so a file
+// the operator put over a download is not deleted.
+func stillRecorded(ctx context.Context, bin string, rec home.Record) bool {
+	f, err := openNoFollow(bin)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if st, err := home.StampFile(f); err == nil && st.Same(rec.Stamp) {
+		return true
+	}
+	d, err := home.HashFile(ctx, f)
+	return err == nil && d.SHA256 == rec.SHA256 && d.Size == rec.Size
+}
+
 // resolve turns Plan.Info into the download source for this platform.
-func resolve(ctx context.Context, cfg Config, p Plan, log Logger) (Source, error) {
+func resolve(ctx context.Context, cfg Config, p Plan, log Logger, bin string) (Source, error) {
 	info := strings.TrimSpace(p.Info)
 	if info == "" {
 		return Source{}, fmt.Errorf("%w: plan %q has no info, so there is nothing to download; place the binary at %s",
-			ErrNotFound, p.Name, BinPath(cfg.Home, cfg.DaemonName, p.Name))
+			ErrNotFound, p.Name, bin)
 	}
 	if !strings.HasPrefix(info, "{") {
-		src, err := ParseSource(info, cfg)
-		if err != nil {
-			return Source{}, fmt.Errorf("plan info URL: %w", err)
+		if !looksLikeURL(info) {
+			return Source{}, fmt.Errorf("%w: the info of plan %q is neither a binaries map nor a URL, so there is nothing to download; place the binary at %s",
+				ErrNotFound, p.Name, bin)
 		}
-		if src.Archive != "" {
-			return Source{}, fmt.Errorf("%w: plan info URL %s must point at JSON, not a %s archive", ErrBadInfo, redact(info), src.Archive)
-		}
-		client, err := newHTTPClient(cfg)
+		body, err := fetchInfo(ctx, cfg, p, log, info)
 		if err != nil {
 			return Source{}, err
 		}
-		defer client.CloseIdleConnections()
-		body := &capBuffer{max: int(cfg.MaxInfoBytes) + 1}
-		t := transfer{cfg: cfg, client: client, src: src, limit: cfg.MaxInfoBytes, field: "MaxInfoBytes", what: "plan info", plan: p.Name}
-		if _, err := t.run(ctx, body); err != nil {
-			return Source{}, fmt.Errorf("plan info URL: %w", err)
-		}
-		info = body.String()
-		log.Info("staging: fetched plan info", "plan", p.Name, "url", redact(src.URL.String()), "bytes", len(info))
+		info = body
 	}
 	bins, err := ParseInfo(info)
 	if err != nil {
@@ -209,85 +289,47 @@ func resolve(ctx context.Context, cfg Config, p Plan, log Logger) (Source, error
 	return ParseSource(raw, cfg)
 }
 
-func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer, pace *pacer) (inst Install, err error) {
-	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Deadline,
-		fmt.Errorf("%w: attempt exceeded Config.Deadline (%v)", ErrDownload, cfg.Deadline))
-	defer cancel()
-
-	obs.setState(StateDownloading)
-	src, err := resolve(ctx, cfg, p, log)
+// fetchInfo downloads the plan info a URL names (pinned like a binary, capped at
+// MaxInfoBytes).
+func fetchInfo(ctx context.Context, cfg Config, p Plan, log Logger, raw string) (string, error) {
+	src, err := ParseSource(raw, cfg)
 	if err != nil {
-		return Install{}, err
+		return "", fmt.Errorf("plan info URL: %w", err)
 	}
-	if err := os.MkdirAll(CosmovisorRoot(cfg.Home), 0o755); err != nil {
-		return Install{}, fmt.Errorf("create %s: %w; check that the node home is writable", CosmovisorRoot(cfg.Home), err)
-	}
-	tmp, err := os.MkdirTemp(CosmovisorRoot(cfg.Home), TempPrefix)
-	if err != nil {
-		return Install{}, fmt.Errorf("create temp dir under %s: %w", CosmovisorRoot(cfg.Home), err)
-	}
-	// On success the payload has already been renamed out; the download itself
-	// (a large archive) is freed in paced steps.
-	defer removeTreePaced(tmp, pace)
-
-	limit, field := cfg.MaxBinaryBytes, "MaxBinaryBytes"
 	if src.Archive != "" {
-		limit, field = cfg.MaxArchiveBytes, "MaxArchiveBytes"
-	}
-	dl := filepath.Join(tmp, "download")
-	f, err := os.OpenFile(dl, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return Install{}, err
+		return "", fmt.Errorf("%w: plan info URL %s must point at JSON, not a %s archive", ErrBadInfo, redact(raw), src.Archive)
 	}
 	client, err := newHTTPClient(cfg)
 	if err != nil {
-		f.Close()
-		return Install{}, err
+		return "", err
 	}
-	log.Info("staging: downloading", "plan", p.Name, "url", redact(src.URL.String()), "archive", src.Archive, "checksum", checksumString(src.Checksum))
-	start := time.Now()
-	t := transfer{cfg: cfg, client: client, src: src, limit: limit, field: field, what: "download", log: log, plan: p.Name, spaceDir: CosmovisorRoot(cfg.Home)}
-	if obs != nil {
-		t.progress = obs.progress
+	defer client.CloseIdleConnections()
+	body := &capBuffer{max: int(cfg.MaxInfoBytes) + 1}
+	t := transfer{cfg: cfg, client: client, src: src, limit: cfg.MaxInfoBytes, field: "MaxInfoBytes", what: "plan info", plan: p.Name}
+	if _, err := t.run(ctx, body); err != nil {
+		return "", fmt.Errorf("plan info URL: %w", err)
 	}
-	res, err := t.run(ctx, &writeBehind{f: f, pace: pace})
-	client.CloseIdleConnections()
-	if err == nil {
-		err = diskFull(f.Sync(), "download", CosmovisorRoot(cfg.Home))
-	}
-	if cerr := f.Close(); err == nil {
-		err = diskFull(cerr, "download", CosmovisorRoot(cfg.Home))
-	}
-	if err != nil {
-		return Install{}, err
-	}
-	if src.Checksum == nil {
-		log.Warn("staging: download is not pinned by a checksum (RequireChecksum=false)", "plan", p.Name, "sha256", res.SHA256)
-	}
-	log.Info("staging: downloaded", "plan", p.Name, "bytes", res.N, "sha256", res.SHA256,
-		"verified", res.Verified, "elapsed", time.Since(start).Round(time.Millisecond), "paced", pace.rested().Round(time.Millisecond))
+	log.Info("staging: fetched plan info", "plan", p.Name, "url", redact(src.URL.String()), "bytes", body.buf.Len())
+	return body.String(), nil
+}
 
-	obs.setState(StateVerifying)
-	root := filepath.Join(tmp, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		return Install{}, err
-	}
-	unpackStart, restedBefore := time.Now(), pace.rested()
-	known, err := unpack(ctx, cfg, src.Archive, dl, root, tmp, digest{SHA256: res.SHA256, Size: res.N}, pace)
+func (j *job) download(ctx context.Context) (Install, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, j.cfg.Deadline,
+		fmt.Errorf("%w: attempt exceeded Config.Deadline (%v)", ErrDownload, j.cfg.Deadline))
+	defer cancel()
+
+	j.obs.setState(StateDownloading)
+	src, err := resolve(ctx, j.cfg, j.p, j.log, j.bin)
 	if err != nil {
-		return Install{}, diskFull(err, "the unpacked archive", CosmovisorRoot(cfg.Home))
-	}
-	if src.Archive != "" {
-		log.Info("staging: unpacked", "plan", p.Name, "archive", src.Archive,
-			"elapsed", time.Since(unpackStart).Round(time.Millisecond), "paced", (pace.rested() - restedBefore).Round(time.Millisecond))
-	}
-	staged := filepath.Join(root, "bin", cfg.DaemonName)
-	// The temp root is private: fix the mode before verifyBinary takes its stamp.
-	if err := chmodExec(staged); err != nil {
 		return Install{}, err
 	}
+	root, d, err := j.obtain(ctx, src)
+	if err != nil {
+		return Install{}, err
+	}
+	staged := filepath.Join(root, home.BinDir, j.cfg.DaemonName)
 	verifyStart := time.Now()
-	sum, size, version, err := verifyBinary(ctx, cfg, staged, nil, known)
+	pre, version, err := j.preflightStaged(ctx, staged, d)
 	if err != nil {
 		return Install{}, err
 	}
@@ -295,22 +337,97 @@ func download(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer
 	if err := syncTree(root); err != nil {
 		return Install{}, err
 	}
-	log.Info("staging: preflight passed", "plan", p.Name, "version", version,
+	j.log.Info("staging: preflight passed", "plan", j.p.Name, "version", version,
 		"preflight", syncStart.Sub(verifyStart).Round(time.Millisecond), "fsync", time.Since(syncStart).Round(time.Millisecond))
 	if err := ctx.Err(); err != nil {
 		return Install{}, context.Cause(ctx)
 	}
-	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
-	rec := Record{
-		Plan: p.Name, Height: p.Height, URL: redact(src.URL.String()), Checksum: checksumString(src.Checksum),
-		InfoHash: infoHash(p.Info), SHA256: sum, Size: size, Preflight: version, Source: "download", Time: time.Now().UTC(),
+	rec := home.Record{
+		Plan: j.p.Name, Height: j.p.Height, InfoHash: j.p.InfoHash(), Source: home.SourceDownload,
+		URL: redact(src.URL.String()), Checksum: checksumString(src.Checksum),
+		SHA256: d.SHA256, Size: d.Size, Preflight: version,
 	}
-	if err := install(cfg, p, root, rec, log); err != nil {
-		return Install{}, err
+	return j.install(ctx, root, d, pre, rec)
+}
+
+// obtain downloads src into the attempt's temp dir and unpacks it: the returned root
+// holds bin/<daemon> (and whatever else an archive held), d is the binary's digest.
+// The checksum the plan pins is verified before anything is unpacked.
+func (j *job) obtain(ctx context.Context, src Source) (root string, d digest, err error) {
+	tmp, err := j.temp()
+	if err != nil {
+		return "", d, err
 	}
-	// The bytes were hashed as they were written and proven unchanged across
-	// preflight (verifyBinary); Trusted re-hashes them at boot and before exec.
-	return Install{Name: p.Name, Path: bin, SHA256: sum, Size: size, Record: rec}, nil
+	limit, field := j.cfg.MaxBinaryBytes, "MaxBinaryBytes"
+	if src.Archive != "" {
+		limit, field = j.cfg.MaxArchiveBytes, "MaxArchiveBytes"
+	}
+	dl := filepath.Join(tmp, "download")
+	f, err := os.OpenFile(dl, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", d, err
+	}
+	client, err := newHTTPClient(j.cfg)
+	if err != nil {
+		f.Close()
+		return "", d, err
+	}
+	j.log.Info("staging: downloading", "plan", j.p.Name, "url", redact(src.URL.String()), "archive", src.Archive, "checksum", checksumString(src.Checksum))
+	start := time.Now()
+	t := transfer{cfg: j.cfg, client: client, src: src, limit: limit, field: field, what: "download", log: j.log, plan: j.p.Name, spaceDir: j.l.Root()}
+	if j.obs != nil {
+		t.progress = j.obs.progress
+	}
+	res, err := t.run(ctx, &writeBehind{f: f, pace: j.pace})
+	client.CloseIdleConnections()
+	if err == nil {
+		err = diskFull(f.Sync(), "download", j.l.Root())
+	}
+	if cerr := f.Close(); err == nil {
+		err = diskFull(cerr, "download", j.l.Root())
+	}
+	if err != nil {
+		return "", d, err
+	}
+	if src.Checksum == nil {
+		j.log.Warn("staging: download is not pinned by a checksum (RequireChecksum=false)", "plan", j.p.Name, "sha256", res.SHA256)
+	}
+	j.log.Info("staging: downloaded", "plan", j.p.Name, "bytes", res.N, "sha256", res.SHA256,
+		"verified", res.Verified, "elapsed", time.Since(start).Round(time.Millisecond), "paced", j.pace.rested().Round(time.Millisecond))
+
+	j.obs.setState(StateVerifying)
+	root = filepath.Join(tmp, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return "", d, err
+	}
+	unpackStart, restedBefore := time.Now(), j.pace.rested()
+	known, err := unpack(ctx, j.cfg, src.Archive, dl, root, tmp, digest{SHA256: res.SHA256, Size: res.N}, j.pace)
+	if err != nil {
+		return "", d, diskFull(err, "the unpacked archive", j.l.Root())
+	}
+	if src.Archive != "" {
+		j.log.Info("staging: unpacked", "plan", j.p.Name, "archive", src.Archive,
+			"elapsed", time.Since(unpackStart).Round(time.Millisecond), "paced", (j.pace.rested() - restedBefore).Round(time.Millisecond))
+	}
+	staged := filepath.Join(root, home.BinDir, j.cfg.DaemonName)
+	// The temp root is private: fix the mode before the stamp is taken.
+	if err := chmodExec(staged); err != nil {
+		return "", d, err
+	}
+	if known != nil {
+		return root, *known, nil
+	}
+	// A single compressed binary: hash what the codec wrote.
+	f, err = openNoFollow(staged)
+	if err != nil {
+		return "", d, err
+	}
+	defer f.Close()
+	hd, err := home.HashFile(ctx, f)
+	if err != nil {
+		return "", d, err
+	}
+	return root, digest{SHA256: hd.SHA256, Size: hd.Size}, nil
 }
 
 func checksumString(c *Checksum) string {
@@ -327,124 +444,103 @@ type digest struct {
 	Size   int64
 }
 
-// verifyBinary checks that bin is a regular file under MaxBinaryBytes holding an
-// executable for this platform, makes it 0755, preflights it and returns its sha256,
-// size and version line.
-//
-// known is the digest of the bytes as this package wrote them into its private temp
-// directory (0700, under the home lock), so the file is not read again. Otherwise
-// (known == nil, e.g. a binary placed by hand) it is hashed here in one pass together
-// with want's algorithm, and a mismatch with want is a ChecksumError before anything
-// else happens to the file. Either way, the stamp of the file (inode, size, mtime,
-// ctime) taken before preflight must be unchanged after it, or the file is hashed
-// again and must still match: the recorded hash is that of the bytes that passed.
-func verifyBinary(ctx context.Context, cfg Config, bin string, want *Checksum, known *digest) (sum string, size int64, version string, err error) {
-	d, stamp, stamped, err := inspectBinary(ctx, cfg, bin, want, known)
+// preflightStaged checks the binary staged in the private temp dir (regular file,
+// under MaxBinaryBytes, an executable for this platform, its size that of d),
+// stamps it, runs the preflight and proves it unchanged across it: the stamp must
+// be the same after the run, or the file is hashed again and must still be d.
+// The returned stamp is that of bytes whose digest is d.
+func (j *job) preflightStaged(ctx context.Context, staged string, d digest) (home.Stamp, string, error) {
+	f, err := openNoFollow(staged)
 	if err != nil {
-		return "", 0, "", err
+		return home.Stamp{}, "", fmt.Errorf("%w: %w", ErrNotExecutable, err)
 	}
-	version, err = preflight(ctx, bin, cfg.PreflightArgs, cfg.PreflightTimeout)
+	pre, err := j.inspect(f, staged)
+	f.Close() // before the preflight: an exec of a file open for writing fails, keep it tidy
 	if err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			return "", 0, "", cause
-		}
-		return "", 0, "", err
+		return home.Stamp{}, "", err
 	}
-	if fi, err := os.Lstat(bin); err == nil && stamped {
-		if now, ok := stampOf(fi); ok && now == stamp {
-			return d.SHA256, d.Size, version, nil
-		}
+	if pre.Size != d.Size {
+		return home.Stamp{}, "", fmt.Errorf("%w: %s is %d bytes, %d were written", ErrNotTrusted, staged, pre.Size, d.Size)
 	}
-	s, n, err := hashRegularExecutable(ctx, bin)
+	version, err := j.preflight(ctx, staged)
 	if err != nil {
-		return "", 0, "", fmt.Errorf("%w: %w", ErrNotTrusted, err)
+		return home.Stamp{}, "", err
 	}
-	if s != d.SHA256 || n != d.Size {
-		return "", 0, "", fmt.Errorf("%w: %s changed while it was verified (now sha256 %s, %d bytes; verified %s, %d bytes); another process writes there",
-			ErrNotTrusted, bin, s, n, d.SHA256, d.Size)
-	}
-	return d.SHA256, d.Size, version, nil
+	st, err := proveUnchanged(ctx, staged, pre, d)
+	return st, version, err
 }
 
-// inspectBinary is the part of verifyBinary before preflight, on one open file
-// description: type and size checks, the hash (unless known), want, the header check
-// and the mode. stamped is false when the stamp cannot prove the file unchanged.
-func inspectBinary(ctx context.Context, cfg Config, bin string, want *Checksum, known *digest) (d digest, stamp fileStamp, stamped bool, err error) {
-	f, err := os.OpenFile(bin, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return d, stamp, false, fmt.Errorf("%w: %w", ErrNotExecutable, err)
-	}
-	defer f.Close() // before preflight: an exec of a file open for writing fails, keep it tidy
+// inspect checks the open file f: a regular file under MaxBinaryBytes holding an
+// executable for this platform. It returns the file's stamp.
+func (j *job) inspect(f *os.File, path string) (home.Stamp, error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return d, stamp, false, err
+		return home.Stamp{}, err
 	}
 	if !fi.Mode().IsRegular() {
-		return d, stamp, false, fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, bin)
+		return home.Stamp{}, fmt.Errorf("%w: %s is not a regular file", ErrNotExecutable, path)
 	}
-	if fi.Size() > cfg.MaxBinaryBytes {
-		return d, stamp, false, &SizeError{What: "binary " + filepath.Base(bin), Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
-	}
-	stamp, stamped = stampOf(fi)
-	if known != nil {
-		if known.Size != fi.Size() {
-			return d, stamp, false, fmt.Errorf("%w: %s is %d bytes, %d were written", ErrNotTrusted, bin, fi.Size(), known.Size)
-		}
-		d = *known
-	} else {
-		sha := sha256.New()
-		var planHash hash.Hash
-		if want != nil && want.Algo != "sha256" {
-			planHash = want.newHash()
-		}
-		n, err := hashStream(ctx, f, sha, planHash)
-		if err != nil {
-			return d, stamp, false, err
-		}
-		d = digest{SHA256: hex.EncodeToString(sha.Sum(nil)), Size: n}
-		if want != nil {
-			actual := d.SHA256
-			if planHash != nil {
-				actual = hex.EncodeToString(planHash.Sum(nil))
-			}
-			if actual != want.Hex {
-				return d, stamp, false, &ChecksumError{URL: "file://" + bin, Algo: want.Algo, Expected: want.Hex, Actual: actual}
-			}
-		}
+	if fi.Size() > j.cfg.MaxBinaryBytes {
+		return home.Stamp{}, &SizeError{What: "binary " + filepath.Base(path), Limit: j.cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
 	}
 	goos, goarch := hostPlatform()
-	if err := checkExecutable(f, bin, goos, goarch); err != nil {
-		return d, stamp, false, err
+	if err := checkExecutable(f, path, goos, goarch); err != nil {
+		return home.Stamp{}, err
 	}
-	if fi.Mode().Perm() != 0o755 {
-		// Only now, so a file that failed the checks above is not made executable.
-		if err := f.Chmod(0o755); err != nil {
-			return d, stamp, false, err
-		}
-		stamped = false // the chmod changed ctime; re-hash after preflight
+	st, err := home.StampFile(f)
+	if err != nil {
+		return home.Stamp{}, err
 	}
-	return d, stamp, stamped, nil
+	if !st.Valid {
+		st.Size = fi.Size() // no stamps here: keep the size for the check above
+	}
+	return st, nil
+}
+
+// proveUnchanged returns a stamp of the file at path whose content is d: pre if the
+// file still has it, else the stamp of a fresh hash that must equal d.
+func proveUnchanged(ctx context.Context, path string, pre home.Stamp, d digest) (home.Stamp, error) {
+	if now, err := home.StampOf(path); err == nil && pre.Same(now) {
+		return pre, nil
+	}
+	return rehash(ctx, path, d)
+}
+
+// rehash hashes the file at path (not following a symlink) and returns its stamp,
+// taken before the hash, if its content is d.
+func rehash(ctx context.Context, path string, d digest) (home.Stamp, error) {
+	f, err := openNoFollow(path)
+	if err != nil {
+		return home.Stamp{}, fmt.Errorf("%w: %w", ErrNotTrusted, err)
+	}
+	defer f.Close()
+	h, err := home.HashFile(ctx, f)
+	if err != nil {
+		return home.Stamp{}, fmt.Errorf("%w: %w", ErrNotTrusted, err)
+	}
+	if h.SHA256 != d.SHA256 || h.Size != d.Size {
+		return home.Stamp{}, fmt.Errorf("%w: %s changed while it was verified (now sha256 %s, %d bytes; verified %s, %d bytes); another process writes there",
+			ErrNotTrusted, path, h.SHA256, h.Size, d.SHA256, d.Size)
+	}
+	return h.Stamp, nil
+}
+
+// openNoFollow opens path for reading, refusing a final symlink.
+func openNoFollow(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: %s is a symlink; only a regular file is trusted", ErrNotTrusted, path)
+	}
+	return f, err
 }
 
 // chmodExec makes a regular file 0755; it is used only inside the private temp root.
 func chmodExec(path string) error {
 	fi, err := os.Lstat(path)
 	if err != nil || fi.Mode().Perm() == 0o755 || !fi.Mode().IsRegular() {
-		return err // a non-regular file is reported by inspectBinary
+		return err // a non-regular file is reported by inspect
 	}
 	return os.Chmod(path, 0o755)
-}
-
-// hashStream feeds r to the non-nil hashes through one copyBufSize buffer, checking ctx
-// between reads, and returns the byte count.
-func hashStream(ctx context.Context, r io.Reader, hashes ...hash.Hash) (int64, error) {
-	ws := make([]io.Writer, 0, len(hashes))
-	for _, h := range hashes {
-		if h != nil {
-			ws = append(ws, h)
-		}
-	}
-	return io.CopyBuffer(io.MultiWriter(ws...), ctxReader{ctx, io.NopCloser(r)}, make([]byte, copyBufSize))
 }
 
 // syncTree fsyncs every regular file and directory under root.
@@ -456,100 +552,83 @@ func syncTree(root string) error {
 		if !d.IsDir() && !d.Type().IsRegular() {
 			return nil
 		}
-		return syncPath(p)
+		return home.SyncDir(p)
 	})
 }
 
-// install moves the verified tree into upgrades/<name> and writes the record. When the
-// upgrade directory does not exist the whole unpacked tree (bin/ plus anything else the
-// archive held, e.g. lib/) is renamed in one step; otherwise only bin/<daemon> is
-// moved. If writing the record fails, what was moved is removed again so the upgrade
-// directory is left as it was.
-func install(cfg Config, p Plan, root string, rec Record, log Logger) error {
-	upDir := UpgradeDir(cfg.Home, p.Name)
-	upgrades := filepath.Dir(upDir)
-	bin := BinPath(cfg.Home, cfg.DaemonName, p.Name)
+// install moves the verified tree into upgrades/<dir>, proves the binary in its final
+// place is the one verified, and writes the record. When the upgrade directory does
+// not exist the whole unpacked tree (bin/ plus anything else the archive held, e.g.
+// lib/) is renamed in one step; otherwise only bin/<daemon> is moved. pre is the
+// stamp the binary had, with content d, before the move: a rename changes only
+// ctime (home.Stamp.Renamed), so an equal stamp afterwards proves the content;
+// anything else is hashed again. If writing the record fails, what was moved is
+// removed again so the upgrade directory is left as it was.
+func (j *job) install(ctx context.Context, root string, d digest, pre home.Stamp, rec home.Record) (Install, error) {
+	upgrades := j.l.UpgradesRoot()
 	if err := os.MkdirAll(upgrades, 0o755); err != nil {
-		return err
-	}
-	if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
-		return err
-	}
-	var undo func()
-	if err := os.Rename(root, upDir); err == nil {
-		undo = func() { os.RemoveAll(upDir) }
-		if err := syncPath(upgrades); err != nil {
-			undo()
-			return err
-		}
-	} else if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-			return err
-		}
-		if err := checkNoSymlinks(cfg.Home, upDir); err != nil {
-			return err
-		}
-		if _, err := os.Lstat(bin); err == nil {
-			return fmt.Errorf("%w: %s appeared while staging (placed by hand?); it will be verified on the next attempt", ErrNotTrusted, bin)
-		}
-		if err := os.Rename(filepath.Join(root, "bin", cfg.DaemonName), bin); err != nil {
-			return err
-		}
-		undo = func() { os.Remove(bin) }
-		if err := syncPath(filepath.Dir(bin)); err != nil {
-			undo()
-			return err
-		}
-		log.Warn("staging: upgrade directory already existed; installed only the binary", "plan", p.Name, "dir", upDir)
-	} else {
-		return fmt.Errorf("install into %s: %w", upDir, err)
-	}
-	if err := writeRecord(bin+RecordSuffix, rec); err != nil {
-		undo()
-		return fmt.Errorf("write completion record: %w (disk full?); the binary was removed again", err)
-	}
-	return nil
-}
-
-// adoptPlaced verifies a binary the operator placed by hand and records it.
-func adoptPlaced(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer, bin string) (Install, error) {
-	obs.setState(StateVerifying)
-	log.Info("staging: found a binary without a completion record; verifying it", "plan", p.Name, "path", bin)
-	var sum *Checksum
-	var srcURL string
-	if strings.TrimSpace(p.Info) != "" {
-		// Compare with the plan checksum when the plan names a plain binary. An
-		// archive checksum cannot be compared with the binary; a plan info that
-		// cannot be resolved does not block a binary the operator placed on purpose.
-		src, err := resolve(ctx, cfg, p, log)
-		switch {
-		case err == nil && src.Archive == "" && src.Checksum != nil:
-			sum, srcURL = src.Checksum, redact(src.URL.String())
-		case err == nil:
-			log.Warn("staging: plan checksum is for an archive or missing; the hand-placed binary is trusted on preflight alone", "plan", p.Name)
-		case ctx.Err() != nil:
-			return Install{}, context.Cause(ctx)
-		default:
-			log.Warn("staging: cannot resolve plan info; the hand-placed binary is trusted on preflight alone", "plan", p.Name, "err", err)
-		}
-	}
-	s, size, version, err := verifyBinary(ctx, cfg, bin, sum, nil)
-	if err != nil {
-		if errors.Is(err, ErrChecksumMismatch) {
-			return Install{}, fmt.Errorf("hand-placed %s: %w; replace it with the binary the plan names", bin, err)
-		}
-		return Install{}, fmt.Errorf("hand-placed binary %s: %w", bin, err)
-	}
-	if err := syncPath(bin); err != nil {
 		return Install{}, err
 	}
-	rec := Record{
-		Plan: p.Name, Height: p.Height, URL: srcURL, Checksum: checksumString(sum), InfoHash: infoHash(p.Info),
-		SHA256: s, Size: size, Preflight: version, Source: "hand-placed", Time: time.Now().UTC(),
+	if err := checkNoSymlinks(j.l, j.dir); err != nil {
+		return Install{}, err
 	}
-	if err := writeRecord(bin+RecordSuffix, rec); err != nil {
+	var undo func()
+	if err := os.Rename(root, j.dir); err == nil {
+		undo = func() { os.RemoveAll(j.dir) }
+		if err := home.SyncDir(upgrades); err != nil {
+			undo()
+			return Install{}, err
+		}
+	} else if errors.Is(err, fs.ErrExist) || errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+		if err := os.MkdirAll(filepath.Dir(j.bin), 0o755); err != nil {
+			return Install{}, err
+		}
+		if err := checkNoSymlinks(j.l, j.dir); err != nil {
+			return Install{}, err
+		}
+		if _, err := os.Lstat(j.bin); err == nil {
+			return Install{}, fmt.Errorf("%w: %s appeared while staging (placed by the operator?); it will be verified on the next attempt", ErrNotTrusted, j.bin)
+		}
+		if err := os.Rename(filepath.Join(root, home.BinDir, j.cfg.DaemonName), j.bin); err != nil {
+			return Install{}, err
+		}
+		undo = func() { os.Remove(j.bin) }
+		if err := home.SyncDir(filepath.Dir(j.bin)); err != nil {
+			undo()
+			return Install{}, err
+		}
+		j.log.Warn("staging: upgrade directory already existed; installed only the binary", "plan", j.p.Name, "dir", j.dir)
+	} else {
+		return Install{}, fmt.Errorf("install into %s: %w", j.dir, err)
+	}
+	post, err := home.StampOf(j.bin)
+	if err != nil || !pre.Renamed(post) {
+		if post, err = rehash(ctx, j.bin, d); err != nil {
+			undo()
+			return Install{}, err
+		}
+	}
+	rec.Stamp = post
+	return j.record(ctx, rec, undo)
+}
+
+// record writes rec and returns the install as the one proof (home.Layout.Open)
+// sees it. On failure the record is removed again and undo (if any) runs.
+func (j *job) record(ctx context.Context, rec home.Record, undo func()) (Install, error) {
+	if err := j.l.WriteRecord(rec); err != nil {
+		if undo != nil {
+			undo()
+			return Install{}, fmt.Errorf("write completion record: %w (disk full?); the binary was removed again", err)
+		}
 		return Install{}, fmt.Errorf("write completion record: %w", err)
 	}
-	log.Info("staging: hand-placed binary verified and recorded", "plan", p.Name, "sha256", s, "version", version)
-	return Trusted(cfg.Home, cfg.DaemonName, p.Name)
+	inst, err := openInstall(ctx, j.l, j.p)
+	if err != nil {
+		_ = j.l.RemoveRecord(j.p.Name)
+		if undo != nil {
+			undo()
+		}
+		return Install{}, fmt.Errorf("the binary changed right after it was recorded: %w", err)
+	}
+	return inst, nil
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/invisor/invisor/internal/home"
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 )
@@ -53,7 +54,7 @@ func TestFetchInstalls(t *testing.T) {
 		{name: "fault09 tar.gz bin/daemon with setuid world-writable lib", path: "/v2.tar.gz", body: func(t testing.TB) []byte {
 			return gz(makeTar(t, []tarEntry{{Name: "bin/", Type: tar.TypeDir}, {Name: "bin/exampled", Body: good}, {Name: "lib/libx.so", Body: lib, Mode: 0o6777}}))
 		}, extraOK: func(t *testing.T, cfg Config) {
-			fi, err := os.Stat(filepath.Join(UpgradeDir(cfg.Home, "v2"), "lib", "libx.so"))
+			fi, err := os.Stat(filepath.Join(dirOf(t, cfg, "v2"), "lib", "libx.so"))
 			if err != nil {
 				t.Fatalf("lib from the archive not installed: %v", err)
 			}
@@ -107,19 +108,31 @@ func TestFetchInstalls(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Fetch: %v", err)
 			}
-			if inst.Path != BinPath(cfg.Home, daemon, "v2") || inst.SHA256 != sha(good) || inst.Size != int64(len(good)) {
+			if inst.Path != binOf(t, cfg, "v2") || inst.SHA256 != sha(good) || inst.Size != int64(len(good)) || inst.Plan != p {
 				t.Fatalf("install = %+v", inst)
 			}
-			if inst.Record.Preflight != "v2.0.0-test" || inst.Record.Height != 100 || inst.Record.Source != "download" {
-				t.Errorf("record = %+v", inst.Record)
+			rec := inst.Record
+			if rec.Preflight != "v2.0.0-test" || rec.Height != 100 || rec.Source != home.SourceDownload ||
+				rec.InfoHash != home.InfoHash(p.Info) || rec.Format != home.RecordFormat || rec.URL == "" || rec.Checksum == "" && cfg.RequireChecksum {
+				t.Errorf("record = %+v", rec)
+			}
+			// The recorded stamp is the binary's in its final place, so the proof
+			// needs no hash (where the platform has stamps).
+			if now, err := home.StampOf(inst.Path); err != nil || (now.Valid && !now.Same(rec.Stamp)) {
+				t.Errorf("recorded stamp %+v, the installed binary has %+v (%v)", rec.Stamp, now, err)
 			}
 			fi, err := os.Lstat(inst.Path)
 			if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o755 {
 				t.Errorf("binary mode = %v, %v; want regular 0755", fi.Mode(), err)
 			}
-			if _, err := Trusted(cfg.Home, daemon, "v2"); err != nil {
-				t.Errorf("Trusted: %v", err)
+			v, err := layoutOf(t, cfg).Open(context.Background(), p)
+			if err != nil {
+				t.Fatalf("home.Layout.Open: %v", err)
 			}
+			if v.Rehashed && v.Stamp().Valid {
+				t.Error("the proof had to re-hash a freshly staged binary")
+			}
+			v.Close()
 			assertNoTemp(t, cfg)
 			if tc.extraOK != nil {
 				tc.extraOK(t, cfg)
@@ -350,7 +363,7 @@ func TestFetchRejects(t *testing.T) {
 			}
 			assertNothingInstalled(t, cfg, p.Name)
 			// Nothing escaped the temp root.
-			for _, evil := range []string{filepath.Join(CosmovisorRoot(cfg.Home), "evil"), filepath.Join(cfg.Home, "evil")} {
+			for _, evil := range []string{filepath.Join(layoutOf(t, cfg).Root(), "evil"), filepath.Join(cfg.Home, "evil")} {
 				if _, err := os.Lstat(evil); err == nil {
 					t.Errorf("%s was written", evil)
 				}
@@ -387,8 +400,8 @@ func TestFault08PlantedSymlinkRefused(t *testing.T) {
 	cfg := testConfig(t)
 	srv := newServer(t)
 	elsewhere := t.TempDir()
-	os.MkdirAll(filepath.Join(CosmovisorRoot(cfg.Home), UpgradesDir), 0o755)
-	if err := os.Symlink(elsewhere, UpgradeDir(cfg.Home, "v2")); err != nil {
+	os.MkdirAll(layoutOf(t, cfg).UpgradesRoot(), 0o755)
+	if err := os.Symlink(elsewhere, dirOf(t, cfg, "v2")); err != nil {
 		t.Fatal(err)
 	}
 	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
@@ -404,177 +417,54 @@ func TestFault08PlantedSymlinkRefused(t *testing.T) {
 	}
 }
 
-func TestHandPlaced(t *testing.T) {
-	place := func(t *testing.T, cfg Config, b []byte) string {
-		bin := BinPath(cfg.Home, daemon, "v2")
-		os.MkdirAll(filepath.Dir(bin), 0o755)
-		if err := os.WriteFile(bin, b, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		return bin
-	}
-	t.Run("no info, downloads disabled", func(t *testing.T) {
-		cfg := testConfig(t)
-		cfg.AllowDownload = false
-		place(t, cfg, testBins.good)
-		inst, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Height: 7}, nil)
-		if err != nil || inst.Record.Source != "hand-placed" || inst.Record.Preflight != "v2.0.0-test" {
-			t.Fatalf("Fetch = %+v, %v", inst, err)
-		}
-		if fi, _ := os.Stat(inst.Path); fi.Mode().Perm() != 0o755 {
-			t.Errorf("mode %v", fi.Mode())
-		}
-	})
-	t.Run("matches plan checksum", func(t *testing.T) {
-		cfg := testConfig(t)
-		srv := newServer(t)
-		place(t, cfg, testBins.good)
-		p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
-		inst, err := Fetch(context.Background(), cfg, p, nil)
-		if err != nil || inst.Record.Checksum != "sha256:"+sha(testBins.good) {
-			t.Fatalf("Fetch = %+v, %v", inst, err)
-		}
-		if srv.count("/exampled") != 0 {
-			t.Error("downloaded although a binary was placed by hand")
-		}
-	})
-	t.Run("differs from plan checksum", func(t *testing.T) {
-		cfg := testConfig(t)
-		bin := place(t, cfg, testBins.bad)
-		p := Plan{Name: "v2", Info: infoJSON("https://example.invalid/exampled?checksum=sha256:" + sha(testBins.good))}
-		_, err := Fetch(context.Background(), cfg, p, nil)
-		if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), "hand-placed") {
-			t.Fatalf("err = %v", err)
-		}
-		if b, _ := os.ReadFile(bin); !bytes.Equal(b, testBins.bad) {
-			t.Error("the operator's file was changed")
-		}
-		if _, err := os.Lstat(bin + RecordSuffix); err == nil {
-			t.Error("a record was written for a mismatching binary")
-		}
-	})
-	t.Run("fails preflight", func(t *testing.T) {
-		cfg := testConfig(t)
-		place(t, cfg, testBins.bad)
-		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2"}, nil)
-		if !errors.Is(err, ErrPreflight) {
-			t.Fatalf("err = %v", err)
-		}
-	})
-	t.Run("symlink refused", func(t *testing.T) {
-		cfg := testConfig(t)
-		bin := BinPath(cfg.Home, daemon, "v2")
-		os.MkdirAll(filepath.Dir(bin), 0o755)
-		os.Symlink("/bin/true", bin)
-		_, err := Fetch(context.Background(), cfg, Plan{Name: "v2"}, nil)
-		if !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
-			t.Fatalf("err = %v", err)
-		}
-	})
-}
-
-func TestFault28Trusted(t *testing.T) {
+func TestFault28ModifiedAfterVerification(t *testing.T) {
 	cfg := testConfig(t)
 	srv := newServer(t)
-	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
+	p := Plan{Name: "v2", Height: 4, Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
 	inst, err := Fetch(context.Background(), cfg, p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Trusted(cfg.Home, daemon, "v3"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "no completion record") {
+	if _, err := trusted(t, cfg, Plan{Name: "v3"}); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "no completion record") {
 		t.Errorf("unstaged plan: %v", err)
 	}
-	if _, err := Trusted(cfg.Home, daemon, ".."); !errors.Is(err, ErrNotTrusted) {
-		t.Errorf("hostile name: %v", err)
-	}
-
 	// Modify one byte after verification.
 	b, _ := os.ReadFile(inst.Path)
 	b[len(b)-1] ^= 0xff
 	os.WriteFile(inst.Path, b, 0o755)
-	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "modified after verification") {
+	if _, err := trusted(t, cfg, p); !errors.Is(err, ErrNotTrusted) || !errors.Is(err, home.ErrChanged) {
 		t.Errorf("modified binary: %v", err)
 	}
 	// Fetch must not silently replace or accept it either.
 	if _, err := Fetch(context.Background(), cfg, p, nil); !errors.Is(err, ErrNotTrusted) {
 		t.Errorf("Fetch over a modified binary: %v", err)
 	}
+	if got, _ := os.ReadFile(inst.Path); !bytes.Equal(got, b) {
+		t.Error("Fetch replaced the modified binary")
+	}
 	// Swap for a symlink to the original bytes.
 	orig := filepath.Join(t.TempDir(), "orig")
 	os.WriteFile(orig, testBins.good, 0o755)
 	os.Remove(inst.Path)
 	os.Symlink(orig, inst.Path)
-	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
+	if _, err := trusted(t, cfg, p); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
 		t.Errorf("symlinked binary: %v", err)
 	}
-	// Corrupt record.
+	if _, err := Fetch(context.Background(), cfg, p, nil); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("Fetch over a symlinked binary: %v", err)
+	}
+	// A corrupt record is no proof; Fetch verifies the file again against the plan.
 	os.Remove(inst.Path)
 	os.WriteFile(inst.Path, testBins.good, 0o755)
-	os.WriteFile(inst.Path+RecordSuffix, []byte("{"), 0o644)
-	if _, err := Trusted(cfg.Home, daemon, "v2"); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "corrupt") {
+	os.WriteFile(inst.Path+home.RecordSuffix, []byte("{"), 0o644)
+	if _, err := trusted(t, cfg, p); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "corrupt") {
 		t.Errorf("corrupt record: %v", err)
 	}
-}
-
-func TestSameNameDifferentInfo(t *testing.T) {
-	cfg := testConfig(t)
-	srv := newServer(t)
-	p := Plan{Name: "v2", Info: infoJSON(pinned(srv.blob("/exampled", testBins.good), testBins.good))}
-	if _, err := Fetch(context.Background(), cfg, p, nil); err != nil {
-		t.Fatal(err)
+	again, err := Fetch(context.Background(), cfg, p, nil)
+	if err != nil || again.Record.Source != home.SourcePlanChecksum {
+		t.Errorf("Fetch after a corrupt record: %+v, %v", again.Record, err)
 	}
-	old := p
-	p.Info = infoJSON(pinned(srv.blob("/other", testBins.good), testBins.good))
-	if _, err := TrustedFor(cfg.Home, daemon, p); !errors.Is(err, ErrNotTrusted) || !strings.Contains(err.Error(), "different info") {
-		t.Fatalf("the old plan's install must not be trusted for the new plan: %v", err)
-	}
-	inst, err := Fetch(context.Background(), cfg, p, nil)
-	if err != nil {
-		t.Fatalf("re-staging for the replaced plan: %v", err)
-	}
-	if _, err := TrustedFor(cfg.Home, daemon, p); err != nil {
-		t.Fatalf("new install not trusted for the plan in force: %v", err)
-	}
-	if _, err := TrustedFor(cfg.Home, daemon, old); err == nil {
-		t.Fatal("the new install must not be trusted for the replaced plan")
-	}
-	if !strings.Contains(inst.Record.URL, "/other") {
-		t.Fatalf("record URL %q, want the new plan's", inst.Record.URL)
-	}
-	assertNoTemp(t, cfg)
-}
-
-// A binary staged by hand before the plan existed (recorded for a made-up
-// info) is verified again against the real plan and recorded for it.
-func TestHandPlacedRecordAdoptedForRealPlan(t *testing.T) {
-	cfg := testConfig(t)
-	cfg.AllowDownload = false
-	bin := BinPath(cfg.Home, daemon, "v2")
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, testBins.good, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Fetch(context.Background(), cfg, Plan{Name: "v2", Info: "made up by the operator"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	srv := newServer(t)
-	for _, tc := range []struct {
-		name string
-		body []byte
-		ok   bool
-	}{
-		{"checksum matches", testBins.good, true},
-		{"checksum differs", append([]byte("x"), testBins.good...), false},
-	} {
-		real := Plan{Name: "v2", Height: 9, Info: infoJSON(pinned(srv.blob("/"+strings.ReplaceAll(tc.name, " ", "-"), tc.body), tc.body))}
-		_, err := Fetch(context.Background(), cfg, real, nil)
-		if _, terr := TrustedFor(cfg.Home, daemon, real); (err == nil) != tc.ok || (terr == nil) != tc.ok {
-			t.Fatalf("%s: Fetch %v, TrustedFor %v; want trusted = %v", tc.name, err, terr, tc.ok)
-		}
-		if _, err := os.Stat(bin); err != nil {
-			t.Fatalf("%s: the operator's binary was removed: %v", tc.name, err)
-		}
+	if srv.count("/exampled") != 1 {
+		t.Errorf("requests = %d, want only the first download", srv.count("/exampled"))
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func FuzzParseInfo(f *testing.F) {
@@ -51,25 +54,48 @@ func FuzzParseInfo(f *testing.F) {
 	})
 }
 
-func FuzzSafeName(f *testing.F) {
-	for _, s := range []string{"v2", "..", ".", "a/../b", "/etc", "a\x00b", strings.Repeat("x", 300), "%2e%2e", "\\..\\", "é"} {
-		f.Add(s)
+// FuzzPlanName: whatever name governance passes, staging either installs the binary
+// at exactly Layout.UpgradeBin(name), the directory home.DirName maps it to and
+// nothing else under upgrades/, or refuses the name as unmappable (wrapping
+// ErrBadName, with the operator's advice) and writes nothing under upgrades/.
+func FuzzPlanName(f *testing.F) {
+	for _, s := range []string{"v2", "V2", "..", ".", "a/../b", "/etc", "a\x00b", strings.Repeat("x", 300),
+		"%2e%2e", "\\..\\", "é", "v2\u200b", `"quoted" 'name'`, "line\nbreak", "\xff\xfe", strings.Repeat("/", 90)} {
+		f.Add(s, false)
+		f.Add(s, true)
 	}
-	f.Fuzz(func(t *testing.T, name string) {
-		safe, err := SafeName(name)
-		dir := UpgradeDir("/h", name)
-		if filepath.Dir(dir) != "/h/cosmovisor/upgrades" {
-			t.Fatalf("UpgradeDir(%q) = %q escapes upgrades/", name, dir)
-		}
-		if err != nil {
+	srv := newServer(f)
+	u := srv.blob("/exampled", testBins.good)
+	info := infoJSON(pinned(u, testBins.good))
+	f.Fuzz(func(t *testing.T, name string, disableRecase bool) {
+		cfg := testConfig(t)
+		cfg.DisableRecase = disableRecase
+		l := layoutOf(t, cfg)
+		inst, err := Fetch(context.Background(), cfg, Plan{Name: name, Height: 1, Info: info}, nil)
+		ents, _ := os.ReadDir(l.UpgradesRoot())
+		dir, derr := home.DirName(name, disableRecase)
+		if derr != nil {
+			if err == nil || !errors.Is(err, ErrBadName) {
+				t.Fatalf("name %q refused by home.DirName (%v), but Fetch = %+v, %v", name, derr, inst, err)
+			}
+			var u *home.UnmappableNameError
+			if errors.As(derr, &u) && (!errors.As(err, &u) || !strings.Contains(err.Error(), u.Advice())) {
+				t.Fatalf("unmappable name %q: error %v does not carry the advice", name, err)
+			}
+			if len(ents) != 0 {
+				t.Fatalf("refused name %q left %v under upgrades/", name, ents)
+			}
 			return
 		}
-		if safe == "" || safe == "." || safe == ".." || len(safe) > MaxNameBytes ||
-			strings.ContainsAny(safe, "/\\\x00") {
-			t.Fatalf("SafeName(%q) = %q is unsafe", name, safe)
+		if err != nil {
+			t.Fatalf("name %q (dir %q): %v", name, dir, err)
 		}
-		if filepath.Base(dir) != safe {
-			t.Fatalf("UpgradeDir(%q) = %q, want base %q", name, dir, safe)
+		want, _ := l.UpgradeBin(name)
+		if inst.Path != want || filepath.Join(l.UpgradesRoot(), dir, home.BinDir, daemon) != want || inst.Plan.Name != name {
+			t.Fatalf("name %q installed at %s (plan %q), want %s", name, inst.Path, inst.Plan.Name, want)
+		}
+		if len(ents) != 1 || ents[0].Name() != dir {
+			t.Fatalf("name %q: upgrades/ holds %v, want only %q", name, ents, dir)
 		}
 	})
 }

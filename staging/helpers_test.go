@@ -5,6 +5,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -20,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 const daemon = "exampled"
@@ -37,6 +40,7 @@ const helperSrc = `package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -53,6 +57,31 @@ func main() {
 			os.Exit(3)
 		case "hang":
 			time.Sleep(time.Hour)
+		}
+		// Like a Cosmos SDK binary: even ` + "`version`" + ` writes a default config
+		// under its home, --home or else $HOME/.exampled, and fails if it cannot.
+		home := ""
+		for i, a := range os.Args {
+			if a == "--home" && i+1 < len(os.Args) {
+				home = os.Args[i+1]
+			}
+		}
+		if home == "" {
+			home = filepath.Join(os.Getenv("HOME"), ".exampled")
+		}
+		if err := os.MkdirAll(filepath.Join(home, "config"), 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "Error:", err)
+			os.Exit(1)
+		}
+		if err := os.WriteFile(filepath.Join(home, "config", "app.toml"), []byte("minimum-gas-prices = \"\"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "Error:", err)
+			os.Exit(1)
+		}
+		if os.Getenv("STAGING_TEST_REPORT_ENV") != "" {
+			wd, _ := os.Getwd()
+			same := wd == home && os.Getenv("HOME") == wd && os.Getenv("TMPDIR") == filepath.Join(wd, "tmp")
+			fmt.Printf("v2.0.0-test same=%v cwd=%s\n", same, wd)
+			return
 		}
 		fmt.Println("v2.0.0-test")
 		return
@@ -302,36 +331,98 @@ func makeZip(t testing.TB, entries []zipEntry) []byte {
 	return buf.Bytes()
 }
 
+// layoutOf is the home layout of cfg.
+func layoutOf(t testing.TB, cfg Config) home.Layout {
+	t.Helper()
+	l, err := cfg.Layout()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// binOf is the install path of plan name's binary.
+func binOf(t testing.TB, cfg Config, name string) string {
+	t.Helper()
+	b, err := layoutOf(t, cfg).UpgradeBin(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// dirOf is plan name's upgrade directory.
+func dirOf(t testing.TB, cfg Config, name string) string {
+	t.Helper()
+	d, err := layoutOf(t, cfg).UpgradeDir(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// placeBin puts body at plan name's install path, as an operator would, and
+// returns the path.
+func placeBin(t testing.TB, cfg Config, name string, body []byte) string {
+	t.Helper()
+	bin := binOf(t, cfg, name)
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, body, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// trusted is the one proof, for tests: home.Layout.Open for plan p.
+func trusted(t testing.TB, cfg Config, p Plan) (Install, error) {
+	t.Helper()
+	return openInstall(context.Background(), layoutOf(t, cfg), p)
+}
+
+// other is a binary that runs like good but has other bytes.
+func other() []byte { return append(append([]byte(nil), testBins.good...), "other build"...) }
+
 // assertNothingInstalled checks the fault left no trace: no binary, no record, no
 // upgrade dir content, no temp dirs.
 func assertNothingInstalled(t testing.TB, cfg Config, name string) {
 	t.Helper()
-	if _, err := os.Lstat(BinPath(cfg.Home, cfg.DaemonName, name)); err == nil {
-		t.Errorf("binary exists at %s after a failure", BinPath(cfg.Home, cfg.DaemonName, name))
+	if bin := binOf(t, cfg, name); fileExists(bin) {
+		t.Errorf("binary exists at %s after a failure", bin)
 	}
-	if _, err := os.Lstat(UpgradeDir(cfg.Home, name)); err == nil {
-		t.Errorf("upgrade dir %s exists after a failure", UpgradeDir(cfg.Home, name))
+	if dir := dirOf(t, cfg, name); fileExists(dir) {
+		t.Errorf("upgrade dir %s exists after a failure", dir)
 	}
 	assertNoTemp(t, cfg)
 }
 
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}
+
 func assertNoTemp(t testing.TB, cfg Config) {
 	t.Helper()
-	m, _ := filepath.Glob(filepath.Join(CosmovisorRoot(cfg.Home), TempPrefix+"*"))
-	if len(m) > 0 {
-		t.Errorf("temp dirs left behind: %v", m)
+	root := layoutOf(t, cfg).Root()
+	m, _ := filepath.Glob(filepath.Join(root, TempPrefix+"*"))
+	l, _ := filepath.Glob(filepath.Join(root, legacyTempPrefix+"*"))
+	if len(m)+len(l) > 0 {
+		t.Errorf("temp dirs left behind: %v", append(m, l...))
 	}
 }
 
 type testLogger struct {
-	t  testing.TB
-	mu sync.Mutex
-	n  int
+	t     testing.TB
+	mu    sync.Mutex
+	n     int
+	lines []string // "LEVEL msg kv..."
 }
 
 func (l *testLogger) log(level, msg string, kv ...any) {
 	l.mu.Lock()
 	l.n++
+	l.lines = append(l.lines, fmt.Sprintf("%s %s %v", level, msg, kv))
 	l.mu.Unlock()
 	if testing.Verbose() {
 		l.t.Logf("%s %s %v", level, msg, kv)
@@ -340,5 +431,18 @@ func (l *testLogger) log(level, msg string, kv ...any) {
 func (l *testLogger) Info(msg string, kv ...any)  { l.log("INFO", msg, kv...) }
 func (l *testLogger) Warn(msg string, kv ...any)  { l.log("WARN", msg, kv...) }
 func (l *testLogger) Error(msg string, kv ...any) { l.log("ERROR", msg, kv...) }
+
+// logged returns the lines logged at level that contain substr.
+func (l *testLogger) logged(level, substr string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for _, line := range l.lines {
+		if strings.HasPrefix(line, level+" ") && strings.Contains(line, substr) {
+			out = append(out, line)
+		}
+	}
+	return out
+}
 
 var _ = io.EOF

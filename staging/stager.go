@@ -2,18 +2,17 @@ package staging
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 // State is the phase of the plan a Stager works on.
@@ -27,6 +26,10 @@ const (
 	StateReady       State = "ready"       // a trusted install exists for the plan
 	StateFailed      State = "failed"      // the last attempt failed; a retry is scheduled
 	StateCancelled   State = "cancelled"   // the plan was withdrawn (Offer(nil)); work stopped
+	// StateUnmappable: the plan name cannot be mapped to a directory (see
+	// home.DirName); nothing is retried for this plan, Status.Err says what the
+	// operator can do.
+	StateUnmappable State = "unmappable"
 )
 
 // Status is a snapshot of a Stager.
@@ -45,29 +48,30 @@ type Status struct {
 }
 
 // Stager stages the binary for the latest offered plan in the background. There is
-// one per home; New takes a file lock under <home>/cosmovisor.
+// one per home, created while the caller holds the home lock (home.Layout.Acquire).
 type Stager struct {
-	cfg  Config
-	log  Logger
-	lock *os.File
+	cfg Config
+	l   home.Layout
+	log Logger
 
 	slot    atomic.Pointer[Plan] // latest offered plan; written by Offer only
 	wake    chan struct{}        // capacity 1: "the slot changed"
 	running atomic.Bool
 	hurry   atomic.Bool // Hurry was called for the plan in the slot: no pacing of writes
 
-	mu        sync.Mutex
-	st        Status
-	changed   chan struct{} // closed and replaced on every status change
-	dlStart   time.Time
-	closeOnce sync.Once
-	closeErr  error
+	mu      sync.Mutex
+	st      Status
+	changed chan struct{} // closed and replaced on every status change
+	dlStart time.Time
 }
 
 // New validates cfg (including that Config.CAFile loads), checks that <home>/cosmovisor
 // is writable, that temp directories and upgrades/ share a filesystem and that
-// upgrades/ is not mounted noexec, takes the lock (ErrLocked if another Stager holds it) and removes temp directories left by a
-// crash. Close releases the lock.
+// upgrades/ is not mounted noexec, and removes the temp names a crashed attempt left
+// (temp directories under <home>/cosmovisor, record temps beside binaries). It takes
+// no lock: the caller must hold the home lock (home.Layout.Acquire) from before New
+// until the Stager is no longer used, or the removal could hit a live attempt of
+// another process.
 func New(cfg Config, log Logger) (*Stager, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -78,69 +82,60 @@ func New(cfg Config, log Logger) (*Stager, error) {
 	if _, err := loadRoots(cfg); err != nil {
 		return nil, err
 	}
-	root := CosmovisorRoot(cfg.Home)
-	upgrades := filepath.Join(root, UpgradesDir)
-	if err := os.MkdirAll(upgrades, 0o755); err != nil {
-		return nil, fmt.Errorf("staging: cannot create %s: %w; check that the node home is writable by this user", upgrades, err)
-	}
-	lock, err := takeLock(filepath.Join(root, LockName))
+	l, err := cfg.Layout()
 	if err != nil {
+		return nil, fmt.Errorf("staging: %w", err)
+	}
+	if err := os.MkdirAll(l.UpgradesRoot(), 0o755); err != nil {
+		return nil, fmt.Errorf("staging: %s is not writable (cannot create %s: %w); check that the node home is writable by this user and not mounted read-only",
+			l.Root(), l.UpgradesRoot(), err)
+	}
+	if err := removeLeftovers(l, log); err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			lock.Close()
-		}
-	}()
-	if err := removeLeftovers(root, log); err != nil {
+	if err := checkHome(l); err != nil {
 		return nil, err
 	}
-	if err := checkHome(root, upgrades); err != nil {
-		return nil, err
-	}
-	s := &Stager{
-		cfg: cfg, log: log, lock: lock,
+	return &Stager{
+		cfg: cfg, l: l, log: log,
 		wake:    make(chan struct{}, 1),
 		changed: make(chan struct{}),
 		st:      Status{State: StateIdle, Since: time.Now(), BytesTotal: -1},
-	}
-	ok = true
-	return s, nil
+	}, nil
 }
 
-func takeLock(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("staging: %s is not writable (lock file: %w); check that the node home is writable by this user and not mounted read-only",
-			filepath.Dir(path), err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			holder, _ := os.ReadFile(path)
-			return nil, fmt.Errorf("%w: %s is held (pid %s); another invisor or stager is staging into this home, stop it first",
-				ErrLocked, path, string(holder))
+// Layout is the home layout the Stager works in.
+func (s *Stager) Layout() home.Layout { return s.l }
+
+// removeLeftovers deletes the temp names of attempts that did not finish (crash,
+// SIGKILL): temp directories under <home>/cosmovisor (this release's TempPrefix,
+// and the .staging-tmp-* of earlier ones) and record temps beside binaries. Only a
+// dead process can own them while the caller holds the home lock.
+func removeLeftovers(l home.Layout, log Logger) error {
+	var matches []string
+	for _, prefix := range []string{TempPrefix, legacyTempPrefix} {
+		m, err := filepath.Glob(filepath.Join(l.Root(), prefix+"*"))
+		if err != nil {
+			return err
 		}
-		return nil, fmt.Errorf("staging: lock %s: %w", path, err)
-	}
-	f.Truncate(0)
-	f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
-	return f, nil
-}
-
-// removeLeftovers deletes temp directories of attempts that did not finish (crash,
-// SIGKILL). It runs under the lock, so no live attempt owns them.
-func removeLeftovers(root string, log Logger) error {
-	matches, err := filepath.Glob(filepath.Join(root, TempPrefix+"*"))
-	if err != nil {
-		return err
+		matches = append(matches, m...)
 	}
 	for _, m := range matches {
 		if err := os.RemoveAll(m); err != nil {
-			return fmt.Errorf("staging: cannot remove leftover temp dir %s: %w", m, err)
+			return fmt.Errorf("staging: cannot remove leftover temp %s: %w", m, err)
 		}
-		log.Info("staging: removed leftover temp dir from an interrupted attempt", "dir", m)
+		log.Info("staging: removed a leftover temp from an interrupted attempt", "path", m)
+	}
+	ups, err := os.ReadDir(l.UpgradesRoot())
+	if err != nil {
+		return err
+	}
+	for _, u := range ups {
+		if u.IsDir() {
+			if err := home.RemoveStaleTemps(filepath.Join(l.UpgradesRoot(), u.Name(), home.BinDir)); err != nil {
+				return fmt.Errorf("staging: cannot remove leftover temps under %s: %w", u.Name(), err)
+			}
+		}
 	}
 	return nil
 }
@@ -148,7 +143,8 @@ func removeLeftovers(root string, log Logger) error {
 // checkHome fails at boot, not at the upgrade height: the temp root must be writable
 // and on the same filesystem as upgrades/ (so the install is an atomic rename), and
 // upgrades/ must allow exec.
-func checkHome(root, upgrades string) error {
+func checkHome(l home.Layout) error {
+	root, upgrades := l.Root(), l.UpgradesRoot()
 	tmp, err := os.MkdirTemp(root, TempPrefix)
 	if err != nil {
 		return fmt.Errorf("staging: %s is not writable: %w", root, err)
@@ -165,15 +161,6 @@ func checkHome(root, upgrades string) error {
 		return fmt.Errorf("staging: %s and %s are on different filesystems, so installs could not be atomic; do not mount or symlink upgrades/ elsewhere", root, upgrades)
 	}
 	return checkExecMount(upgrades)
-}
-
-// Close releases the lock. It does not stop Run; cancel Run's context first.
-func (s *Stager) Close() error {
-	s.closeOnce.Do(func() {
-		syscall.Flock(int(s.lock.Fd()), syscall.LOCK_UN)
-		s.closeErr = s.lock.Close()
-	})
-	return s.closeErr
 }
 
 // Hurry lifts the pacing of staging's disk writes (Config.DiskShare) for the plan
@@ -259,11 +246,12 @@ func (s *Stager) setState(p *Plan, state State) {
 	}
 }
 
-// WaitReady blocks until plan name has a trusted install, or ctx is done. It also
-// notices an install made outside this Stager (a previous run, or a binary placed by
-// hand and adopted), polling every PollInterval.
-func (s *Stager) WaitReady(ctx context.Context, name string) (Install, error) {
-	if _, err := SafeName(name); err != nil {
+// WaitReady blocks until plan p has a trusted install, or ctx is done. It also
+// notices an install made outside this Stager (a previous run, or `invisor stage`
+// with the node stopped), proven by home.Layout.Open, polling every PollInterval.
+// A plan name that cannot be mapped is an error at once.
+func (s *Stager) WaitReady(ctx context.Context, p Plan) (Install, error) {
+	if _, err := upgradeDir(s.l, p.Name); err != nil {
 		return Install{}, err
 	}
 	t := time.NewTicker(s.cfg.PollInterval)
@@ -272,21 +260,23 @@ func (s *Stager) WaitReady(ctx context.Context, name string) (Install, error) {
 		s.mu.Lock()
 		st, ch := s.st, s.changed
 		s.mu.Unlock()
-		if st.State == StateReady && st.Install != nil && st.Install.Name == name {
+		mine := st.Plan != nil && *st.Plan == p
+		if mine && st.State == StateReady && st.Install != nil && st.Install.Plan == p {
 			return *st.Install, nil
 		}
-		if st.Plan == nil || st.Plan.Name != name {
-			if _, err := os.Lstat(RecordPath(s.cfg.Home, s.cfg.DaemonName, name)); err == nil {
-				if inst, err := Trusted(s.cfg.Home, s.cfg.DaemonName, name); err == nil {
-					return inst, nil
-				}
+		if mine && st.State == StateUnmappable {
+			return Install{}, errors.New(st.Err)
+		}
+		if !mine {
+			if inst, err := openInstall(ctx, s.l, p); err == nil {
+				return inst, nil
 			}
 		}
 		select {
 		case <-ch:
 		case <-t.C:
 		case <-ctx.Done():
-			return Install{}, fmt.Errorf("waiting for plan %q to be staged: %w (state %s; last error: %s)", name, context.Cause(ctx), st.State, st.Err)
+			return Install{}, fmt.Errorf("waiting for plan %q to be staged: %w (state %s; last error: %s)", p.Name, context.Cause(ctx), st.State, st.Err)
 		}
 	}
 }
@@ -301,8 +291,8 @@ func (s *Stager) Run(ctx context.Context) error {
 	}
 	defer s.running.Store(false)
 
-	var cur *Plan // plan being worked on
-	ready := false
+	var cur *Plan  // plan being worked on
+	ready := false // nothing more to do for cur: ready, or its name is unmappable
 	attempt := 0
 	for {
 		p := s.slot.Load()
@@ -344,6 +334,16 @@ func (s *Stager) Run(ctx context.Context) error {
 		}
 		if errors.Is(err, ErrPlanSuperseded) || errors.Is(err, ErrPlanCancelled) {
 			continue // the top of the loop reports the new state
+		}
+		if errors.Is(err, ErrBadName) {
+			// No attempt can succeed for this name: say so once, the day the plan
+			// is seen, and wait for another plan instead of retrying.
+			ready = true
+			s.log.Error("staging: the plan cannot be staged", "plan", cur.Name, "height", cur.Height, "err", err)
+			s.update(func(st *Status) {
+				st.State, st.Err, st.Install, st.Attempt = StateUnmappable, err.Error(), nil, attempt
+			})
+			continue
 		}
 		if err == nil {
 			ready = true
@@ -423,14 +423,16 @@ func (s *Stager) backoff(attempt int, err error) time.Duration {
 	return d
 }
 
-// sleep waits for delay, returning early (true) when the plan changes or a binary
-// appears at the install path (placed by hand), and false when ctx is done.
+// sleep waits for delay, returning early (true) when the plan changes or the file
+// at the install path changes (the operator placed, replaced or removed it), and
+// false when ctx is done. A file that stays as it is waits for the backoff.
 func (s *Stager) sleep(ctx context.Context, p *Plan, delay time.Duration) bool {
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	poll := time.NewTicker(s.cfg.PollInterval)
 	defer poll.Stop()
-	bin := BinPath(s.cfg.Home, s.cfg.DaemonName, p.Name)
+	bin, _ := s.l.UpgradeBin(p.Name) // "" for an unmappable name, which never sleeps here
+	seen := probe(bin)
 	for {
 		select {
 		case <-ctx.Done():
@@ -442,39 +444,51 @@ func (s *Stager) sleep(ctx context.Context, p *Plan, delay time.Duration) bool {
 				return true // Run's loop reads the new plan from the slot
 			}
 		case <-poll.C:
-			if _, err := os.Lstat(bin); !errors.Is(err, fs.ErrNotExist) {
+			if probe(bin) != seen {
 				return true
 			}
 		}
 	}
 }
 
+// placement is what is at an install path, compared between polls.
+type placement struct {
+	exists bool
+	stamp  home.Stamp
+	size   int64
+	mtime  int64
+}
+
+func probe(path string) placement {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return placement{}
+	}
+	st, _ := home.StampOf(path)
+	return placement{exists: true, stamp: st, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+}
+
 // discard removes the install of a withdrawn plan (cancelled by governance, or
-// skipped) that this node downloaded, so that nothing is left that a later run
-// could adopt for a plan no longer in force. A binary placed by hand stays (the
+// skipped) that this node downloaded for it, so that nothing is left that a later
+// run could adopt for a plan no longer in force. An operator's binary stays (the
 // operator put it there), and so does an install that the chain's state
-// (data/upgrade-info.json) or cosmovisor's current link points at.
+// (data/upgrade-info.json) or the current link points at.
 func (s *Stager) discard(ctx context.Context, p *Plan) {
-	home, daemon := s.cfg.Home, s.cfg.DaemonName
-	rec, err := readRecord(RecordPath(home, daemon, p.Name))
-	if err != nil || rec.Source != "download" || rec.Plan != p.Name {
+	rec, err := s.l.ReadRecord(p.Name)
+	if err != nil || rec.Source != home.SourceDownload || rec.For(*p) != nil {
 		return
 	}
-	dir := UpgradeDir(home, p.Name)
-	if cur, err := filepath.EvalSymlinks(filepath.Join(CosmovisorRoot(home), "current")); err == nil {
-		if d, err := filepath.EvalSymlinks(dir); err == nil && d == cur {
-			return
-		}
+	dir, err := s.l.UpgradeDir(p.Name)
+	if err != nil || s.l.CurrentIs(dir) {
+		return
 	}
-	if b, err := os.ReadFile(filepath.Join(home, "data", "upgrade-info.json")); err == nil {
-		var ui struct {
-			Name string `json:"name"`
-		}
-		if json.Unmarshal(b, &ui) == nil && ui.Name == p.Name {
-			return
-		}
+	if bin, _ := s.l.UpgradeBin(p.Name); !stillRecorded(ctx, bin, rec) {
+		return // the operator put another file there: theirs to remove
 	}
-	if err := removeInstall(home, dir, newPacer(ctx, s.cfg.DiskShare, &s.hurry)); err != nil {
+	if ui, ok, err := s.l.ReadUpgradeInfo(); err != nil || (ok && ui.Name == p.Name) {
+		return
+	}
+	if err := removeInstall(s.l, dir, newPacer(ctx, s.cfg.DiskShare, &s.hurry)); err != nil {
 		s.log.Warn("staging: could not remove the install of a withdrawn plan", "plan", p.Name, "dir", dir, "err", err)
 		return
 	}

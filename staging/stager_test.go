@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 func startStager(t *testing.T, cfg Config) (*Stager, func()) {
@@ -28,7 +30,6 @@ func startStager(t *testing.T, cfg Config) (*Stager, func()) {
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		s.Close()
 	}
 	t.Cleanup(func() {
 		select {
@@ -85,7 +86,7 @@ func TestFault04StagerRetries5xxThenReady(t *testing.T) {
 	s.Offer(p)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	inst, err := s.WaitReady(ctx, "v2")
+	inst, err := s.WaitReady(ctx, *p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestFault14StagerCancelMidDownload(t *testing.T) {
 	waitStatus(t, s, "downloading with bytes", func(st Status) bool {
 		return st.State == StateDownloading && st.BytesDone > 0
 	})
-	if m, _ := filepath.Glob(filepath.Join(CosmovisorRoot(cfg.Home), TempPrefix+"*")); len(m) != 1 {
+	if m, _ := filepath.Glob(filepath.Join(layoutOf(t, cfg).Root(), TempPrefix+"*")); len(m) != 1 {
 		t.Fatalf("want one temp dir during the download, got %v", m)
 	}
 	start := time.Now()
@@ -152,13 +153,15 @@ func TestFault15StagerPlanReplaced(t *testing.T) {
 	slow := srv.handle("/old", slowBody(testBins.bad, release, &cancelled))
 	fast := srv.blob("/new", testBins.good)
 	s, _ := startStager(t, cfg)
-	s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(slow, testBins.bad))})
+	v2 := Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(slow, testBins.bad))}
+	s.Offer(&v2)
 	waitStatus(t, s, "downloading", func(st Status) bool { return st.State == StateDownloading && st.BytesDone > 0 })
 
-	s.Offer(&Plan{Name: "v3", Height: 60, Info: infoJSON(pinned(fast, testBins.good))})
+	v3 := Plan{Name: "v3", Height: 60, Info: infoJSON(pinned(fast, testBins.good))}
+	s.Offer(&v3)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inst, err := s.WaitReady(ctx, "v3")
+	inst, err := s.WaitReady(ctx, v3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,33 +176,34 @@ func TestFault15StagerPlanReplaced(t *testing.T) {
 	// Same name, new height: the old work is cancelled as well.
 	short, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel2()
-	if _, err := s.WaitReady(short, "v2"); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := s.WaitReady(short, v2); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("WaitReady for a superseded plan: %v", err)
 	}
 }
 
-func TestStagerHandPlacedLater(t *testing.T) {
+func TestStagerPlacedLater(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.AllowDownload = false
 	s, _ := startStager(t, cfg)
-	s.Offer(&Plan{Name: "v2", Height: 9})
+	p := Plan{Name: "v2", Height: 9}
+	s.Offer(&p)
+	bin := binOf(t, cfg, "v2")
 	st := waitStatus(t, s, "failed", func(st Status) bool { return st.State == StateFailed })
-	if !strings.Contains(st.Err, BinPath(cfg.Home, daemon, "v2")) {
+	if !strings.Contains(st.Err, bin) {
 		t.Errorf("status error does not say where to put the binary: %q", st.Err)
 	}
 	// The operator places the binary (written elsewhere, then renamed in, as they should).
-	bin := BinPath(cfg.Home, daemon, "v2")
 	os.MkdirAll(filepath.Dir(bin), 0o755)
 	tmp := bin + ".part"
 	os.WriteFile(tmp, testBins.good, 0o755)
 	os.Rename(tmp, bin)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inst, err := s.WaitReady(ctx, "v2")
+	inst, err := s.WaitReady(ctx, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if inst.Record.Source != "hand-placed" {
+	if inst.Record.Source != home.SourceOperatorWord {
 		t.Errorf("record = %+v", inst.Record)
 	}
 }
@@ -233,14 +237,14 @@ func TestFault31StagerConcurrentUse(t *testing.T) {
 		defer wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		s.WaitReady(ctx, "v1")
+		s.WaitReady(ctx, Plan{Name: "v1", Height: 1, Info: infos[1]})
 	}()
 	wg.Wait()
 	final := &Plan{Name: "v1", Height: 1, Info: infos[1]}
 	s.Offer(final)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := s.WaitReady(ctx, "v1"); err != nil {
+	if _, err := s.WaitReady(ctx, *final); err != nil {
 		t.Fatal(err)
 	}
 	stop()
@@ -253,7 +257,6 @@ func TestOfferUnchangedIsCheap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
 	p := &Plan{Name: "v2", Height: 3, Info: "{}"}
 	s.Offer(p)
 	if a := testing.AllocsPerRun(1000, func() { s.Offer(p) }); a != 0 {
@@ -275,39 +278,26 @@ func TestOfferUnchangedIsCheap(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	t.Run("fault27 second stager on one home is locked out", func(t *testing.T) {
+	t.Run("takes no lock of its own", func(t *testing.T) {
 		cfg := testConfig(t)
-		a, err := New(cfg, nil)
+		// The home lock belongs to the process edge (home.Layout.Acquire), held from
+		// boot to exec; a Stager created under it must not lock again.
+		lk, err := layoutOf(t, cfg).Acquire(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = New(cfg, nil)
-		if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), fmt.Sprint(os.Getpid())) {
+		defer lk.Release()
+		if _, err := New(cfg, nil); err != nil {
+			t.Fatalf("New under the home lock: %v", err)
+		}
+		if _, err := New(cfg, nil); err != nil {
 			t.Fatalf("second New: %v", err)
 		}
-		a.Close()
-		b, err := New(cfg, nil)
-		if err != nil {
-			t.Fatalf("New after Close: %v", err)
-		}
-		b.Close()
-	})
-	t.Run("fault19 leftover temp dirs removed", func(t *testing.T) {
-		cfg := testConfig(t)
-		root := CosmovisorRoot(cfg.Home)
-		left := filepath.Join(root, TempPrefix+"123", "root", "bin")
-		os.MkdirAll(left, 0o755)
-		os.WriteFile(filepath.Join(left, daemon), []byte("half"), 0o755)
-		keep := filepath.Join(root, UpgradesDir, "v1", "bin")
-		os.MkdirAll(keep, 0o755)
-		s, err := New(cfg, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		assertNoTemp(t, cfg)
-		if _, err := os.Stat(keep); err != nil {
-			t.Errorf("New removed an upgrade dir: %v", err)
+		ents, _ := os.ReadDir(layoutOf(t, cfg).Root())
+		for _, e := range ents {
+			if e.Name() != home.LockFile && e.Name() != home.UpgradesDir {
+				t.Errorf("New left %s in %s", e.Name(), layoutOf(t, cfg).Root())
+			}
 		}
 	})
 	t.Run("invalid config names the field", func(t *testing.T) {
@@ -354,60 +344,6 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestFault17SafeName(t *testing.T) {
-	cases := []struct {
-		in, want string
-		bad      bool
-	}{
-		{in: "v2", want: "v2"},
-		{in: "v2.0.0-rc1", want: "v2.0.0-rc1"},
-		{in: "a/b", want: "a%2Fb"},
-		{in: "../../etc", want: "..%2F..%2Fetc"},
-		{in: "sp ace", want: "sp%20ace"},
-		{in: "", bad: true},
-		{in: ".", bad: true},
-		{in: "..", bad: true},
-		{in: "a\x00b", bad: true},
-		{in: "line\nbreak", bad: true},
-		{in: "\xff\xfe", bad: true},
-		{in: strings.Repeat("a", 256), bad: true},
-		{in: strings.Repeat("/", 100), bad: true}, // 300 bytes escaped
-		{in: strings.Repeat("a", 255), want: strings.Repeat("a", 255)},
-	}
-	for _, tc := range cases {
-		got, err := SafeName(tc.in)
-		if tc.bad {
-			if err == nil || !errors.Is(err, ErrBadName) {
-				t.Errorf("SafeName(%q) = %q, %v; want ErrBadName", tc.in, got, err)
-			}
-			if d := UpgradeDir("/h", tc.in); !strings.HasPrefix(filepath.Base(d), ".invalid-") || filepath.Dir(d) != "/h/cosmovisor/upgrades" {
-				t.Errorf("UpgradeDir(%q) = %q", tc.in, d)
-			}
-			continue
-		}
-		if err != nil || got != tc.want {
-			t.Errorf("SafeName(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
-		}
-		if d := UpgradeDir("/h", tc.in); d != "/h/cosmovisor/upgrades/"+tc.want {
-			t.Errorf("UpgradeDir(%q) = %q", tc.in, d)
-		}
-	}
-	if got := BinPath("/h", "exampled", "v2"); got != "/h/cosmovisor/upgrades/v2/bin/exampled" {
-		t.Errorf("BinPath = %q", got)
-	}
-}
-
-func TestFault17FetchHostileNameRefused(t *testing.T) {
-	cfg := testConfig(t)
-	_, err := Fetch(context.Background(), cfg, Plan{Name: "..", Info: "{}"}, nil)
-	if !errors.Is(err, ErrBadName) {
-		t.Fatalf("err = %v", err)
-	}
-	if ents, _ := os.ReadDir(cfg.Home); len(ents) != 0 {
-		t.Errorf("home touched: %v", ents)
-	}
-}
-
 // A plan withdrawn after its binary was downloaded leaves nothing behind; a
 // binary placed by hand, or one the chain's state names, stays.
 func TestFault14StagerWithdrawnPlanInstallRemoved(t *testing.T) {
@@ -431,16 +367,17 @@ func TestFault14StagerWithdrawnPlanInstallRemoved(t *testing.T) {
 			srv := newServer(t)
 			u := srv.handle("/exampled", func(w http.ResponseWriter, r *http.Request) { w.Write(testBins.good) })
 			s, _ := startStager(t, cfg)
-			s.Offer(&Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))})
+			p := Plan{Name: "v2", Height: 50, Info: infoJSON(pinned(u, testBins.good))}
+			s.Offer(&p)
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			if _, err := s.WaitReady(ctx, "v2"); err != nil {
+			if _, err := s.WaitReady(ctx, p); err != nil {
 				t.Fatal(err)
 			}
 			tc.prepare(t, cfg)
 			s.Offer(nil)
 			waitStatus(t, s, "cancelled", func(st Status) bool { return st.State == StateCancelled })
-			_, err := os.Stat(UpgradeDir(cfg.Home, "v2"))
+			_, err := os.Stat(dirOf(t, cfg, "v2"))
 			if kept := err == nil; kept != tc.wantKept {
 				t.Fatalf("install kept = %v, want %v", kept, tc.wantKept)
 			}

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/internal/home"
 )
 
 var elfMachine = map[string]elf.Machine{
@@ -104,12 +107,35 @@ func sniff(b []byte) string {
 	return "not an executable"
 }
 
-// preflight runs `<bin> <args...>` with a timeout, in its own process group (killed as
-// a group on timeout), stdin from /dev/null, output capped. It must exit 0.
-func preflight(ctx context.Context, bin string, args []string, timeout time.Duration) (string, error) {
+// preflight runs the candidate binary at bin with the configured arguments in a
+// scratch directory of the attempt's temp dir (see runPreflight).
+func (j *job) preflight(ctx context.Context, bin string) (string, error) {
+	parent, err := j.temp()
+	if err != nil {
+		return "", err
+	}
+	return preflight(ctx, bin, j.cfg.PreflightArgs, j.cfg.PreflightTimeout, parent)
+}
+
+// preflight runs `<bin> <args...> --home <scratch>` with a timeout, in its own
+// process group (killed as a group on timeout), stdin from /dev/null, output
+// capped, with a fresh scratch directory under parent as its working directory,
+// HOME, XDG and TMPDIR directories and node home, removed afterwards: a candidate
+// binary writes nothing outside it (an SDK binary writes a default config under
+// its home even for `version`) and needs no writable $HOME (systemd ProtectHome=,
+// DynamicUser=). It must exit 0; the first line of its output is returned.
+func preflight(ctx context.Context, bin string, args []string, timeout time.Duration, parent string) (string, error) {
+	scratch, err := os.MkdirTemp(parent, "preflight-")
+	if err != nil {
+		return "", fmt.Errorf("preflight scratch directory under %s: %w", parent, err)
+	}
+	defer os.RemoveAll(scratch)
+	if err := os.Mkdir(filepath.Join(scratch, "tmp"), 0o700); err != nil {
+		return "", err
+	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		out, err := runPreflight(ctx, bin, args, timeout)
+		out, err := runPreflight(ctx, bin, args, timeout, scratch)
 		// ETXTBSY: another goroutine of this process forked while the file was still open
 		// for writing (a known Go race); it clears as soon as that child execs.
 		if err == nil || !errors.Is(err, syscall.ETXTBSY) {
@@ -121,11 +147,40 @@ func preflight(ctx context.Context, bin string, args []string, timeout time.Dura
 	return "", lastErr
 }
 
-func runPreflight(ctx context.Context, bin string, args []string, timeout time.Duration) (string, error) {
+// sandboxEnv is the environment of a preflight run: this process's, with every
+// home-like directory pointing into scratch and without the home lock hand-over.
+func sandboxEnv(scratch string) []string {
+	set := map[string]string{
+		"HOME":            scratch,
+		"XDG_CONFIG_HOME": filepath.Join(scratch, ".config"),
+		"XDG_CACHE_HOME":  filepath.Join(scratch, ".cache"),
+		"XDG_DATA_HOME":   filepath.Join(scratch, ".local", "share"),
+		"XDG_STATE_HOME":  filepath.Join(scratch, ".local", "state"),
+		"TMPDIR":          filepath.Join(scratch, "tmp"),
+		"DAEMON_HOME":     scratch, // an invisor-linked candidate must not open the real home
+	}
+	env := make([]string, 0, len(os.Environ())+len(set))
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := set[k]; ok || k == home.EnvLock {
+			continue
+		}
+		env = append(env, kv)
+	}
+	for _, k := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "TMPDIR", "DAEMON_HOME"} {
+		env = append(env, k+"="+set[k])
+	}
+	return env
+}
+
+func runPreflight(ctx context.Context, bin string, args []string, timeout time.Duration, scratch string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
+	argv := append(append([]string(nil), args...), "--home", scratch)
+	cmd := exec.CommandContext(ctx, bin, argv...)
 	cmd.Stdin = nil
+	cmd.Dir = scratch
+	cmd.Env = sandboxEnv(scratch)
 	out := &capBuffer{max: 16 << 10}
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -146,7 +201,7 @@ func runPreflight(ctx context.Context, bin string, args []string, timeout time.D
 		if len(text) > 512 {
 			text = text[:512] + "..."
 		}
-		return "", &PreflightError{Path: bin, Args: args, Err: err, Output: text}
+		return "", &PreflightError{Path: bin, Args: argv, Err: err, Output: text}
 	}
 	line, _, _ := strings.Cut(text, "\n")
 	if len(line) > 256 {

@@ -26,6 +26,12 @@ const TraceDenom = "uinvisor"
 // Upgrades lists the upgrade names in the order they happen on the example chain.
 var Upgrades = []string{"v2", "v3"}
 
+// EscapedUpgrade is a second name for the upgrade to level 2, carried by every
+// build of level 2 and up: governance accepts any non-empty name, and this one
+// needs cosmovisor's case handling and escaping (upper case, "/", a space,
+// quotes, non-ASCII), so tests can pass a plan with it and watch the switch.
+const EscapedUpgrade = `V2/Ünï "q"`
+
 // level returns UpgradeLevel as a number; a bad link-time value is a build error.
 func level() int {
 	n, err := strconv.Atoi(UpgradeLevel)
@@ -41,6 +47,9 @@ func (app *App) registerUpgradeHandlers() {
 			break
 		}
 		app.UpgradeKeeper.SetUpgradeHandler(name, app.traceHandler(name))
+		if name == "v2" {
+			app.UpgradeKeeper.SetUpgradeHandler(EscapedUpgrade, app.traceHandler(EscapedUpgrade))
+		}
 	}
 }
 

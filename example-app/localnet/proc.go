@@ -11,7 +11,7 @@ import (
 // Proc is what a process was started with, read from /proc.
 type Proc struct {
 	Argv []string
-	Env  []string // sorted, without invisor's own exec markers (INVISOR_EXEC*, INVISOR_REDIRECT*)
+	Env  []string // sorted, without invisor's own exec markers (INVISOR_EXEC*, INVISOR_REDIRECT*, INVISOR_HOME_LOCK)
 	Cwd  string
 }
 
@@ -32,7 +32,7 @@ func (n *Node) Proc() (Proc, error) {
 	}
 	p := Proc{Argv: split0(argv), Cwd: cwd}
 	for _, kv := range split0(env) {
-		if !strings.HasPrefix(kv, "INVISOR_EXEC") && !strings.HasPrefix(kv, "INVISOR_REDIRECT") {
+		if !strings.HasPrefix(kv, "INVISOR_EXEC") && !strings.HasPrefix(kv, "INVISOR_REDIRECT") && !strings.HasPrefix(kv, "INVISOR_HOME_LOCK=") {
 			p.Env = append(p.Env, kv)
 		}
 	}

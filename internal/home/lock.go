@@ -111,7 +111,7 @@ func (lk *Lock) InheritEnv() (string, error) {
 		return "", err
 	}
 	fd := int(lk.f.Fd())
-	if err := clearCloseOnExec(fd); err != nil {
+	if err := ClearCloseOnExec(fd); err != nil {
 		return "", fmt.Errorf("home: keep the lock across exec: %w", err)
 	}
 	return fmt.Sprintf("%s=%d:%d:%d", EnvLock, fd, st.Dev, st.Ino), nil

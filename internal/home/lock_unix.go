@@ -18,7 +18,9 @@ func flockShared(f *os.File) error {
 	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }
 
-func clearCloseOnExec(fd int) error {
+// ClearCloseOnExec lets descriptor fd survive the next exec (the lock hand-over,
+// and a script binary run through its verified descriptor).
+func ClearCloseOnExec(fd int) error {
 	_, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0)
 	if e != 0 {
 		return e

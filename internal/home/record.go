@@ -11,6 +11,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -32,6 +34,11 @@ func (p Plan) InfoHash() string { return InfoHash(p.Info) }
 // InfoHash is the hex sha256 of a plan info string.
 func InfoHash(info string) string {
 	s := sha256.Sum256([]byte(info))
+	return hex.EncodeToString(s[:])
+}
+
+func nameHash(name string) string {
+	s := sha256.Sum256([]byte(name))
 	return hex.EncodeToString(s[:])
 }
 
@@ -78,11 +85,14 @@ const RecordFormat = 2
 // Record is the completion record beside a binary: the single proof that the file
 // may run for one plan.
 type Record struct {
-	Format   int    `json:"format"`
-	Plan     string `json:"plan"`
-	Height   int64  `json:"height"`
-	InfoHash string `json:"info_sha256"`
-	Source   Source `json:"source"`
+	Format int    `json:"format"`
+	Plan   string `json:"plan"`
+	// PlanSHA256 is the hex sha256 of the plan name's bytes: JSON cannot carry a
+	// name that is not valid UTF-8, and governance can pass one.
+	PlanSHA256 string `json:"plan_sha256"`
+	Height     int64  `json:"height"`
+	InfoHash   string `json:"info_sha256"`
+	Source     Source `json:"source"`
 	// URL is where the bytes came from, credentials and query redacted; empty for
 	// an operator's file.
 	URL string `json:"url,omitempty"`
@@ -106,7 +116,9 @@ func (r Record) For(p Plan) error {
 	switch {
 	case !r.Source.Valid():
 		return fmt.Errorf("%w: the record's source %q is not a proof this version accepts; staging verifies the binary again", ErrNotTrusted, r.Source)
-	case r.Plan != p.Name:
+	case r.Format < RecordFormat:
+		return fmt.Errorf("%w: the record is of an earlier format (%d); staging verifies the binary again", ErrNotTrusted, r.Format)
+	case r.PlanSHA256 != nameHash(p.Name):
 		return fmt.Errorf("%w: the record is for plan %q, not %q", ErrNotTrusted, r.Plan, p.Name)
 	case r.InfoHash != p.InfoHash():
 		return fmt.Errorf("%w: the record is for another plan named %q (different info): a replaced plan never inherits a binary", ErrNotTrusted, p.Name)
@@ -125,6 +137,10 @@ func (l Layout) ReadRecord(name string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("%w: %w", ErrNotTrusted, err)
 	}
+	return readRecordFile(path)
+}
+
+func readRecordFile(path string) (Record, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -150,6 +166,7 @@ func (l Layout) WriteRecord(rec Record) error {
 	if rec.Format == 0 {
 		rec.Format = RecordFormat
 	}
+	rec.PlanSHA256 = nameHash(rec.Plan)
 	if rec.Time.IsZero() {
 		rec.Time = time.Now().UTC()
 	}
@@ -219,6 +236,34 @@ func writers(hs []hash.Hash) []io.Writer {
 	out := make([]io.Writer, len(hs))
 	for i, h := range hs {
 		out[i] = h
+	}
+	return out
+}
+
+// Installed is one upgrade directory under upgrades/ and what its record says.
+type Installed struct {
+	Dir    string // <home>/cosmovisor/upgrades/<dir>
+	Bin    string // Dir/bin/<daemon>
+	Record Record // zero when Err is set
+	Err    error  // no record, or an unreadable one
+}
+
+// Installs lists every upgrade directory, with its completion record where it has
+// one; names that no plan can map to (a replaced install kept aside) are skipped.
+func (l Layout) Installs() []Installed {
+	ents, err := os.ReadDir(l.UpgradesRoot())
+	if err != nil {
+		return nil
+	}
+	var out []Installed
+	for _, e := range ents {
+		if !e.IsDir() || strings.ContainsAny(e.Name(), "#") || strings.Contains(e.Name(), TempMarker) {
+			continue
+		}
+		dir := filepath.Join(l.UpgradesRoot(), e.Name())
+		in := Installed{Dir: dir, Bin: filepath.Join(dir, BinDir, l.daemon)}
+		in.Record, in.Err = readRecordFile(in.Bin + RecordSuffix)
+		out = append(out, in)
 	}
 	return out
 }

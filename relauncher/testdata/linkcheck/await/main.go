@@ -4,7 +4,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -15,12 +14,12 @@ func main() {
 	o := relauncher.AwaitPreUpgrade(os.Environ())
 	cfg := relauncher.DefaultConfig()
 	cfg.Home, cfg.DaemonName = os.TempDir(), "appd"
-	v := relauncher.VerifierFunc(func(string) (relauncher.Binary, error) { return relauncher.Binary{}, errors.New("none") })
-	r, err := relauncher.New(cfg, v, nil, relauncher.OS{AwaitedPreUpgrade: o})
+	r, err := relauncher.New(cfg, nil, nil, relauncher.OS{AwaitedPreUpgrade: o})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	ok, err := relauncher.BinaryAwaitsPreUpgrade(os.Args[0])
+	_, _ = relauncher.ScanAwaitsPreUpgrade(nil)
 	fmt.Println(ok, err, r.Boot(), r.Switch("v2"))
 }
