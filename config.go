@@ -211,9 +211,7 @@ var settings = []setting{
 }
 
 // Layout is the node home's layout for this configuration.
-func (c Config) Layout() (home.Layout, error) {
-	return home.New(c.Staging.Home, c.Staging.DaemonName, home.Options{DisableRecase: c.Staging.DisableRecase})
-}
+func (c Config) Layout() (home.Layout, error) { return c.Staging.Layout() }
 
 // LoadConfig reads the [invisor] section of app.toml from v, then the environment
 // (which wins), for the node at home. Unknown keys and bad values are errors that

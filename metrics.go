@@ -107,14 +107,14 @@ func registerGauges() *gauges {
 			return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 		}
 		theGauges = &gauges{
-			planHeight: g(MetricPlanHeight, "Height of the upgrade plan in force (0: none)."),
-			blocksTo:   g(MetricBlocksToUpgrade, "Blocks until the plan height (-1: no plan or height unknown)."),
-			bytes:      g(MetricBytesDownloaded, "Bytes downloaded by the current staging attempt."),
-			attempts:   g(MetricAttempts, "Staging attempts made for the plan in force."),
-			failures:   g(MetricFailures, "Failed staging attempts for the plan in force."),
-			sinceReady: g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
-			lastSwitch: g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
-			unmappable: g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
+			planHeight:  g(MetricPlanHeight, "Height of the upgrade plan in force (0: none)."),
+			blocksTo:    g(MetricBlocksToUpgrade, "Blocks until the plan height (-1: no plan or height unknown)."),
+			bytes:       g(MetricBytesDownloaded, "Bytes downloaded by the current staging attempt."),
+			attempts:    g(MetricAttempts, "Staging attempts made for the plan in force."),
+			failures:    g(MetricFailures, "Failed staging attempts for the plan in force."),
+			sinceReady:  g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
+			lastSwitch:  g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
+			unmappable:  g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
 			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
 			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
 				Help: "1 for the current staging state, 0 for the others."}, []string{"state"}),

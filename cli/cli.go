@@ -27,6 +27,7 @@ import (
 	"github.com/cosmos/cosmos-sdk/server"
 
 	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Command returns the `invisor` command tree for a chain binary.
@@ -116,6 +117,20 @@ func loadEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
 	}
 	e.log = sctx.Logger
 	return e, nil
+}
+
+// layout is the home's layout under the configuration in force (with a bad
+// configuration: the defaults, so that read-only commands still say something).
+func (e *env) layout() home.Layout {
+	opts := home.Options{}
+	if e.cfgErr == nil {
+		opts.DisableRecase = e.cfg.Staging.DisableRecase
+	}
+	l, err := home.New(e.home, e.daemon(), opts)
+	if err != nil {
+		l, _ = home.New(e.home, "invalid-daemon-name", opts)
+	}
+	return l
 }
 
 // daemon returns the binary name in force (the default when the config is bad).

@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +17,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -156,58 +160,112 @@ func TestConfigReportSources(t *testing.T) {
 	}
 }
 
+func testLayout(t *testing.T) home.Layout {
+	t.Helper()
+	l, err := home.New(t.TempDir(), "appd", home.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 func TestHomeViews(t *testing.T) {
-	home := t.TempDir()
-	bin := staging.BinPath(home, "appd", "v2")
+	l := testLayout(t)
+	bin, _ := l.UpgradeBin("V2")
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if b := binaryView(home, "appd", "v2"); b.Present || b.Trusted || homeState(b) != "missing" {
+	ctx := context.Background()
+	if b := binaryView(ctx, l, "V2", nil); b.Present || b.Trusted || homeState(b) != "missing" {
 		t.Fatalf("empty: %+v", b)
 	}
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b := binaryView(home, "appd", "v2")
+	b := binaryView(ctx, l, "V2", nil)
 	if !b.Present || b.Trusted || homeState(b) != "placed" || !strings.Contains(b.Error, "no completion record") {
 		t.Fatalf("placed: %+v", b)
 	}
-	if got := stagedBinaries(home, "appd"); len(got) != 1 || got[0].Name != "v2" {
+	if got := stagedBinaries(l); len(got) != 1 || got[0].Name != "v2" || got[0].Path != bin {
 		t.Fatalf("stagedBinaries = %+v", got)
 	}
 	// current -> upgrades/v2, relative.
-	root := staging.CosmovisorRoot(home)
-	if err := os.Symlink("upgrades/v2", filepath.Join(root, "current")); err != nil {
+	if err := os.Symlink("upgrades/v2", l.Current()); err != nil {
 		t.Fatal(err)
 	}
-	if cur, err := currentTarget(home); err != nil || cur != "upgrades/v2" {
+	if cur, err := currentTarget(l); err != nil || cur != "upgrades/v2" {
 		t.Fatalf("currentTarget = %q, %v", cur, err)
 	}
-	os.Remove(filepath.Join(root, "current"))
-	os.Symlink("upgrades/nope", filepath.Join(root, "current"))
-	if _, err := currentTarget(home); err == nil {
+	os.Remove(l.Current())
+	os.Symlink("upgrades/nope", l.Current())
+	if _, err := currentTarget(l); err == nil {
 		t.Fatal("dangling current link not reported")
 	}
 }
 
 func TestHistoryJoin(t *testing.T) {
-	home := t.TempDir()
-	os.MkdirAll(staging.CosmovisorRoot(home), 0o755)
+	l := testLayout(t)
+	os.MkdirAll(l.Root(), 0o755)
 	t0 := time.Now().UTC().Truncate(time.Second)
 	for _, e := range []invisor.HistoryEntry{
 		{Event: invisor.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
 		{Event: invisor.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"},
 	} {
-		if err := invisor.AppendHistory(home, e); err != nil {
+		if err := invisor.AppendHistory(l.Home(), e); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rows, err := history(home, "appd")
+	rows, err := history(l)
 	if err != nil || len(rows) != 1 {
 		t.Fatalf("history = %+v, %v", rows, err)
 	}
 	r := rows[0]
 	if r.Upgrade != "v2" || r.Height != 30 || r.SHA256 != "abc" || r.Halted == nil || r.Switched == nil || r.SwitchSeconds != 1 {
 		t.Fatalf("row = %+v", r)
+	}
+}
+
+// TestFault36PlanOnlyFromOwnState: prepare takes the plan from the node's own
+// state (data/upgrade-info.json, or the status file of the process holding the
+// home lock), never from whatever answers an RPC address.
+func TestFault36PlanOnlyFromOwnState(t *testing.T) {
+	l := testLayout(t)
+	os.MkdirAll(l.Root(), 0o755)
+	e := &env{home: l.Home(), opts: invisor.Options{DaemonName: "appd"}, cfgErr: errors.New("unused")}
+	if p, from := ownPlan(e); p != nil || !strings.Contains(from, "no node status") {
+		t.Fatalf("empty home: %v (%s)", p, from)
+	}
+	// A status file whose writer does not hold the lock (stale, or forged) is no source.
+	writeStatus := func(pid int, p *staging.Plan) {
+		b, _ := json.Marshal(invisor.NodeStatus{PID: pid, Plan: p})
+		if err := os.WriteFile(invisor.StatusPath(l.Home()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plan := &staging.Plan{Name: "v2", Height: 50, Info: "{}"}
+	writeStatus(os.Getpid(), plan)
+	if p, from := ownPlan(e); p != nil || !strings.Contains(from, "no node runs") {
+		t.Fatalf("status without the lock holder: %v (%s)", p, from)
+	}
+	lock, err := l.Acquire(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release()
+	if p, from := ownPlan(e); p == nil || *p != *plan || !strings.Contains(from, "running node") {
+		t.Fatalf("status of the lock holder: %v (%s)", p, from)
+	}
+	writeStatus(os.Getpid()+1, plan)
+	if p, _ := ownPlan(e); p != nil {
+		t.Fatalf("status written by another PID than the lock holder: %v", p)
+	}
+	// After a halt, upgrade-info.json is the source.
+	os.MkdirAll(l.DataDir(), 0o755)
+	os.WriteFile(l.UpgradeInfo(), []byte(`{"name":"v3","height":"60","info":"i"}`), 0o644)
+	if p, from := ownPlan(e); p == nil || p.Name != "v3" || p.Height != 60 || from != home.UpgradeInfoFile {
+		t.Fatalf("after a halt: %v (%s)", p, from)
+	}
+	if knownPlan(e, "v2") != nil || knownPlan(e, "v3") == nil {
+		t.Fatal("knownPlan disagrees with ownPlan")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // HistoryRow is one upgrade in `invisor history`.
@@ -16,7 +17,7 @@ type HistoryRow struct {
 	Height   int64      `json:"height"`
 	SHA256   string     `json:"sha256,omitempty"`
 	Staged   *time.Time `json:"staged,omitempty"` // when the completion record was written
-	Origin   string     `json:"origin,omitempty"` // download or hand-placed
+	Origin   string     `json:"origin,omitempty"` // the record's source (download, operator-file-checksum, ...)
 	Halted   *time.Time `json:"halted,omitempty"`
 	Switched *time.Time `json:"switched,omitempty"`
 	// Seconds from the halt to the new binary's boot (not the first new block).
@@ -34,7 +35,7 @@ func historyCmd(opts invisor.Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rows, err := history(e.home, e.daemon())
+			rows, err := history(e.layout())
 			if err != nil {
 				return err
 			}
@@ -66,12 +67,12 @@ func ts(t *time.Time) string {
 }
 
 // history joins the staged binaries with the halt/switch log.
-func history(home, daemon string) ([]HistoryRow, error) {
-	entries, err := invisor.ReadHistory(home)
+func history(l home.Layout) ([]HistoryRow, error) {
+	entries, err := invisor.ReadHistory(l.Home())
 	if err != nil {
 		return nil, err
 	}
-	cur, _ := currentTarget(home)
+	cur, _ := currentTarget(l)
 	byName := map[string]*HistoryRow{}
 	var order []string
 	row := func(name string) *HistoryRow {
@@ -83,14 +84,18 @@ func history(home, daemon string) ([]HistoryRow, error) {
 		order = append(order, name)
 		return r
 	}
-	for _, b := range stagedBinaries(home, daemon) {
+	for _, b := range stagedBinaries(l) {
+		if b.SHA256 == "" {
+			continue // placed, not recorded for any plan yet: no upgrade of this home
+		}
 		r := row(b.Name)
 		r.Height, r.SHA256, r.Origin = b.Height, b.SHA256, b.Origin
 		if !b.Time.IsZero() {
 			t := b.Time
 			r.Staged = &t
 		}
-		r.Current = cur == "upgrades/"+mustSafe(b.Name)
+		rel, _ := l.CurrentRel(b.Name)
+		r.Current = cur == rel
 	}
 	for _, h := range entries {
 		r := row(h.Upgrade)

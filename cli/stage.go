@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -17,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/invisor/invisor"
-	"github.com/invisor/invisor/relauncher"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -27,23 +26,25 @@ import (
 // staging.Fetch into a scratch home (a staging temp directory under
 // <home>/cosmovisor, on the same filesystem, which the node removes at start if
 // this command is killed): checksum, safe unpacking, header check for this
-// OS/arch, preflight. The verified binary (or the whole unpacked upgrade
-// directory when upgrades/<name> does not exist yet) is then renamed into place
-// atomically, without its record. Then:
+// OS/arch, preflight in a sandbox. The verified binary (or the whole unpacked
+// upgrade directory when upgrades/<dir> does not exist yet) is then renamed into
+// place atomically, without a record: a completion record is only ever written
+// for the plan in force, against that plan (its checksum or its archive), by
+// staging. Then:
 //
-//   - if no node holds the staging lock on the home, the command takes it and runs
-//     staging.Fetch on the real home for the plan: Fetch finds the hand-placed
-//     binary, checks it against the plan checksum, preflights it and writes the
-//     completion record. The install is trusted when the command returns;
-//   - if a node runs (it holds the lock), the command does not touch the record:
-//     the node's stager adopts the hand-placed binary for the plan in force within
-//     its poll interval (and for a later plan when that plan appears), with the
-//     same checks. `stage` waits for that when the plan is in force.
+//   - if no node runs on the home (this command gets the home lock), and the plan
+//     is known from the node's own state (data/upgrade-info.json after a halt, or
+//     the status the node last wrote), the command runs staging.Fetch for that
+//     plan under the lock: the install is trusted when the command returns, or the
+//     command says why the plan does not confirm it;
+//   - if a node runs (it holds the lock), the node's stager verifies the placed
+//     binary against the plan in force within its poll interval; `stage` waits
+//     for that when the plan is in force;
+//   - staged ahead of its plan, the binary waits in place and is verified against
+//     the plan when it appears.
 //
-// The record is written for the real plan whenever it is known (asked from the
-// node, or data/upgrade-info.json after a halt), so the stager accepts it as
-// staged for that plan; staged ahead of a proposal, it is recorded for a plan
-// whose info names the given source.
+// The plan is never taken from an RPC endpoint alone: whatever answers there is
+// not authenticated, and a plan from it could make a binary look confirmed.
 
 const (
 	flagURL      = "url"
@@ -82,17 +83,17 @@ in force (the command waits up to --wait for that).`,
 				return err
 			}
 			name := args[0]
-			if _, err := staging.SafeName(name); err != nil {
+			if _, err := e.layout().UpgradeDir(name); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			plan := knownPlan(ctx, e, name)
+			plan := knownPlan(e, name)
 			synth := staging.Plan{Name: name, Height: height, Info: planInfo(src)}
 			if plan == nil {
 				p := synth
 				plan = &p
 			}
-			return stageAndRecord(ctx, e, *plan, synth, file != "", wait)
+			return stageAndRecord(ctx, e, plan, synth, file != "", wait)
 		},
 	}
 	cmd.Flags().String(flagURL, "", "download the binary (or an archive holding bin/<daemon> or <daemon>) from this http(s) URL")
@@ -108,10 +109,12 @@ in force (the command waits up to --wait for that).`,
 func prepareCmd(opts invisor.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "prepare",
-		Short: "Ask the node for the upgrade plan in force and stage its binary now (cosmovisor prepare-upgrade)",
-		Long: `Ask the node (config.toml rpc.laddr, or --node) for the plan in force and stage the binary
-its info names now, verified and recorded like an automatic download, whatever
-allow-download says. The node may be the local one or another node of the chain.`,
+		Short: "Stage the binary of the upgrade plan in force now (cosmovisor prepare-upgrade)",
+		Long: `Stage now the binary named by the info of the upgrade plan in force, verified and
+recorded like an automatic download, whatever allow-download says. The plan is taken
+only from this node's own state: the status the running node writes (its hook sees
+every plan in the block that schedules it), or data/upgrade-info.json after a halt.
+With --node, the plan that node reports must be the same, or nothing is staged.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, err := loadValidEnv(cmd, opts)
@@ -119,28 +122,42 @@ allow-download says. The node may be the local one or another node of the chain.
 				return err
 			}
 			wait, _ := cmd.Flags().GetDuration(flagWait)
-			nc, err := newNodeClient(e.rpc)
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			p, err := nc.currentPlan(ctx)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("asking %s for the upgrade plan: %w (is the node running? use --node to ask another)", nc.base, err)
-			}
+			p, from := ownPlan(e)
 			if p == nil {
-				fmt.Fprintln(e.out, "no upgrade plan is in force; nothing to prepare")
-				return nil
+				return fmt.Errorf("this node's own state names no upgrade plan (%s); start the node, which stages the plan itself the block it passes, or run prepare again once `%s invisor status` shows the plan",
+					from, e.appName())
 			}
-			fmt.Fprintf(e.out, "plan %q at height %d\n", p.Name, p.Height)
-			return stageAndRecord(cmd.Context(), e, *p, *p, false, wait)
+			if f := cmd.Flags().Lookup(flagNode); f != nil && f.Changed {
+				nc, err := newNodeClient(e.rpc)
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+				rp, err := nc.currentPlan(ctx)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("asking %s for the upgrade plan: %w", nc.base, err)
+				}
+				if rp == nil || *rp != *p {
+					return fmt.Errorf("%s reports plan %v, but this node's own state (%s) names %q at height %d: nothing staged; a plan is only taken from the node's own state",
+						nc.base, planText(rp), from, p.Name, p.Height)
+				}
+			}
+			fmt.Fprintf(e.out, "plan %q at height %d (from %s)\n", p.Name, p.Height, from)
+			return stageAndRecord(cmd.Context(), e, p, *p, false, wait)
 		},
 	}
-	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node to ask (default: rpc.laddr of config.toml)")
+	cmd.Flags().String(flagNode, "", "also ask this CometBFT RPC for the plan and refuse if it differs from the node's own state")
 	cmd.Flags().Duration(flagWait, 30*time.Second, "with the node running: how long to wait for it to record the binary")
 	invisor.AddFlags(cmd.Flags())
 	return cmd
+}
+
+func planText(p *staging.Plan) string {
+	if p == nil {
+		return "none"
+	}
+	return fmt.Sprintf("%q at height %d", p.Name, p.Height)
 }
 
 // sourceURL builds the source of `stage` from its flags.
@@ -162,11 +179,16 @@ func sourceURL(rawURL, file, checksum string) (string, error) {
 		}
 		if checksum == "" {
 			// The operator vouches for a local file; pin it so the copy is checked.
-			sum, err := staging.FileSHA256(abs)
+			f, err := os.Open(abs)
 			if err != nil {
 				return "", err
 			}
-			checksum = "sha256:" + sum
+			d, err := home.HashFile(context.Background(), f)
+			f.Close()
+			if err != nil {
+				return "", err
+			}
+			checksum = "sha256:" + d.SHA256
 		}
 		rawURL = (&url.URL{Scheme: "file", Path: abs}).String()
 	}
@@ -194,144 +216,179 @@ func planInfo(src string) string {
 	return string(b)
 }
 
-// knownPlan returns the real plan named name if the node or the home knows it.
-func knownPlan(ctx context.Context, e *env, name string) *staging.Plan {
-	if nc, err := newNodeClient(e.rpc); err == nil {
-		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		p, err := nc.currentPlan(qctx)
-		cancel()
-		if err == nil && p != nil && p.Name == name {
-			return p
-		}
+// ownPlan is the plan in force as this node's own state says it: data/upgrade-info.json
+// (x/upgrade wrote it at the halt), else the status the node writes while it runs,
+// if the process that wrote it still holds the home lock. from says which, or why
+// there is none.
+func ownPlan(e *env) (p *staging.Plan, from string) {
+	l := e.layout()
+	if ui, ok, err := l.ReadUpgradeInfo(); err == nil && ok {
+		return &ui, home.UpgradeInfoFile
 	}
-	// After a halt the chain's own record of the plan, which the boot redirect
-	// checks the install against.
-	if ui, ok, err := relauncher.ReadUpgradeInfo(e.home); err == nil && ok && ui.Name == name {
-		return &staging.Plan{Name: ui.Name, Height: ui.Height, Info: ui.Info}
+	ns, ok, _ := invisor.ReadNodeStatus(e.home)
+	if !ok {
+		return nil, "no node status and no data/upgrade-info.json"
 	}
-	if ns, ok, _ := invisor.ReadNodeStatus(e.home); ok && ns.Plan != nil && ns.Plan.Name == name {
-		p := *ns.Plan
-		return &p
+	pid, held := l.HolderPID()
+	if !held || pid != ns.PID {
+		return nil, "no node runs on this home, and no data/upgrade-info.json"
+	}
+	if ns.Plan == nil {
+		return nil, fmt.Sprintf("the running node (PID %d) has no plan in force", ns.PID)
+	}
+	plan := *ns.Plan
+	return &plan, fmt.Sprintf("the running node, PID %d", ns.PID)
+}
+
+// knownPlan returns the plan in force named name, if the node's own state knows it.
+func knownPlan(e *env, name string) *staging.Plan {
+	if p, _ := ownPlan(e); p != nil && p.Name == name {
+		return p
 	}
 	return nil
 }
 
 // stageAndRecord verifies the binary of plan fetch into a scratch home, moves it
-// into place and has it recorded for plan (see the comment at the top).
-func stageAndRecord(ctx context.Context, e *env, plan, fetch staging.Plan, fileSource bool, wait time.Duration) error {
-	home, daemon := e.home, e.cfg.Staging.DaemonName
-	if inst, err := staging.Trusted(home, daemon, plan.Name); err == nil {
-		fmt.Fprintf(e.out, "upgrade %q is already staged and trusted: %s (sha256 %s)\n", plan.Name, inst.Path, inst.SHA256)
-		return nil
-	}
-	bin := staging.BinPath(home, daemon, plan.Name)
-	if _, err := os.Lstat(bin); err == nil {
-		return fmt.Errorf("%s already exists without a valid completion record; run `%s invisor verify %s`, or remove %s and stage again",
-			bin, e.appName(), plan.Name, staging.UpgradeDir(home, plan.Name))
-	}
-
-	root := staging.CosmovisorRoot(home)
-	if err := os.MkdirAll(filepath.Join(root, staging.UpgradesDir), 0o755); err != nil {
+// into place and has it recorded for plan when plan is known (see the comment at
+// the top). plan is nil when the plan is not in force yet.
+func stageAndRecord(ctx context.Context, e *env, plan *staging.Plan, fetch staging.Plan, fileSource bool, wait time.Duration) error {
+	l := e.layout()
+	name := fetch.Name
+	bin, err := l.UpgradeBin(name)
+	if err != nil {
 		return err
 	}
-	scratch, err := os.MkdirTemp(root, staging.TempPrefix+"cli-")
+	if plan != nil {
+		if v, err := l.Open(ctx, *plan); err == nil {
+			v.Close()
+			fmt.Fprintf(e.out, "upgrade %q is already staged and trusted for the plan in force: %s (sha256 %s)\n", name, v.Path, v.Record.SHA256)
+			return nil
+		}
+	}
+	if _, err := os.Lstat(bin); err == nil {
+		return fmt.Errorf("%s already exists and is not proven for the plan in force; run `%s invisor verify %s` to see why, or remove it and stage again",
+			bin, e.appName(), name)
+	}
+	// The lock says whether a node runs here; without one, this command owns the
+	// home until it returns.
+	lock, lerr := l.Acquire(os.Environ())
+	var locked *home.LockedError
+	switch {
+	case errors.As(lerr, &locked):
+	case lerr != nil:
+		return lerr
+	default:
+		defer lock.Release()
+	}
+
+	if err := os.MkdirAll(l.UpgradesRoot(), 0o755); err != nil {
+		return err
+	}
+	scratch, err := os.MkdirTemp(l.Root(), staging.TempPrefix+"cli-")
 	if err != nil {
-		return fmt.Errorf("scratch directory under %s: %w", root, err)
+		return fmt.Errorf("scratch directory under %s: %w", l.Root(), err)
 	}
 	defer os.RemoveAll(scratch)
-
 	scfg := e.cfg.Staging
 	scfg.Home, scfg.AllowDownload = scratch, true
 	if fileSource {
 		scfg.AllowFileURLs = true
 	}
-	fmt.Fprintf(e.out, "verifying the binary for %q ...\n", plan.Name)
+	sl, err := scfg.Layout()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out, "verifying the binary for %q ...\n", name)
 	inst, err := staging.Fetch(ctx, scfg, fetch, stagingLog{e})
 	if err != nil {
-		return fmt.Errorf("staging %q: %w", plan.Name, err)
+		return fmt.Errorf("staging %q: %w", name, err)
 	}
-	if plan.Info != fetch.Info {
-		// The real plan is known: the binary must match what governance approved
-		// (its checksum, when it names a plain binary), before anything is placed.
-		if err := os.Remove(staging.RecordPath(scratch, daemon, plan.Name)); err != nil {
+	if err := sl.RemoveRecord(name); err != nil {
+		return err
+	}
+	if plan != nil && plan.Info != fetch.Info {
+		// The plan is known: the binary must be the one governance approved
+		// (its checksum, or the binary in its archive) before anything is placed.
+		vcfg := scfg
+		vcfg.AllowDownload = e.cfg.Staging.AllowDownload
+		if _, err := staging.Fetch(ctx, vcfg, *plan, stagingLog{e}); err != nil {
+			return fmt.Errorf("this binary is not the one the plan %q names, nothing was placed: %w", name, err)
+		}
+		if err := sl.RemoveRecord(name); err != nil {
 			return err
 		}
-		vcfg := scfg
-		vcfg.AllowDownload = false
-		if _, err := staging.Fetch(ctx, vcfg, plan, stagingLog{e}); err != nil {
-			return fmt.Errorf("this binary is not the one upgrade %q names, nothing was placed: %w", plan.Name, err)
-		}
 	}
-	if err := place(home, daemon, plan.Name, scratch); err != nil {
+	if err := place(l, sl, name); err != nil {
 		return err
 	}
 	os.RemoveAll(scratch)
 
-	// Record it, unless a running node owns the home.
-	st, err := staging.New(e.cfg.Staging, stagingLog{e})
-	if errors.Is(err, staging.ErrLocked) {
-		fmt.Fprintf(e.out, "placed %s (sha256 %s); the running node verifies and records it for plan %q\n", bin, inst.SHA256, plan.Name)
-		if plan.Info == fetch.Info {
-			// Staged ahead of its plan: the node records it when the plan appears.
-			fmt.Fprintf(e.out, "plan %q is not in force yet; the node records the binary when it is (check with `%s invisor status`)\n",
-				plan.Name, e.appName())
-			return nil
-		}
-		return waitTrusted(ctx, e, plan.Name, inst.SHA256, wait)
+	switch {
+	case locked != nil && plan == nil:
+		fmt.Fprintf(e.out, "placed %s (sha256 %s); plan %q is not in force yet: the running node (PID %d) verifies the binary against the plan when it is (check with `%s invisor status`)\n",
+			bin, inst.SHA256, name, locked.PID, e.appName())
+		return nil
+	case locked != nil:
+		fmt.Fprintf(e.out, "placed %s (sha256 %s); the running node (PID %d) verifies it against plan %q\n", bin, inst.SHA256, locked.PID, name)
+		return waitTrusted(ctx, e, *plan, inst.SHA256, wait)
+	case plan == nil:
+		fmt.Fprintf(e.out, "placed %s (sha256 %s); plan %q is not in force yet: the node verifies the binary against the plan when it is\n", bin, inst.SHA256, name)
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("placed %s, but cannot record it: %w", bin, err)
-	}
-	defer st.Close()
 	rcfg := e.cfg.Staging
 	if fileSource {
-		rcfg.AllowFileURLs = true // to compare with the checksum of a synthetic file:// plan
+		rcfg.AllowFileURLs = true
 	}
-	final, err := staging.Fetch(ctx, rcfg, plan, stagingLog{e})
+	final, err := staging.Fetch(ctx, rcfg, *plan, stagingLog{e})
 	if err != nil {
-		return fmt.Errorf("placed %s, but recording it for plan %q failed: %w", bin, plan.Name, err)
+		return fmt.Errorf("placed %s, but it is not trusted for plan %q: %w", bin, name, err)
 	}
-	fmt.Fprintf(e.out, "staged %q: %s\n  sha256 %s, %d bytes; preflight: %s\n", plan.Name, final.Path, final.SHA256, final.Size, final.Record.Preflight)
+	fmt.Fprintf(e.out, "staged %q: %s\n  sha256 %s, %d bytes (%s); preflight: %s\n", name, final.Path, final.SHA256, final.Size, final.Record.Source, final.Record.Preflight)
 	return nil
 }
 
 // place moves the verified binary from the scratch home into the real one: the
 // whole upgrade directory if there is none yet (keeping lib/ and the like), else
-// only bin/<daemon>. The scratch record is not moved: the record is written for
-// the real plan.
-func place(home, daemon, name, scratch string) error {
-	sdir, ddir := staging.UpgradeDir(scratch, name), staging.UpgradeDir(home, name)
-	if err := os.Remove(staging.RecordPath(scratch, daemon, name)); err != nil {
+// only bin/<daemon>. No record moves: records are written for the plan in force.
+func place(l, scratch home.Layout, name string) error {
+	sdir, _ := scratch.UpgradeDir(name)
+	ddir, err := l.UpgradeDir(name)
+	if err != nil {
 		return err
 	}
 	if _, err := os.Lstat(ddir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.Rename(sdir, ddir); err != nil {
 			return fmt.Errorf("move into %s: %w", ddir, err)
 		}
-		return nil
+		return home.SyncDir(filepath.Dir(ddir))
 	}
-	bin := staging.BinPath(home, daemon, name)
+	bin, _ := l.UpgradeBin(name)
 	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(staging.BinPath(scratch, daemon, name), bin); err != nil {
+	sbin, _ := scratch.UpgradeBin(name)
+	if err := os.Rename(sbin, bin); err != nil {
 		return fmt.Errorf("move into %s: %w", bin, err)
 	}
-	return nil
+	return home.SyncDir(filepath.Dir(bin))
 }
 
-// waitTrusted waits for a running node to record the placed binary.
-func waitTrusted(ctx context.Context, e *env, name, sha string, wait time.Duration) error {
+// waitTrusted waits for a running node to record the placed binary for plan.
+func waitTrusted(ctx context.Context, e *env, plan staging.Plan, sha string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
+	l := e.layout()
 	for {
-		inst, err := staging.Trusted(e.home, e.cfg.Staging.DaemonName, name)
-		if err == nil && inst.SHA256 == sha {
-			fmt.Fprintf(e.out, "staged %q: %s\n  sha256 %s, %d bytes; preflight: %s\n", name, inst.Path, inst.SHA256, inst.Size, inst.Record.Preflight)
-			return nil
+		v, err := l.Open(ctx, plan)
+		if err == nil {
+			v.Close()
+			if v.Record.SHA256 == sha {
+				fmt.Fprintf(e.out, "staged %q: %s\n  sha256 %s, %d bytes (%s); preflight: %s\n", plan.Name, v.Path, v.Record.SHA256, v.Record.Size, v.Record.Source, v.Record.Preflight)
+				return nil
+			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("placed, but the running node has not recorded it within %s (%v); it records it only for the plan in force named %q — check `%s invisor status` and the node's log",
-				wait, err, name, e.appName())
+			return fmt.Errorf("placed, but the running node has not recorded it for plan %q within %s (%v); check `%s invisor status` and the node's log",
+				plan.Name, wait, err, e.appName())
 		}
 		select {
 		case <-ctx.Done():
@@ -362,7 +419,9 @@ type VerifyResult struct {
 	Path      string `json:"path"`
 	OK        bool   `json:"ok"`
 	SHA256    string `json:"sha256,omitempty"`
+	Source    string `json:"source,omitempty"` // how the record ties the bytes to the plan
 	Preflight string `json:"preflight,omitempty"`
+	Note      string `json:"note,omitempty"`
 	Error     string `json:"error,omitempty"`
 }
 
@@ -382,15 +441,14 @@ sha256, and passes the preflight run (` + "`<bin> version`" + `). Exits non-zero
 			if len(args) == 1 {
 				names = args
 			} else {
-				for _, b := range stagedBinaries(e.home, e.daemon()) {
+				for _, b := range stagedBinaries(e.layout()) {
 					names = append(names, b.Name)
 				}
 			}
-			timeout := staging.DefaultPreflightTimeout
 			var res []VerifyResult
 			failed := 0
 			for _, n := range names {
-				r := verifyOne(cmd.Context(), e.home, e.daemon(), n, timeout)
+				r := verifyOne(cmd.Context(), e, n)
 				if !r.OK {
 					failed++
 				}
@@ -405,10 +463,12 @@ sha256, and passes the preflight run (` + "`<bin> version`" + `). Exits non-zero
 				}
 			} else {
 				if len(res) == 0 {
-					fmt.Fprintln(e.out, "nothing is staged under", filepath.Join(staging.CosmovisorRoot(e.home), staging.UpgradesDir))
+					fmt.Fprintln(e.out, "nothing is staged under", e.layout().UpgradesRoot())
 				}
 				for _, r := range res {
-					if r.OK {
+					if r.OK && r.Note != "" {
+						fmt.Fprintf(e.out, "ok    %-12s %s; preflight: %s; %s\n", r.Name, r.Path, r.Preflight, r.Note)
+					} else if r.OK {
 						fmt.Fprintf(e.out, "ok    %-12s %s sha256 %s; preflight: %s\n", r.Name, r.Path, r.SHA256, r.Preflight)
 					} else {
 						fmt.Fprintf(e.out, "FAIL  %-12s %s: %s\n", r.Name, r.Path, r.Error)
@@ -425,33 +485,61 @@ sha256, and passes the preflight run (` + "`<bin> version`" + `). Exits non-zero
 	return cmd
 }
 
-func verifyOne(ctx context.Context, home, daemon, name string, timeout time.Duration) VerifyResult {
-	r := VerifyResult{Name: name, Path: staging.BinPath(home, daemon, name)}
-	inst, err := staging.Trusted(home, daemon, name)
+// verifyOne checks upgrade name's binary against its completion record (for the
+// plan in force when the node's own state names one: the proof the switch uses)
+// and preflights it.
+func verifyOne(ctx context.Context, e *env, name string) VerifyResult {
+	l := e.layout()
+	bin, err := l.UpgradeBin(name)
+	r := VerifyResult{Name: name, Path: bin}
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
-	r.SHA256 = inst.SHA256
-	out, err := preflight(ctx, inst.Path, timeout)
+	rec, err := l.ReadRecord(name)
+	if errors.Is(err, fs.ErrNotExist) && knownPlan(e, name) == nil {
+		// Placed ahead of its plan: only the preflight can be run now.
+		if _, serr := os.Lstat(bin); serr == nil {
+			out, perr := staging.Preflight(ctx, e.cfg.Staging, bin)
+			if perr != nil {
+				r.Error = perr.Error()
+				return r
+			}
+			r.OK, r.Preflight = true, out
+			r.Note = "placed, not verified against a plan yet (none of this name is in force): the node verifies it against the plan when it is"
+			return r
+		}
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	plan, ok := knownPlan(e, name), true
+	if plan == nil {
+		// Not in force: check the file against its record's own plan.
+		ok = false
+		plan = &staging.Plan{Name: name, Height: rec.Height}
+	}
+	var v *home.Verified
+	if ok {
+		v, err = l.Open(ctx, *plan)
+	} else {
+		v, err = l.Inspect(ctx, name)
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer v.Close()
+	r.SHA256, r.Source = rec.SHA256, string(rec.Source)
+	if !ok {
+		r.Note = "no plan of this name is in force; checked against its record only"
+	}
+	out, err := staging.Preflight(ctx, e.cfg.Staging, v.Path)
 	if err != nil {
 		r.Error = err.Error()
 		return r
 	}
 	r.OK, r.Preflight = true, out
 	return r
-}
-
-// preflight runs `<bin> version` with a bound and returns its first line.
-func preflight(ctx context.Context, bin string, timeout time.Duration) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "version")
-	cmd.Env = os.Environ()
-	out, err := cmd.CombinedOutput()
-	line := strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
-	if err != nil {
-		return line, fmt.Errorf("preflight `%s version` failed: %w: %s", bin, err, line)
-	}
-	return line, nil
 }

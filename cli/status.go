@@ -4,19 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/invisor/invisor"
-	"github.com/invisor/invisor/relauncher"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -57,39 +56,41 @@ type StagingView struct {
 
 // BinaryView is a staged binary on disk.
 type BinaryView struct {
-	Name      string    `json:"name"`
-	Path      string    `json:"path"`
-	Present   bool      `json:"present"`
-	Trusted   bool      `json:"trusted"`
-	SHA256    string    `json:"sha256,omitempty"`
-	Size      int64     `json:"size,omitempty"`
-	Checksum  string    `json:"checksum,omitempty"` // the plan checksum it was verified against
-	Preflight string    `json:"preflight,omitempty"`
-	Origin    string    `json:"origin,omitempty"` // download or hand-placed
-	URL       string    `json:"url,omitempty"`
-	Height    int64     `json:"height,omitempty"`
-	Time      time.Time `json:"time,omitzero"`
-	Error     string    `json:"error,omitempty"`
+	Name      string `json:"name"`
+	Path      string `json:"path"`
+	Present   bool   `json:"present"`
+	Trusted   bool   `json:"trusted"`
+	SHA256    string `json:"sha256,omitempty"`
+	Size      int64  `json:"size,omitempty"`
+	Checksum  string `json:"checksum,omitempty"` // the plan checksum it was verified against
+	Preflight string `json:"preflight,omitempty"`
+	Origin    string `json:"origin,omitempty"` // the record's source: download, operator-file-checksum, operator-word, ...
+	// Plan is the plan the record is for, when that is not the plan in force.
+	RecordedFor string    `json:"recorded_for,omitempty"`
+	URL         string    `json:"url,omitempty"`
+	Height      int64     `json:"height,omitempty"`
+	Time        time.Time `json:"time,omitzero"`
+	Error       string    `json:"error,omitempty"`
 }
 
 // StatusReport is `invisor status -o json`.
 type StatusReport struct {
-	Home        string                  `json:"home"`
-	Daemon      string                  `json:"daemon"`
-	Enabled     bool                    `json:"enabled"`
-	Running     bool                    `json:"running"` // a node process holds the staging lock on this home
-	PID         int                     `json:"pid,omitempty"`
-	Node        NodeView                `json:"node"`
-	Plan        *PlanView               `json:"plan"`
-	ETA         *ETAView                `json:"eta,omitempty"`
-	Staging     StagingView             `json:"staging"`
-	Binary      *BinaryView             `json:"binary,omitempty"`
-	AtHalt      string                  `json:"at_halt"`
-	Current     string                  `json:"current,omitempty"`
-	UpgradeInfo *relauncher.UpgradeInfo `json:"upgrade_info,omitempty"`
-	Staged      []BinaryView            `json:"staged"`
-	TempDirs    []string                `json:"temp_dirs"`
-	Problems    []string                `json:"problems"`
+	Home        string       `json:"home"`
+	Daemon      string       `json:"daemon"`
+	Enabled     bool         `json:"enabled"`
+	Running     bool         `json:"running"` // a node process holds the staging lock on this home
+	PID         int          `json:"pid,omitempty"`
+	Node        NodeView     `json:"node"`
+	Plan        *PlanView    `json:"plan"`
+	ETA         *ETAView     `json:"eta,omitempty"`
+	Staging     StagingView  `json:"staging"`
+	Binary      *BinaryView  `json:"binary,omitempty"`
+	AtHalt      string       `json:"at_halt"`
+	Current     string       `json:"current,omitempty"`
+	UpgradeInfo *home.Plan   `json:"upgrade_info,omitempty"`
+	Staged      []BinaryView `json:"staged"`
+	TempDirs    []string     `json:"temp_dirs"`
+	Problems    []string     `json:"problems"`
 }
 
 func statusCmd(opts invisor.Options) *cobra.Command {
@@ -137,7 +138,8 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		problem("%s is not an initialised node home: %v", e.home, err)
 	}
 
-	rep.PID, rep.Running = lockHolder(e.home)
+	l := e.layout()
+	rep.PID, rep.Running = l.HolderPID()
 
 	// The node, over RPC.
 	if nc, err := newNodeClient(e.rpc); err != nil {
@@ -154,29 +156,29 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 	}
 
 	// The home: upgrade-info.json, current, staged binaries, leftovers.
-	ui, uiOK, err := relauncher.ReadUpgradeInfo(e.home)
+	ui, uiOK, err := l.ReadUpgradeInfo()
 	if err != nil {
 		problem("%v", err)
 	}
 	if uiOK {
 		rep.UpgradeInfo = &ui
 	}
-	cur, curErr := currentTarget(e.home)
+	cur, curErr := currentTarget(l)
 	rep.Current = cur
 	if curErr != nil {
 		problem("%v", curErr)
 	}
-	rep.Staged = stagedBinaries(e.home, daemon)
+	rep.Staged = stagedBinariesFor(ctx, l, rep.Plan)
 	for _, b := range rep.Staged {
 		if b.Present && !b.Trusted && b.Error != "" && !strings.Contains(b.Error, "no completion record") {
 			problem("upgrade %q: %s", b.Name, b.Error)
 		}
 	}
-	if m, _ := filepath.Glob(filepath.Join(staging.CosmovisorRoot(e.home), staging.TempPrefix+"*")); len(m) > 0 {
+	if m, _ := filepath.Glob(filepath.Join(l.Root(), "*"+home.TempMarker+"*")); len(m) > 0 {
 		rep.TempDirs = m
 		if !rep.Running {
-			problem("%d staging temp dir(s) left by an interrupted attempt under %s; the node removes them at its next start",
-				len(m), staging.CosmovisorRoot(e.home))
+			problem("%d temp name(s) left by an interrupted attempt under %s; the node removes them at its next start",
+				len(m), l.Root())
 		}
 	}
 
@@ -186,9 +188,14 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		problem("%v", nsErr)
 	}
 	live := nsOK && rep.Running && ns.PID == rep.PID
+	if live {
+		for _, w := range ns.Warnings {
+			problem("%s", w)
+		}
+	}
 
 	// The plan: node > halted (upgrade-info.json not yet applied) > last seen.
-	if rep.Plan == nil && uiOK && cur != filepath.Join("upgrades", mustSafe(ui.Name)) {
+	if rel, _ := l.CurrentRel(ui.Name); rep.Plan == nil && uiOK && cur != rel {
 		rep.Plan = &PlanView{Name: ui.Name, Height: ui.Height, Info: ui.Info, Source: "upgrade-info.json"}
 	}
 	if rep.Plan == nil && nsOK && ns.Plan != nil && !rep.Node.Reachable {
@@ -200,8 +207,17 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		if rep.Node.Reachable && rep.Node.Height > 0 {
 			rep.ETA = eta(rep.Plan.Height, rep.Node.Height, rep.Node.AvgBlockSeconds, rep.Node.LatestBlockTime)
 		}
-		b := binaryView(e.home, daemon, rep.Plan.Name)
+		b := binaryView(ctx, l, rep.Plan.Name, &home.Plan{Name: rep.Plan.Name, Height: rep.Plan.Height, Info: rep.Plan.Info})
 		rep.Binary = &b
+		if _, err := l.UpgradeDir(rep.Plan.Name); err != nil {
+			var ue *home.UnmappableNameError
+			if errors.As(err, &ue) {
+				problem("%v: %s", err, ue.Advice())
+			}
+		}
+		if b.Trusted && home.Source(b.Origin).Unconfirmed() && !live {
+			problem("the binary for %q is trusted on the operator's word (%s), not on the plan's checksum: sha256 %s", b.Name, b.Origin, b.SHA256)
+		}
 	}
 
 	// Staging state.
@@ -228,91 +244,81 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 	return rep
 }
 
-func mustSafe(name string) string {
-	s, err := staging.SafeName(name)
-	if err != nil {
-		return name
-	}
-	return s
-}
-
-// lockHolder reads the pid in the staging lock file and reports whether that
-// process is alive. It never takes the lock: a CLI holding it for a moment
-// could make a node starting at that moment fail at boot.
-func lockHolder(home string) (int, bool) {
-	b, err := os.ReadFile(filepath.Join(staging.CosmovisorRoot(home), staging.LockName))
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
-		return pid, false
-	}
-	return pid, true
-}
-
 // currentTarget returns where cosmovisor/current points, relative to the
 // cosmovisor root ("genesis", "upgrades/v2"), or "" if there is no link.
-func currentTarget(home string) (string, error) {
-	root := staging.CosmovisorRoot(home)
-	link := filepath.Join(root, relauncher.CurrentLink)
-	t, err := os.Readlink(link)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+func currentTarget(l home.Layout) (string, error) {
+	abs, ok, err := l.CurrentDir()
+	if err != nil || !ok {
+		return "", err
 	}
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", link, err)
-	}
-	abs := t
-	if !filepath.IsAbs(t) {
-		abs = filepath.Join(root, t)
-	}
-	rel, rerr := filepath.Rel(root, abs)
+	rel, rerr := filepath.Rel(l.Root(), abs)
 	if rerr != nil || strings.HasPrefix(rel, "..") {
 		rel = abs
 	}
 	if _, err := os.Stat(abs); err != nil {
-		return rel, fmt.Errorf("%s points to %s, which does not exist; restore it or remove the link", link, t)
+		return rel, fmt.Errorf("%s points to %s, which does not exist; restore it or remove the link", l.Current(), abs)
 	}
 	return rel, nil
 }
 
-func binaryView(home, daemon, name string) BinaryView {
-	b := BinaryView{Name: name, Path: staging.BinPath(home, daemon, name)}
-	if _, err := os.Lstat(b.Path); err == nil {
-		b.Present = true
-	}
-	inst, err := staging.Trusted(home, daemon, name)
+// binaryView is upgrade name's binary as the proof sees it: for plan when that
+// plan is in force (the check the switch makes), else against its own record.
+func binaryView(ctx context.Context, l home.Layout, name string, plan *home.Plan) BinaryView {
+	bin, err := l.UpgradeBin(name)
+	b := BinaryView{Name: name, Path: bin}
 	if err != nil {
 		b.Error = err.Error()
 		return b
 	}
-	r := inst.Record
-	b.Trusted, b.SHA256, b.Size, b.Checksum, b.Preflight = true, inst.SHA256, inst.Size, r.Checksum, r.Preflight
-	b.Origin, b.URL, b.Height, b.Time = r.Source, r.URL, r.Height, r.Time
+	if _, err := os.Lstat(b.Path); err == nil {
+		b.Present = true
+	}
+	var v *home.Verified
+	if plan != nil {
+		v, err = l.Open(ctx, *plan)
+	} else {
+		v, err = l.Inspect(ctx, name)
+	}
+	if err != nil {
+		b.Error = err.Error()
+		return b
+	}
+	v.Close()
+	r := v.Record
+	b.Trusted, b.SHA256, b.Size, b.Checksum, b.Preflight = plan != nil, r.SHA256, r.Size, r.Checksum, r.Preflight
+	b.Origin, b.URL, b.Height, b.Time = string(r.Source), r.URL, r.Height, r.Time
+	if plan == nil {
+		b.RecordedFor = fmt.Sprintf("%q at height %d (not the plan in force)", r.Plan, r.Height)
+	}
 	return b
 }
 
-// stagedBinaries lists every upgrade directory with its binary's trust state.
-func stagedBinaries(home, daemon string) []BinaryView {
-	dir := filepath.Join(staging.CosmovisorRoot(home), staging.UpgradesDir)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return []BinaryView{}
-	}
+// stagedBinaries lists every upgrade directory with its binary's state, against
+// its own record.
+func stagedBinaries(l home.Layout) []BinaryView {
+	return stagedBinariesFor(context.Background(), l, nil)
+}
+
+// stagedBinariesFor is stagedBinaries with the binary of plan (the plan in
+// force, or nil) checked against that plan.
+func stagedBinariesFor(ctx context.Context, l home.Layout, plan *PlanView) []BinaryView {
 	out := []BinaryView{}
-	for _, d := range ents {
-		if !d.IsDir() || strings.HasPrefix(d.Name(), ".") {
-			continue
+	for _, in := range l.Installs() {
+		name := in.Record.Plan
+		if in.Err != nil || name == "" {
+			n, err := url.PathUnescape(filepath.Base(in.Dir))
+			if err != nil {
+				continue
+			}
+			name = n
 		}
-		name, err := unescape(d.Name())
-		if err != nil {
-			continue
+		var p *home.Plan
+		if plan != nil {
+			if d1, err := l.DirName(plan.Name); err == nil && d1 == filepath.Base(in.Dir) {
+				name, p = plan.Name, &home.Plan{Name: plan.Name, Height: plan.Height, Info: plan.Info}
+			}
 		}
-		out = append(out, binaryView(home, daemon, name))
+		out = append(out, binaryView(ctx, l, name, p))
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Height != out[j].Height {
@@ -370,7 +376,8 @@ func atHalt(e *env, rep StatusReport, problem func(string, ...any)) string {
 		if e.cfg.Relauncher.RunPreUpgrade {
 			steps = append(steps, "runs `"+filepath.Base(b.Path)+" pre-upgrade`")
 		}
-		steps = append(steps, "points cosmovisor/current at upgrades/"+mustSafe(p.Name))
+		rel, _ := e.layout().CurrentRel(p.Name)
+		steps = append(steps, "points cosmovisor/current at "+rel)
 		return fmt.Sprintf("at height %d x/upgrade halts the chain (CometBFT logs CONSENSUS FAILURE, which is expected); invisor stops the node cleanly, %s, and execs %s (sha256 %s) in the same process",
 			p.Height, strings.Join(steps, ", "), b.Path, b.SHA256)
 	}

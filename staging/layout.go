@@ -53,9 +53,9 @@ func openInstall(ctx context.Context, l home.Layout, p Plan) (Install, error) {
 	return installOf(v), nil
 }
 
-// upgradeDir maps a plan name with the one rule (home.DirName). The record
-// proves a name by its hash (Record.PlanSHA256), so names that are not valid
-// UTF-8 work too.
+// upgradeDir maps a plan name with the one rule (home.DirName); names that are
+// not valid UTF-8 are compared in the form upgrade-info.json holds them
+// (home.CanonicalName), so they work too.
 func upgradeDir(l home.Layout, name string) (string, error) {
 	dir, err := l.UpgradeDir(name)
 	if err != nil {

@@ -227,3 +227,15 @@ func (c *capBuffer) String() string { return c.buf.String() }
 
 // hostPlatform is the GOOS/GOARCH the binary must be built for.
 func hostPlatform() (string, string) { return runtime.GOOS, runtime.GOARCH }
+
+// Preflight runs the bounded preflight (cfg.PreflightArgs, by default `version`)
+// of the binary at bin in a scratch home under cfg's cosmovisor root (removed
+// after), exactly as staging does before it installs a binary, and returns the
+// first line it printed. For `invisor verify` and other on-demand checks.
+func Preflight(ctx context.Context, cfg Config, bin string) (string, error) {
+	l, err := cfg.Layout()
+	if err != nil {
+		return "", err
+	}
+	return preflight(ctx, bin, cfg.PreflightArgs, cfg.PreflightTimeout, l.Root())
+}

@@ -10,10 +10,9 @@ import (
 	"time"
 
 	"github.com/invisor/invisor/example-app/localnet"
-	"github.com/invisor/invisor/staging"
 )
 
-// faultChain is a fresh one-validator chain started with exampled-v1, and a
+// faultChain is a fresh one-validator chain of exampled-v1, and a
 // loopback server for upgrade binaries.
 type faultChain struct {
 	t    *testing.T
@@ -24,7 +23,8 @@ type faultChain struct {
 	srv  *localnet.FileServer
 }
 
-func newFaultChain(t *testing.T, env []string, startArgs ...string) *faultChain {
+// newStoppedFaultChain is a fresh one-validator chain with exampled-v1, not started yet.
+func newStoppedFaultChain(t *testing.T, env []string) *faultChain {
 	t.Helper()
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -49,13 +49,26 @@ func newFaultChain(t *testing.T, env []string, startArgs ...string) *faultChain 
 			t.Logf("---- node log tail ----\n%s", node.LogTail(8000))
 		}
 	})
-	if err := node.Start(startArgs...); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.WaitHeight(ctx, 2); err != nil {
-		t.Fatal(err)
-	}
 	return &faultChain{t: t, ctx: ctx, dir: dir, work: work, node: node, srv: srv}
+}
+
+// newFaultChain is newStoppedFaultChain, started.
+func newFaultChain(t *testing.T, env []string, startArgs ...string) *faultChain {
+	t.Helper()
+	c := newStoppedFaultChain(t, env)
+	c.start(startArgs...)
+	return c
+}
+
+// start starts the node and waits for height 2.
+func (c *faultChain) start(args ...string) {
+	c.t.Helper()
+	if err := c.node.Start(args...); err != nil {
+		c.t.Fatal(err)
+	}
+	if _, err := c.node.WaitHeight(c.ctx, 2); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 func (c *faultChain) schedule(name string, delay int64) localnet.Scheduled {
@@ -70,7 +83,7 @@ func (c *faultChain) schedule(name string, delay int64) localnet.Scheduled {
 func (c *faultChain) waitStaged(name string, before int64) {
 	c.t.Helper()
 	for {
-		if _, err := staging.Trusted(c.node.Home, localnet.DaemonName, name); err == nil {
+		if _, _, ok := localnet.Staged(c.node.Home, name); ok {
 			break
 		}
 		info, _ := c.node.AppInfo(c.ctx)

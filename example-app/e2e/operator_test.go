@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/invisor/invisor/example-app/localnet"
-	"github.com/invisor/invisor/staging"
+	invhome "github.com/invisor/invisor/internal/home"
 )
 
 // run runs bin with args and extra environment and returns stdout, stderr and the error.
@@ -220,64 +220,64 @@ func TestOperatorConfigStageStopped(t *testing.T) {
 		t.Errorf("status of a stopped node without a plan:\n%s", raw)
 	}
 
-	// stage --file: verified, recorded, trusted; verify re-checks it.
+	// stage --file with no plan in force: verified (checksum, header, preflight)
+	// and placed, but not recorded: only the plan in force can confirm a binary,
+	// and the node does that when the plan appears.
 	out, errOut, err := run(ctx, v1, nil, "invisor", "stage", "v2", "--file", v2, "--home", home)
-	if err != nil {
-		t.Fatalf("stage --file: %v\n%s%s", err, out, errOut)
-	}
-	inst, err := staging.Trusted(home, "exampled", "v2")
-	if err != nil {
-		t.Fatalf("after stage --file: %v\n%s%s", err, out, errOut)
+	if err != nil || !strings.Contains(out, "not in force yet") {
+		t.Fatalf("stage --file ahead of its plan: %v\n%s%s", err, out, errOut)
 	}
 	want, _ := localnet.SHA256File(v2)
-	if inst.SHA256 != want || inst.Record.Preflight != "v2.0.0" {
-		t.Errorf("staged sha256 %s preflight %q, want %s and v2.0.0", inst.SHA256, inst.Record.Preflight, want)
+	if got, _ := localnet.SHA256File(localnet.StagedBin(home, "v2")); got != want {
+		t.Errorf("stage --file placed sha256 %q, want %s", got, want)
+	}
+	if _, _, ok := localnet.Staged(home, "v2"); ok {
+		t.Error("a binary staged ahead of its plan got a completion record")
 	}
 	out, errOut, err = run(ctx, v1, nil, "invisor", "verify", "v2", "--home", home)
-	if err != nil || !strings.HasPrefix(out, "ok") {
+	if err != nil || !strings.HasPrefix(out, "ok") || !strings.Contains(out, "not verified against a plan yet") {
 		t.Errorf("verify v2: %v\n%s%s", err, out, errOut)
 	}
-	// A wrong checksum is refused and leaves nothing trusted.
+	// A wrong checksum is refused and leaves nothing in place.
 	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v3", "--file", filepath.Join(dir, "exampled-v3"),
 		"--checksum", "sha256:"+strings.Repeat("ab", 32), "--home", home)
 	if err == nil || !strings.Contains(out+errOut, "checksum") {
 		t.Errorf("stage with a wrong checksum: err %v\n%s%s", err, out, errOut)
 	}
-	if _, err := staging.Trusted(home, "exampled", "v3"); err == nil {
-		t.Error("v3 is trusted after a checksum mismatch")
-	}
-	if _, err := os.Lstat(staging.BinPath(home, "exampled", "v3")); err == nil {
+	if _, err := os.Lstat(localnet.StagedBin(home, "v3")); err == nil {
 		t.Error("a binary with a wrong checksum was left in place")
 	}
 	// After a halt (upgrade-info.json names the plan), stage checks the binary
 	// against the plan governance approved and records it for that plan, which
 	// is what the boot redirect trusts.
 	v2sum, _ := localnet.SHA256File(v2)
-	halted := staging.Plan{Name: "v9", Height: 77, Info: localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/v9", v2sum)}
+	halted := invhome.Plan{Name: "v9", Height: 77, Info: localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/v9", v2sum)}
 	ui, _ := json.Marshal(map[string]any{"name": halted.Name, "height": halted.Height, "info": halted.Info})
 	if err := os.WriteFile(filepath.Join(home, "data", "upgrade-info.json"), ui, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", filepath.Join(dir, "exampled-v3"), "--home", home)
-	if err == nil || !strings.Contains(out+errOut, "not the one upgrade") {
+	if err == nil || !strings.Contains(out+errOut, "not the one the plan") {
 		t.Errorf("stage of a binary the halted plan does not name: err %v\n%s%s", err, out, errOut)
 	}
-	if _, err := os.Lstat(staging.BinPath(home, "exampled", "v9")); err == nil {
+	if _, err := os.Lstat(localnet.StagedBin(home, "v9")); err == nil {
 		t.Error("a binary that does not match the plan was placed")
 	}
 	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", v2, "--home", home)
 	if err != nil {
 		t.Errorf("stage of the plan's binary after the halt: %v\n%s%s", err, out, errOut)
 	}
-	if _, err := staging.TrustedFor(home, "exampled", halted); err != nil {
-		t.Errorf("the staged binary is not trusted for the halted plan: %v", err)
+	v9, err := localnet.Layout(home).Open(ctx, halted)
+	if err != nil {
+		t.Fatalf("the staged binary is not trusted for the halted plan: %v", err)
 	}
-	if err := os.Remove(filepath.Join(home, "data", "upgrade-info.json")); err != nil {
-		t.Fatal(err)
+	v9.Close()
+	if v9.Record.Source != invhome.SourcePlanChecksum || v9.Record.Preflight != "v2.0.0" {
+		t.Errorf("v9 recorded as %q, preflight %q; want %s and v2.0.0", v9.Record.Source, v9.Record.Preflight, invhome.SourcePlanChecksum)
 	}
 
 	// Tampering is caught by verify.
-	f, err := os.OpenFile(inst.Path, os.O_WRONLY|os.O_APPEND, 0)
+	f, err := os.OpenFile(v9.Path, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,6 +285,9 @@ func TestOperatorConfigStageStopped(t *testing.T) {
 	f.Close()
 	if out, _, err := run(ctx, v1, nil, "invisor", "verify", "--home", home); err == nil || !strings.Contains(out, "FAIL") {
 		t.Errorf("verify after tampering: err %v\n%s", err, out)
+	}
+	if err := os.Remove(filepath.Join(home, "data", "upgrade-info.json")); err != nil {
+		t.Fatal(err)
 	}
 	st, raw = invisorStatus(t, ctx, v1, home)
 	if len(st.Problems) == 0 {
@@ -403,7 +406,7 @@ func TestOperatorRunningNode(t *testing.T) {
 	if err != nil || !strings.Contains(out, "running node") {
 		t.Errorf("stage --url while running: %v\n%s%s", err, out, errOut)
 	}
-	if got, _ := localnet.SHA256File(staging.BinPath(node.Home, "exampled", "v3")); got != sha3 {
+	if got, _ := localnet.SHA256File(localnet.StagedBin(node.Home, "v3")); got != sha3 {
 		t.Errorf("stage --url did not place the v3 binary (sha256 %q)", got)
 	}
 
@@ -415,25 +418,29 @@ func TestOperatorRunningNode(t *testing.T) {
 	if st.Node.Reachable || st.Running || st.Plan == nil || st.Plan.Name != "v2" || st.Staging.State != "ready" || !st.Binary.Trusted {
 		t.Errorf("status of the stopped node:\n%s", raw)
 	}
-	// With the node stopped, stage --url records v3 at once.
+	// v3 is placed, not recorded: no plan of that name is in force.
 	out, errOut, err = run(ctx, v1, nil, "invisor", "verify", "v3", "--home", node.Home)
-	if err == nil {
-		t.Errorf("v3 verified before it was recorded:\n%s", out)
+	if err != nil || !strings.Contains(out, "not verified against a plan yet") {
+		t.Errorf("verify v3 placed ahead of its plan: %v\n%s%s", err, out, errOut)
 	}
-	os.RemoveAll(staging.UpgradeDir(node.Home, "v3"))
+	if _, _, ok := localnet.Staged(node.Home, "v3"); ok {
+		t.Error("v3 was recorded without its plan")
+	}
+	// With the node stopped, stage --url places v3 again the same way.
+	os.RemoveAll(filepath.Dir(filepath.Dir(localnet.StagedBin(node.Home, "v3"))))
 	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v3", "--url", srv.URL+"/v3/exampled?checksum=sha256:"+sha3, "--home", node.Home)
-	if err != nil {
+	if err != nil || !strings.Contains(out, "not in force yet") {
 		t.Fatalf("stage --url: %v\n%s%s", err, out, errOut)
 	}
-	if inst, err := staging.Trusted(node.Home, "exampled", "v3"); err != nil || inst.SHA256 != sha3 || inst.Record.Source != "hand-placed" {
-		t.Errorf("after stage --url: %+v %v", inst, err)
+	if got, _ := localnet.SHA256File(localnet.StagedBin(node.Home, "v3")); got != sha3 {
+		t.Errorf("after stage --url: sha256 %q, want %s", got, sha3)
 	}
 	out, _, err = run(ctx, v1, nil, "invisor", "history", "-o", "json", "--home", node.Home)
 	var hist []struct {
 		Upgrade string `json:"upgrade"`
 		SHA256  string `json:"sha256"`
 	}
-	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 2 || hist[0].SHA256 == "" {
+	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 1 || hist[0].Upgrade != "v2" || hist[0].SHA256 == "" {
 		t.Errorf("history: %v\n%s", err, out)
 	}
 }

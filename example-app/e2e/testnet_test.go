@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/invisor/invisor/example-app/localnet"
-	"github.com/invisor/invisor/staging"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // TestTestnetRehearsal runs the rehearsal of `make testnet` (the same code,
@@ -148,13 +148,13 @@ func TestTestnetRehearsal(t *testing.T) {
 	// val2 got both binaries by hand; the others, and the late joiner, downloaded them.
 	for _, n := range nodes {
 		for _, name := range []string{"v2", "v3"} {
-			inst, err := staging.Trusted(n.Home, localnet.DaemonName, name)
-			want := "download"
+			rec, _, ok := localnet.Staged(n.Home, name)
+			want := home.SourceDownload
 			if n.Name == "val2" {
-				want = "hand-placed"
+				want = home.SourcePlanChecksum // placed with `invisor stage`, equal to the plan's checksum
 			}
-			if err != nil || inst.Record.Source != want {
-				t.Errorf("%s: %s staged as %q (%v), want %s", n.Name, name, inst.Record.Source, err, want)
+			if !ok || rec.Source != want {
+				t.Errorf("%s: %s staged as %q (staged %v), want %s", n.Name, name, rec.Source, ok, want)
 			}
 		}
 	}

@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/invisor/invisor/staging"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // Denom is the staking denom of the local chain.
@@ -541,7 +541,46 @@ func ServeDir(dir string) (*FileServer, error) {
 func (s *FileServer) Close() error { return s.srv.Close() }
 
 // SHA256File returns the hex sha256 of a file.
-func SHA256File(path string) (string, error) { return staging.FileSHA256(path) }
+func SHA256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	d, err := home.HashFile(context.Background(), f)
+	return d.SHA256, err
+}
+
+// Layout is the cosmovisor layout of a node home of the example chain.
+func Layout(nodeHome string) home.Layout {
+	l, err := home.New(nodeHome, DaemonName, home.Options{})
+	if err != nil {
+		panic(err) // DaemonName is a valid name
+	}
+	return l
+}
+
+// Staged reports whether upgrade name's binary in nodeHome has a completion record
+// for a plan of that name and is the file the record describes (what invisor's
+// proof checks, short of comparing with the plan in force, which the node does),
+// and returns the record and the binary's path.
+func Staged(nodeHome, name string) (home.Record, string, bool) {
+	v, err := Layout(nodeHome).Inspect(context.Background(), name)
+	if err != nil {
+		return home.Record{}, "", false
+	}
+	v.Close()
+	return v.Record, v.Path, v.Record.Plan == name
+}
+
+// StagedBin is where the binary for upgrade name goes in nodeHome.
+func StagedBin(nodeHome, name string) string {
+	p, err := Layout(nodeHome).UpgradeBin(name)
+	if err != nil {
+		return ""
+	}
+	return p
+}
 
 // PlanInfo returns cosmovisor-format plan info pointing at url with its sha256.
 func PlanInfo(goos, goarch, url, sha string) string {

@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/invisor/invisor/staging"
 )
 
 // A multi-validator local network
@@ -340,7 +338,7 @@ func (n *Node) ValidatorSet(ctx context.Context) ([]ValidatorPower, error) {
 }
 
 // StagedPath is where invisor stages the binary of upgrade name in n's home.
-func (n *Node) StagedPath(name string) string { return staging.BinPath(n.Home, DaemonName, name) }
+func (n *Node) StagedPath(name string) string { return StagedBin(n.Home, name) }
 
 // haltedFor returns the plan name in data/upgrade-info.json ("" if none):
 // x/upgrade writes it when the node halts at the plan height.
@@ -407,7 +405,7 @@ type NodeUpgrade struct {
 	Role        string
 	SeenBlock   int64  // block in which invisor logged `upgrade plan seen` (0: not logged)
 	ReadyHeight int64  // the node's app height (last answer) when its staged binary was first trusted
-	ReadySource string // "download" or "hand-placed"
+	ReadySource string // the completion record's source: "download", "operator-file-checksum", ...
 	PIDBefore   int
 	PIDAfter    int
 	ExeAfter    string
@@ -735,8 +733,8 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 		for _, n := range net.Nodes() {
 			row := rows[n]
 			if row.ReadySource == "" {
-				if inst, err := staging.Trusted(n.Home, DaemonName, name); err == nil {
-					row.ReadyHeight, row.ReadySource = r.lastHeight[n], cmp.Or(inst.Record.Source, "staged")
+				if rec, _, ok := Staged(n.Home, name); ok {
+					row.ReadyHeight, row.ReadySource = r.lastHeight[n], cmp.Or(string(rec.Source), "staged")
 				}
 			}
 			if row.HaltAt.IsZero() && haltedFor(n.Home) == name {
@@ -855,7 +853,7 @@ func (r *Rehearsal) upgrade(ctx context.Context, name, bin string, kill bool, af
 	if err != nil {
 		return fmt.Errorf("val2: invisor stage: %w", err)
 	}
-	if _, err := staging.Trusted(manual.Home, DaemonName, name); err != nil {
+	if _, _, ok := Staged(manual.Home, name); !ok {
 		return fmt.Errorf("val2: `invisor stage %s` returned, but the node did not record the binary: %v\n%s", name, err, out)
 	}
 	r.say("upgrade %s: val2: exampled invisor stage %s --file %s --home %s: recorded by the running node", name, name, bin, manual.Home)
@@ -966,7 +964,7 @@ func (r *Rehearsal) lateJoiner(ctx context.Context, v1 string) error {
 			last = p.info[n]
 			for _, up := range r.Upgrades {
 				if _, ok := lj.Ready[up.Name]; !ok {
-					if _, err := staging.Trusted(n.Home, DaemonName, up.Name); err == nil {
+					if _, _, ok := Staged(n.Home, up.Name); ok {
 						lj.Ready[up.Name] = r.lastHeight[n]
 					}
 				}
@@ -1092,7 +1090,7 @@ func (r *Rehearsal) Summary() string {
 			}
 			ready := readyText(row)
 			switch {
-			case row.ReadySource == "hand-placed":
+			case strings.HasPrefix(row.ReadySource, "operator-"):
 				ready = fmt.Sprintf("%d (invisor stage)", row.ReadyHeight)
 			case row.ReadySource != "":
 				ready = fmt.Sprintf("%d (%s)", row.ReadyHeight, row.ReadySource)

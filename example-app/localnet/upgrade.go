@@ -2,6 +2,8 @@ package localnet
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -11,8 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/invisor/invisor/staging"
 )
 
 // DaemonName is the example chain's binary name under cosmovisor/*/bin.
@@ -137,9 +137,9 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 		now := time.Now()
 		if err == nil {
 			if r.StagedAtHeight == 0 {
-				if inst, terr := staging.Trusted(home, DaemonName, s.Name); terr == nil {
-					r.StagedAtHeight, r.StagedSHA256 = info.Height, inst.SHA256
-					say("staged and verified %s at height %d", inst.Path, info.Height)
+				if rec, path, ok := Staged(home, s.Name); ok {
+					r.StagedAtHeight, r.StagedSHA256 = info.Height, rec.SHA256
+					say("staged and verified %s at height %d", path, info.Height)
 				}
 			}
 			if info.Height >= r.PlanHeight-1 && r.HaltSeen.IsZero() {
@@ -171,7 +171,7 @@ func RunUpgrade(ctx context.Context, n *Node, s UpgradeSpec) (UpgradeResult, err
 	r.Trace, _ = n.TraceDescription(ctx, TraceDenom)
 
 	// The outcomes the walking skeleton promises.
-	want := staging.BinPath(home, DaemonName, s.Name)
+	want := StagedBin(home, s.Name)
 	switch {
 	case r.StagedAtHeight == 0 || r.StagedAtHeight >= r.PlanHeight:
 		return r, fmt.Errorf("binary for %q was not staged and verified before height %d (staged at %d)", s.Name, r.PlanHeight, r.StagedAtHeight)
@@ -232,7 +232,7 @@ type Scheduled struct {
 // wait for PASSED).
 func (n *Node) ScheduleUpgrade(ctx context.Context, srv *FileServer, name, bin string, delay int64) (Scheduled, error) {
 	s := Scheduled{Name: name}
-	dir := filepath.Join(srv.Dir, name)
+	dir := filepath.Join(srv.Dir, servedDir(name))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return s, err
 	}
@@ -249,9 +249,21 @@ func (n *Node) ScheduleUpgrade(ctx context.Context, srv *FileServer, name, bin s
 		return s, err
 	}
 	s.SHA256, s.ProposedAt, s.Height = sha, now.Height, now.Height+delay
-	info := PlanInfo(runtime.GOOS, runtime.GOARCH, srv.URL+"/"+name+"/"+DaemonName, sha)
+	info := PlanInfo(runtime.GOOS, runtime.GOARCH, srv.URL+"/"+servedDir(name)+"/"+DaemonName, sha)
 	return s, n.PassUpgrade(ctx, name, s.Height, info)
 }
+
+// servedDir is the directory under the file server for upgrade name: the name
+// itself when it is a plain URL path segment, else a digest of it.
+func servedDir(name string) string {
+	if plainSegment.MatchString(name) {
+		return name
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "u-" + hex.EncodeToString(sum[:6])
+}
+
+var plainSegment = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // PassUpgrade proposes a MsgSoftwareUpgrade, votes yes from the validator key
 // and waits until governance passed it.

@@ -26,8 +26,8 @@ func TestDirName(t *testing.T) {
 		{name: "Ünï", want: "%C3%BCn%C3%AF"},
 		{name: "..a", want: "..a"},
 		{name: `c:\x`, want: "c:%5Cx"},
-		{name: "\xff", want: "%EF%BF%BD"},                // strings.ToLower turns invalid UTF-8 into U+FFFD, in cosmovisor too
-		{name: "\xff", want: "%FF", disableRecase: true}, // kept byte for byte
+		{name: "\xff", want: "%EF%BF%BD"},                      // strings.ToLower turns invalid UTF-8 into U+FFFD, in cosmovisor too
+		{name: "\xff", want: "%EF%BF%BD", disableRecase: true}, // upgrade-info.json (encoding/json) holds U+FFFD
 		{name: long, want: long},
 		{name: ".", unmappable: true},
 		{name: "..", unmappable: true},

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
 
 // Names inside <home>/cosmovisor, as cosmovisor lays them out.
@@ -64,16 +65,16 @@ func truncate(s string, n int) string {
 }
 
 // DirName is the one plan-name rule: the directory under cosmovisor/upgrades that
-// holds the binary for plan name, exactly as cosmovisor v1.5.0 maps it: lower-cased
-// with strings.ToLower unless disableRecase (COSMOVISOR_DISABLE_RECASE), then
-// url.PathEscape. x/upgrade only requires a non-empty name, and escaping makes any
+// holds the binary for plan name, exactly as cosmovisor v1.5.0 maps it: the name as
+// data/upgrade-info.json holds it (CanonicalName), lower-cased with strings.ToLower
+// unless disableRecase (COSMOVISOR_DISABLE_RECASE), then url.PathEscape. x/upgrade only requires a non-empty name, and escaping makes any
 // byte safe ("/" becomes "%2F", NUL "%00"), so only "." and ".." and names longer
 // than MaxDirBytes once escaped cannot be mapped.
 func DirName(name string, disableRecase bool) (string, error) {
 	if name == "" {
 		return "", fmt.Errorf("%w: empty plan name (x/upgrade never schedules one)", ErrBadName)
 	}
-	n := name
+	n := CanonicalName(name)
 	if !disableRecase {
 		n = strings.ToLower(n)
 	}
@@ -85,6 +86,28 @@ func DirName(name string, disableRecase bool) (string, error) {
 		return "", &UnmappableNameError{Name: name, Reason: fmt.Sprintf("it is %d bytes once escaped, and a directory name holds at most %d", len(d), MaxDirBytes)}
 	}
 	return d, nil
+}
+
+// CanonicalName is a plan name as JSON carries it: each byte that is not part of
+// valid UTF-8 becomes U+FFFD, as encoding/json writes it. x/upgrade writes
+// data/upgrade-info.json with encoding/json, so this is the name the chain's own
+// halt record, cosmovisor and every completion record hold; the plan read from
+// state is compared in this form.
+func CanonicalName(name string) string {
+	if utf8.ValidString(name) {
+		return name
+	}
+	var b strings.Builder
+	for i := 0; i < len(name); {
+		r, size := utf8.DecodeRuneInString(name[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteString("\uFFFD")
+		} else {
+			b.WriteString(name[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }
 
 // ValidDaemonName checks the binary's file name under bin/ (DAEMON_NAME).

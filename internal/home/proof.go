@@ -37,6 +37,22 @@ func (l Layout) Open(ctx context.Context, p Plan) (*Verified, error) {
 	if err := rec.For(p); err != nil {
 		return nil, fmt.Errorf("%s: %w", bin, err)
 	}
+	return l.openRecorded(ctx, p, bin, rec)
+}
+
+// Inspect checks that upgrade name's binary is the file its record describes
+// (stamp, or a re-hash), whatever plan the record is for. It is for reports such
+// as `invisor verify`; it is never a proof that the file may run (that is Open).
+func (l Layout) Inspect(ctx context.Context, name string) (*Verified, error) {
+	rec, err := l.ReadRecord(name)
+	if err != nil {
+		return nil, err
+	}
+	bin, _ := l.UpgradeBin(name)
+	return l.openRecorded(ctx, Plan{Name: name, Height: rec.Height}, bin, rec)
+}
+
+func (l Layout) openRecorded(ctx context.Context, p Plan, bin string, rec Record) (*Verified, error) {
 	f, err := OpenRegular(bin)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNotTrusted, err)

@@ -37,11 +37,6 @@ func InfoHash(info string) string {
 	return hex.EncodeToString(s[:])
 }
 
-func nameHash(name string) string {
-	s := sha256.Sum256([]byte(name))
-	return hex.EncodeToString(s[:])
-}
-
 // Source says how a binary's bytes were tied to the plan.
 type Source string
 
@@ -85,14 +80,13 @@ const RecordFormat = 2
 // Record is the completion record beside a binary: the single proof that the file
 // may run for one plan.
 type Record struct {
-	Format int    `json:"format"`
-	Plan   string `json:"plan"`
-	// PlanSHA256 is the hex sha256 of the plan name's bytes: JSON cannot carry a
-	// name that is not valid UTF-8, and governance can pass one.
-	PlanSHA256 string `json:"plan_sha256"`
-	Height     int64  `json:"height"`
-	InfoHash   string `json:"info_sha256"`
-	Source     Source `json:"source"`
+	Format int `json:"format"`
+	// Plan is the plan name in its canonical form (CanonicalName), the form
+	// x/upgrade's data/upgrade-info.json holds it in.
+	Plan     string `json:"plan"`
+	Height   int64  `json:"height"`
+	InfoHash string `json:"info_sha256"`
+	Source   Source `json:"source"`
 	// URL is where the bytes came from, credentials and query redacted; empty for
 	// an operator's file.
 	URL string `json:"url,omitempty"`
@@ -118,7 +112,7 @@ func (r Record) For(p Plan) error {
 		return fmt.Errorf("%w: the record's source %q is not a proof this version accepts; staging verifies the binary again", ErrNotTrusted, r.Source)
 	case r.Format < RecordFormat:
 		return fmt.Errorf("%w: the record is of an earlier format (%d); staging verifies the binary again", ErrNotTrusted, r.Format)
-	case r.PlanSHA256 != nameHash(p.Name):
+	case r.Plan != CanonicalName(p.Name):
 		return fmt.Errorf("%w: the record is for plan %q, not %q", ErrNotTrusted, r.Plan, p.Name)
 	case r.InfoHash != p.InfoHash():
 		return fmt.Errorf("%w: the record is for another plan named %q (different info): a replaced plan never inherits a binary", ErrNotTrusted, p.Name)
@@ -166,7 +160,7 @@ func (l Layout) WriteRecord(rec Record) error {
 	if rec.Format == 0 {
 		rec.Format = RecordFormat
 	}
-	rec.PlanSHA256 = nameHash(rec.Plan)
+	rec.Plan = CanonicalName(rec.Plan)
 	if rec.Time.IsZero() {
 		rec.Time = time.Now().UTC()
 	}
