@@ -114,7 +114,7 @@ type preUpgradeMarker struct {
 	Started    int64         `json:"started_unix_ns"` // when the child started (wall clock)
 	Args       []string      `json:"args"`            // Config.PreUpgradeArgs
 	Link       string        `json:"link"`            // absolute path of `current`
-	Target     string        `json:"target"`          // upgrades/<dir>, written into Link on success
+	Target     string        `json:"target"`          // <root>/upgrades/<dir> (absolute, as cosmovisor reads it), written into Link on success
 }
 
 func encodeMarker(m preUpgradeMarker) string {
@@ -164,7 +164,7 @@ func decodeMarker(v string) (preUpgradeMarker, error) {
 		return bad("start time", m.Started)
 	case !filepath.IsAbs(m.Link) || filepath.Base(m.Link) != home.CurrentLink:
 		return bad("link", m.Link)
-	case filepath.Dir(m.Target) != home.UpgradesDir || filepath.Clean(m.Target) != m.Target || strings.HasPrefix(filepath.Base(m.Target), "."):
+	case filepath.Dir(m.Target) != filepath.Join(filepath.Dir(m.Link), home.UpgradesDir) || filepath.Clean(m.Target) != m.Target || strings.HasPrefix(filepath.Base(m.Target), "."):
 		return bad("target", m.Target)
 	}
 	return m, nil

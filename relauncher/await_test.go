@@ -118,7 +118,7 @@ func validMarker() preUpgradeMarker {
 	return preUpgradeMarker{
 		Protocol: awaitToken, Pid: 1234, Output: "/h/cosmovisor/.pre-upgrade" + home.TempMarker + "123", Path: "/h/cosmovisor/upgrades/v2/bin/appd",
 		Attempt: 1, MaxRetries: 2, Timeout: 90 * time.Second, Started: time.Now().UnixNano(), Args: []string{"--x", "a b"},
-		Link: "/h/cosmovisor/current", Target: "upgrades/v2",
+		Link: "/h/cosmovisor/current", Target: "/h/cosmovisor/upgrades/v2",
 	}
 }
 
@@ -152,8 +152,8 @@ func TestMarkerRejected(t *testing.T) {
 		{"negative retries", edit(func(m *preUpgradeMarker) { m.MaxRetries = -1 }), "max_retries"},
 		{"no timeout", edit(func(m *preUpgradeMarker) { m.Timeout = 0 }), "timeout"},
 		{"link not current", edit(func(m *preUpgradeMarker) { m.Link = "/h/cosmovisor/other" }), "link"},
-		{"target escapes", edit(func(m *preUpgradeMarker) { m.Target = "upgrades/../../etc" }), "target"},
-		{"target not an upgrade", edit(func(m *preUpgradeMarker) { m.Target = "genesis" }), "target"},
+		{"target escapes", edit(func(m *preUpgradeMarker) { m.Target = "/h/cosmovisor/upgrades/../../etc" }), "target"},
+		{"target not an upgrade", edit(func(m *preUpgradeMarker) { m.Target = "/h/cosmovisor/genesis" }), "target"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := decodeMarker(tc.value)
@@ -284,7 +284,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 			}
 			m := markerIn(t, calls[0].env)
 			if m.Path != h.v2 || m.Attempt != 1 || m.MaxRetries != tc.maxRetries || m.Timeout != tc.timeout ||
-				!reflect.DeepEqual(m.Args, []string{"--extra"}) || m.Target != "upgrades/v2" ||
+				!reflect.DeepEqual(m.Args, []string{"--extra"}) || m.Target != filepath.Join(h.l.UpgradesRoot(), "v2") ||
 				m.Link != h.l.Current() || filepath.Dir(m.Output) != h.l.Root() {
 				t.Errorf("marker %+v", m)
 			}
@@ -318,7 +318,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 				t.Errorf("report: %q", rl.all())
 			}
 			if !tc.wantErr {
-				if o.Err != nil || rerr != nil || o.Flipped != "upgrades/v2" || h.current() != "upgrades/v2" {
+				if o.Err != nil || rerr != nil || o.Flipped != filepath.Join(h.l.UpgradesRoot(), "v2") || h.current() != "upgrades/v2" {
 					t.Fatalf("err %v, flipped %q, current %q", o.Err, o.Flipped, h.current())
 				}
 				return
@@ -515,7 +515,7 @@ func FuzzDecodeMarker(f *testing.F) {
 			}
 			return
 		}
-		if m.Pid <= 0 || m.Timeout <= 0 || filepath.Dir(m.Target) != home.UpgradesDir || filepath.Base(m.Link) != home.CurrentLink ||
+		if m.Pid <= 0 || m.Timeout <= 0 || filepath.Dir(m.Target) != filepath.Join(filepath.Dir(m.Link), home.UpgradesDir) || filepath.Base(m.Link) != home.CurrentLink ||
 			!strings.Contains(filepath.Base(m.Output), home.TempMarker) {
 			t.Fatalf("accepted %+v", m)
 		}

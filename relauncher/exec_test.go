@@ -350,7 +350,7 @@ func TestRealExecOverlappedPreUpgrade(t *testing.T) {
 	if pre.SawMarker {
 		t.Errorf("pre-upgrade got %s", EnvExecPreUpgrade)
 	}
-	if newR.AwaitedRuns != 1 || newR.AwaitedErr != "" || newR.AwaitedFlipped != "upgrades/v2" {
+	if newR.AwaitedRuns != 1 || newR.AwaitedErr != "" || filepath.Base(newR.AwaitedFlipped) != "v2" || !filepath.IsAbs(newR.AwaitedFlipped) {
 		t.Fatalf("awaited: %d runs, flipped %q, err %q", newR.AwaitedRuns, newR.AwaitedFlipped, newR.AwaitedErr)
 	}
 	if newR.AwaitedAtNs < pre.EndNs {

@@ -99,11 +99,18 @@ func (h *testHome) haltAndStage(height int64, info string) home.Plan {
 	return p
 }
 
+// current is where `current` points, relative to the cosmovisor root
+// ("genesis", "upgrades/v2"), however the link spells it.
 func (h *testHome) current() string {
 	h.t.Helper()
-	t, err := os.Readlink(h.l.Current())
+	d, ok, err := h.l.CurrentDir()
 	must(h.t, err)
-	return t
+	if !ok {
+		h.t.Fatal("no current link")
+	}
+	rel, err := filepath.Rel(h.l.Root(), d)
+	must(h.t, err)
+	return rel
 }
 
 func must(t testing.TB, err error) {

@@ -52,10 +52,10 @@ func (r *Relauncher) Layout() error {
 	}
 
 	if _, err := os.Lstat(l.Current()); errors.Is(err, fs.ErrNotExist) {
-		if err := home.Symlink(home.GenesisDir, l.Current()); err != nil {
+		if err := home.Symlink(l.GenesisTarget(), l.Current()); err != nil {
 			return fmt.Errorf("relauncher: layout: %w", err)
 		}
-		r.log.Info("invisor: created current link", "link", l.Current(), "target", home.GenesisDir)
+		r.log.Info("invisor: created current link", "link", l.Current(), "target", l.GenesisTarget())
 	} else if err != nil {
 		return fmt.Errorf("relauncher: layout: %w", err)
 	}

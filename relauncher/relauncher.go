@@ -360,7 +360,7 @@ func (r *Relauncher) switchTo(ctx context.Context, p home.Plan, b Binary, self s
 	if err != nil {
 		return err
 	}
-	rel, err := r.layout.CurrentRel(p.Name)
+	rel, err := r.layout.CurrentTarget(p.Name)
 	if err != nil {
 		return err
 	}

@@ -115,7 +115,13 @@ func (c *faultChain) exe() string {
 }
 
 func (c *faultChain) current() string {
-	link, _ := os.Readlink(filepath.Join(c.node.Home, "cosmovisor", "current"))
+	// Relative to the cosmovisor root; the link itself is absolute, as
+	// cosmovisor writes (and needs) it.
+	root := filepath.Join(c.node.Home, "cosmovisor")
+	link, _ := os.Readlink(filepath.Join(root, "current"))
+	if rel, err := filepath.Rel(root, link); err == nil && filepath.IsAbs(link) {
+		return rel
+	}
 	return link
 }
 

@@ -395,7 +395,7 @@ func (n *Node) propose(ctx context.Context, title string, msg map[string]any) (u
 		"metadata": "",
 	}
 	b, _ := json.Marshal(prop)
-	f := filepath.Join(n.Home, fmt.Sprintf("proposal-%s-%d.json", title, time.Now().UnixNano()))
+	f := filepath.Join(n.Home, fmt.Sprintf("proposal-%s-%d.json", servedDir(title), time.Now().UnixNano()))
 	if err := os.WriteFile(f, b, 0o644); err != nil {
 		return 0, err
 	}

@@ -214,9 +214,17 @@ func (l Layout) RecordPath(plan string) (string, error) {
 	return b + RecordSuffix, nil
 }
 
-// CurrentRel is the `current` link target invisor writes for plan: relative, so
-// the home can be moved; cosmovisor writes an absolute one, and both resolve to
-// the same directory.
+// CurrentTarget is the `current` link target for plan's upgrade: an absolute
+// path, as cosmovisor writes it, because cosmovisor v1.5.0 reads the link with
+// os.Readlink and uses the text as is (a relative target would resolve against
+// its working directory, and it would refuse to start).
+func (l Layout) CurrentTarget(plan string) (string, error) { return l.UpgradeDir(plan) }
+
+// GenesisTarget is the `current` link target for the genesis binary (absolute).
+func (l Layout) GenesisTarget() string { return filepath.Join(l.Root(), GenesisDir) }
+
+// CurrentRel is CurrentTarget relative to Root ("upgrades/v2"), for display
+// and for comparing with what CurrentDir resolves.
 func (l Layout) CurrentRel(plan string) (string, error) {
 	d, err := l.DirName(plan)
 	if err != nil {
