@@ -45,6 +45,7 @@ test-unit:
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzPlanName -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzNameRuleAgrees -fuzztime 10s .
 
 test-e2e: build $(BUILD)/cosmovisor
 	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -count=1 -timeout 20m -v ./example-app/...
@@ -52,7 +53,7 @@ test-e2e: build $(BUILD)/cosmovisor
 # Unit benchmarks, then invisor vs cosmovisor v1.5.0 on real chains (about 40 min
 # on 2 cores; writes BENCHMARKS.md). Not part of `make test`.
 bench: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
-	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./staging/ ./relauncher/
+	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./staging/ ./relauncher/ ./internal/home/
 	cd bench && $(GO) run . -runs 5 -v1 $(abspath $(BUILD))/exampled-v1 -v2 $(abspath $(BUILD))/exampled-v2
 
 clean:

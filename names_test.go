@@ -45,7 +45,11 @@ func nameRuleAgrees(t *testing.T, name string, disableRecase bool) {
 	}
 
 	// Staging: a binary placed where the rule says is staged there, or refused.
-	self, _ := os.Executable()
+	// A small ELF that passes the preflight (`true version --home ...` exits 0).
+	self := "/bin/true"
+	if _, err := os.Stat(self); err != nil {
+		t.Skip("no /bin/true to stand in for a chain binary")
+	}
 	cfg := staging.DefaultConfig()
 	cfg.Home, cfg.DaemonName, cfg.AllowDownload, cfg.DisableRecase = l.Home(), "appd", false, disableRecase
 	if mapErr == nil {

@@ -23,11 +23,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -38,35 +40,51 @@ import (
 //
 //	manifest.json
 //	genesis/bin/<daemon>
-//	upgrades/<SafeName(name)>/bin/<daemon>
+//	upgrades/<dir>/bin/<daemon>        <dir> = home.DirName(name)
 //
 // so that a node syncing from genesis has every binary it will need. Only the
-// binaries travel (not lib/ or other files of an upgrade directory).
+// binaries travel (not lib/ or other files of an upgrade directory). These paths
+// are the bundle's format, not where import writes: each must be exactly the one
+// its name maps to with home.DirName (recased, or not as with
+// COSMOVISOR_DISABLE_RECASE, so a bundle from either kind of home reads anywhere),
+// and import places each binary where the importing home's layout puts that name
+// (home.Layout.UpgradeBin), never at a path taken from the archive.
 //
-// export takes the genesis binary and every upgrade install staging.Trusted accepts
-// (an untrusted install is refused, naming it), re-hashes each byte as it is written
-// into the archive against the manifest, and writes the archive to a temp file
+// export takes the genesis binary and every upgrade install whose completion
+// record proves it (home.Layout.Installs: a record of this format whose source is
+// a proof, for a plan whose name maps to that very directory). An install without
+// one is refused, naming it and saying what to do. Every byte is re-hashed as it is
+// written into the archive and compared with the record's sha256 and size (the
+// genesis binary with the hash taken just before); the archive goes to a temp file
 // beside the output that is fsynced and renamed over it.
 //
-// import refuses to run while a node holds the staging lock on the home, and holds
-// that lock itself throughout: every binary is recorded by this command, so the
-// result is trusted when it returns, and a node starting meanwhile fails at boot
-// with ErrLocked instead of racing it. The bundle (a local file, or an http(s) URL
-// that must carry ?checksum=sha256:<hex> unless --insecure-no-checksum) is read
-// strictly: manifest.json first, then only the files it lists, each a regular file
-// of exactly the listed size; "..", absolute paths, links, devices, duplicates,
-// unlisted entries and the byte/entry caps of the staging configuration reject the
-// whole bundle. Every file is hashed while it is unpacked into a staging temp
-// directory under <home>/cosmovisor and must match its manifest sha256. Nothing is
-// installed until the whole bundle has been read and checked against the home (a
-// different binary already trusted for an upgrade, an unrecorded binary in the way,
-// or a different genesis binary is an error naming both hashes). Then each upgrade
-// binary is installed exactly as `stage --file` does (staging.Fetch from a
-// file:// source pinned to the manifest sha256 into a scratch home: header check,
-// preflight; rename into place; staging.Fetch on the home to record it), and the
-// genesis binary, verified the same way, is linked into genesis/bin/<daemon> only
-// if nothing is there. Each binary is installed atomically; a failure midway keeps
-// the ones already installed (they are trusted) and running import again skips them.
+// import takes the home lock (home.Layout.Acquire) for its whole run: it refuses
+// while a node runs on the home (*home.LockedError names the holder), and a node
+// started meanwhile stops at boot instead of racing it. The bundle (a local file,
+// or an http(s) URL that must carry ?checksum=sha256:<hex> unless
+// --insecure-no-checksum) is read strictly: manifest.json first, then only the
+// files it lists, each a regular file of exactly the listed size; "..", absolute
+// paths, links, devices, duplicates, unlisted entries and the byte/entry caps of
+// the staging configuration reject the whole bundle. Every file is hashed while it
+// is unpacked into a temp directory under <home>/cosmovisor and must match its
+// manifest sha256. Nothing is placed until the whole bundle has been read and
+// checked against the home: a different file already at an upgrade's path
+// (recorded or not), a completion record naming another sha256, or a different
+// genesis binary is an error naming both hashes. Then each binary passes the header
+// check for this OS/arch and the bounded preflight (staging.Fetch from a file://
+// source pinned to the manifest sha256 into a scratch home, so the preflight runs
+// with a scratch --home and HOME) and is hard-linked into place, which never
+// replaces a file: an upgrade binary at Layout.UpgradeBin(name), the genesis binary
+// at genesis/bin/<daemon> only if nothing is there.
+//
+// import writes no completion record. A bundle is unauthenticated input (a URL pin
+// only says it is the file the operator meant), and the only proof invisor accepts
+// is one made against the plan in force: when a plan is in force, the node's
+// staging verifies the placed binary against it (the plan's checksum, or the binary
+// in the plan's own archive; the operator's word only when the plan names no
+// binary for this platform), exactly as for a binary placed by hand, and records
+// it. Until then `invisor status` shows it as placed, not yet trusted. A failure
+// midway keeps the binaries already placed; running import again skips them.
 
 const (
 	bundleManifestName = "manifest.json"
@@ -85,16 +103,20 @@ type BundleManifest struct {
 	Binaries []BundleEntry `json:"binaries"`
 }
 
-// BundleEntry is one binary of a bundle.
+// BundleEntry is one binary of a bundle. Everything but Path, SHA256 and Size is
+// what the exporting home's completion record said, for the operator to read:
+// import trusts none of it.
 type BundleEntry struct {
 	// Name is "genesis" for genesis/bin/<daemon>, else the upgrade (plan) name.
 	Name string `json:"name"`
-	// Path is genesis/bin/<daemon> or upgrades/<SafeName(name)>/bin/<daemon>.
-	Path    string `json:"path"`
-	SHA256  string `json:"sha256"`
-	Size    int64  `json:"size"`
-	Height  int64  `json:"height,omitempty"`  // upgrade height, from the completion record
-	Version string `json:"version,omitempty"` // preflight output recorded at staging
+	// Path is genesis/bin/<daemon> or upgrades/<home.DirName(name)>/bin/<daemon>.
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	Height int64  `json:"height,omitempty"` // upgrade height, from the completion record
+	// InfoSHA256 is the sha256 of the plan info the record was made for.
+	InfoSHA256 string `json:"info_sha256,omitempty"`
+	Version    string `json:"version,omitempty"` // preflight output recorded at staging
 }
 
 func (b BundleEntry) genesis() bool { return strings.HasPrefix(b.Path, "genesis/") }
@@ -111,15 +133,33 @@ func limitsFrom(c staging.Config) bundleLimits {
 	return bundleLimits{Download: c.MaxArchiveBytes, Total: c.MaxArchiveBytes, Binary: c.MaxBinaryBytes, Entries: c.MaxArchiveEntries}
 }
 
-func bundlePath(daemon string, b BundleEntry) (string, error) {
-	if b.Name == genesisEntryName && strings.HasPrefix(b.Path, "genesis/") {
-		return "genesis/bin/" + daemon, nil
+// upgradeEntryPath is the bundle's archive path for the upgrade directory dir.
+func upgradeEntryPath(dir, daemon string) string { return "upgrades/" + dir + "/bin/" + daemon }
+
+// bundlePaths returns the archive paths b may have: genesis/bin/<daemon>, or the
+// upgrade directory home.DirName maps b.Name to, recased or not.
+func bundlePaths(daemon string, b BundleEntry) ([]string, error) {
+	if b.Name == genesisEntryName && b.genesis() {
+		return []string{"genesis/bin/" + daemon}, nil
 	}
-	safe, err := staging.SafeName(b.Name)
-	if err != nil {
-		return "", err
+	var out []string
+	var first error
+	for _, keepCase := range []bool{false, true} {
+		d, err := home.DirName(b.Name, keepCase)
+		if err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		if p := upgradeEntryPath(d, daemon); len(out) == 0 || out[0] != p {
+			out = append(out, p)
+		}
 	}
-	return "upgrades/" + safe + "/bin/" + daemon, nil
+	if len(out) == 0 {
+		return nil, first
+	}
+	return out, nil
 }
 
 // parseManifest parses and checks manifest.json.
@@ -135,8 +175,8 @@ func parseManifest(data []byte) (BundleManifest, error) {
 	if m.Format != bundleFormat {
 		return m, fmt.Errorf("bundle %s: format %d, this binary reads format %d", bundleManifestName, m.Format, bundleFormat)
 	}
-	if m.Daemon == "" || m.Daemon == "." || m.Daemon == ".." || strings.ContainsAny(m.Daemon, "/\\\x00") {
-		return m, fmt.Errorf("bundle %s: bad daemon name %q", bundleManifestName, m.Daemon)
+	if err := home.ValidDaemonName(m.Daemon); err != nil {
+		return m, fmt.Errorf("bundle %s: %w", bundleManifestName, err)
 	}
 	if len(m.Binaries) == 0 {
 		return m, fmt.Errorf("bundle %s: lists no binaries", bundleManifestName)
@@ -144,14 +184,18 @@ func parseManifest(data []byte) (BundleManifest, error) {
 	names, paths := map[string]bool{}, map[string]bool{}
 	genesis := 0
 	for i, b := range m.Binaries {
-		want, err := bundlePath(m.Daemon, b)
+		want, err := bundlePaths(m.Daemon, b)
 		if err != nil {
 			return m, fmt.Errorf("bundle %s: binary %d: %w", bundleManifestName, i, err)
 		}
-		if b.Path != want {
-			return m, fmt.Errorf("bundle %s: binary %q has path %q, want %q", bundleManifestName, b.Name, b.Path, want)
+		ok := false
+		for _, w := range want {
+			ok = ok || b.Path == w
 		}
-		key := b.Path
+		if !ok {
+			return m, fmt.Errorf("bundle %s: binary %q has path %q, want %q", bundleManifestName, b.Name, b.Path, strings.Join(want, `" or "`))
+		}
+		key := "upgrade:" + b.Name
 		if b.genesis() {
 			genesis++
 			key = "genesis"
@@ -319,7 +363,8 @@ func bundleEntryName(raw string) (string, error) {
 	return n, nil
 }
 
-// writeHashed writes exactly size bytes of r to a new file and returns their sha256.
+// writeHashed writes exactly size bytes of r, a stream (the tar entry), to a new
+// file and returns their sha256, computed as they are written.
 func writeHashed(file string, r io.Reader, size int64) (string, error) {
 	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o700)
 	if err != nil {
@@ -344,21 +389,27 @@ func writeHashed(file string, r io.Reader, size int64) (string, error) {
 func exportCmd(opts invisor.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export <bundle.tar.gz>",
-		Short: "Write the genesis binary and every trusted upgrade binary of this home into a bundle with a checksum manifest",
+		Short: "Write the genesis binary and every recorded upgrade binary of this home into a bundle with a checksum manifest",
 		Long: `Write a tar.gz holding manifest.json (name, path, sha256, size, height of each binary),
 the genesis binary (cosmovisor/genesis/bin/<daemon>) and the binary of every upgrade under
-cosmovisor/upgrades that has a valid completion record. An upgrade that is not trusted
-(no record, or the binary changed) is refused: run ` + "`invisor verify`" + ` to see why.
+cosmovisor/upgrades whose completion record proves it. An upgrade without one (placed by
+hand or by ` + "`invisor import`" + ` and not verified against its plan yet, or changed since) is
+refused: ` + "`invisor status`" + ` shows why; move it out of cosmovisor/upgrades to export the rest.
+Every byte is re-hashed as it is written and must match the record.
 
-` + "`invisor import`" + ` on another home unpacks it, so a node that syncs from genesis has every
-binary it will need. The bundle is written to a temp file beside it and renamed into place.`,
+` + "`invisor import`" + ` on another home places the binaries, so a node that syncs from genesis has
+every binary it will need. The bundle is written to a temp file beside it and renamed into place.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := loadEnv(cmd, opts)
+			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
 			}
-			m, sum, err := exportBundle(e.home, e.daemon(), args[0])
+			l, err := e.cfg.Staging.Layout()
+			if err != nil {
+				return err
+			}
+			m, sum, err := exportBundle(cmd.Context(), l, args[0], e.appName())
 			if err != nil {
 				return err
 			}
@@ -378,62 +429,97 @@ binary it will need. The bundle is written to a temp file beside it and renamed 
 	return cmd
 }
 
-// exportBundle writes the bundle of home to out and returns its manifest and sha256.
-func exportBundle(home, daemon, out string) (BundleManifest, string, error) {
+// provenRecord returns the record of install in if it proves the binary for the
+// plan it names, as far as that can be told without the plan's info: a record of
+// this format whose source is a proof, complete, for a plan whose name maps to
+// that very directory, beside a regular executable. export re-hashes the bytes
+// against it.
+func provenRecord(l home.Layout, in home.Installed) (home.Record, error) {
+	if in.Err != nil {
+		return home.Record{}, in.Err
+	}
+	r := in.Record
+	switch {
+	case r.Format < home.RecordFormat || !r.Source.Valid():
+		return r, fmt.Errorf("its completion record (format %d, source %q) is not a proof this version accepts", r.Format, r.Source)
+	case r.Plan == "" || len(r.SHA256) != 64 || r.Size <= 0:
+		return r, errors.New("its completion record is incomplete")
+	}
+	d, err := l.DirName(r.Plan)
+	if err != nil {
+		return r, fmt.Errorf("its completion record names plan %q: %w", r.Plan, err)
+	}
+	if d != filepath.Base(in.Dir) {
+		return r, fmt.Errorf("its completion record is for plan %q, whose directory is %s", r.Plan, filepath.Join(l.UpgradesRoot(), d))
+	}
+	f, err := home.OpenRegular(in.Bin)
+	if err != nil {
+		return r, err
+	}
+	f.Close()
+	return r, nil
+}
+
+// exportBundle writes the bundle of the home l to out and returns its manifest and
+// sha256. app names the chain binary in hints.
+func exportBundle(ctx context.Context, l home.Layout, out, app string) (BundleManifest, string, error) {
+	daemon := l.Daemon()
 	m := BundleManifest{Format: bundleFormat, Daemon: daemon, Created: time.Now().UTC().Truncate(time.Second)}
 	var files []string
 
-	gen := filepath.Join(staging.CosmovisorRoot(home), "genesis", "bin", daemon)
-	fi, err := os.Stat(gen)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	gen := l.GenesisBin()
+	gf, err := os.Open(gen)
+	if errors.Is(err, fs.ErrNotExist) {
 		return m, "", fmt.Errorf("no genesis binary at %s: start the node once (it copies itself there) or place the chain's genesis binary there", gen)
-	case err != nil:
-		return m, "", err
-	case !fi.Mode().IsRegular():
-		return m, "", fmt.Errorf("genesis binary %s is not a regular file", gen)
 	}
-	gsum, err := staging.FileSHA256(gen)
 	if err != nil {
 		return m, "", err
 	}
-	m.Binaries = append(m.Binaries, BundleEntry{Name: genesisEntryName, Path: "genesis/bin/" + daemon, SHA256: gsum, Size: fi.Size()})
-	files = append(files, gen)
-
-	dir := filepath.Join(staging.CosmovisorRoot(home), staging.UpgradesDir)
-	ents, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	fi, err := gf.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("genesis binary %s is not a regular file", gen)
+	}
+	var gd home.Digest
+	if err == nil {
+		gd, err = home.HashFile(ctx, gf)
+	}
+	gf.Close()
+	if err != nil {
 		return m, "", err
 	}
-	var ups []staging.Install
-	for _, d := range ents {
-		if strings.HasPrefix(d.Name(), ".") {
+	m.Binaries = append(m.Binaries, BundleEntry{Name: genesisEntryName, Path: "genesis/bin/" + daemon, SHA256: gd.SHA256, Size: gd.Size})
+	files = append(files, gen)
+
+	type upgrade struct {
+		rec home.Record
+		in  home.Installed
+	}
+	var ups []upgrade
+	var refused []string
+	for _, in := range l.Installs() {
+		rec, err := provenRecord(l, in)
+		if err != nil {
+			refused = append(refused, fmt.Sprintf("%s is not proven by a completion record, refusing to export it: %v. "+
+				"It is trusted once the node verifies it against its plan in force (`%s invisor status` shows its state); "+
+				"or move %s out of %s and export again",
+				in.Bin, err, app, in.Dir, l.UpgradesRoot()))
 			continue
 		}
-		name, err := unescape(d.Name())
-		if err != nil {
-			return m, "", fmt.Errorf("%s: cannot map the directory name back to an upgrade name: %w", filepath.Join(dir, d.Name()), err)
-		}
-		if safe, err := staging.SafeName(name); err != nil || safe != d.Name() {
-			return m, "", fmt.Errorf("%s is not a directory name invisor or cosmovisor would create; move it away to export", filepath.Join(dir, d.Name()))
-		}
-		inst, err := staging.Trusted(home, daemon, name)
-		if err != nil {
-			return m, "", fmt.Errorf("upgrade %q is not trusted, refusing to export it: %w; check it with `invisor verify %s`, or move %s away", name, err, name, filepath.Join(dir, d.Name()))
-		}
-		ups = append(ups, inst)
+		ups = append(ups, upgrade{rec: rec, in: in})
+	}
+	if len(refused) > 0 {
+		return m, "", fmt.Errorf("nothing exported: %s", strings.Join(refused, "; "))
 	}
 	sort.Slice(ups, func(i, j int) bool {
-		if ups[i].Record.Height != ups[j].Record.Height {
-			return ups[i].Record.Height < ups[j].Record.Height
+		if ups[i].rec.Height != ups[j].rec.Height {
+			return ups[i].rec.Height < ups[j].rec.Height
 		}
-		return ups[i].Name < ups[j].Name
+		return ups[i].rec.Plan < ups[j].rec.Plan
 	})
 	for _, u := range ups {
-		safe, _ := staging.SafeName(u.Name)
-		m.Binaries = append(m.Binaries, BundleEntry{Name: u.Name, Path: "upgrades/" + safe + "/bin/" + daemon,
-			SHA256: u.SHA256, Size: u.Size, Height: u.Record.Height, Version: u.Record.Preflight})
-		files = append(files, u.Path)
+		m.Binaries = append(m.Binaries, BundleEntry{Name: u.rec.Plan, Path: upgradeEntryPath(filepath.Base(u.in.Dir), daemon),
+			SHA256: u.rec.SHA256, Size: u.rec.Size, Height: u.rec.Height, InfoSHA256: u.rec.InfoHash, Version: u.rec.Preflight})
+		files = append(files, u.in.Bin)
 	}
 	mj, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -447,7 +533,8 @@ func exportBundle(home, daemon, out string) (BundleManifest, string, error) {
 	if err != nil {
 		return m, "", err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(abs), "."+filepath.Base(abs)+".tmp-")
+	tmpName := home.TempName(abs)
+	tmp, err := os.OpenFile(tmpName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return m, "", err
 	}
@@ -455,7 +542,7 @@ func exportBundle(home, daemon, out string) (BundleManifest, string, error) {
 	defer func() {
 		if !ok {
 			tmp.Close()
-			os.Remove(tmp.Name())
+			os.Remove(tmpName)
 		}
 	}()
 	bh := sha256.New()
@@ -479,7 +566,7 @@ func exportBundle(home, daemon, out string) (BundleManifest, string, error) {
 		if err := tw.WriteHeader(hdr(b.Path, b.Size, 0o755)); err != nil {
 			return m, "", err
 		}
-		if err := copyVerified(tw, files[i], b); err != nil {
+		if err := copyVerified(ctx, tw, files[i], b); err != nil {
 			return m, "", err
 		}
 	}
@@ -498,19 +585,17 @@ func exportBundle(home, daemon, out string) (BundleManifest, string, error) {
 	if err := tmp.Close(); err != nil {
 		return m, "", err
 	}
-	if err := os.Rename(tmp.Name(), abs); err != nil {
+	if err := os.Rename(tmpName, abs); err != nil {
 		return m, "", err
 	}
 	ok = true
-	if d, err := os.Open(filepath.Dir(abs)); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return m, hex.EncodeToString(bh.Sum(nil)), nil
+	return m, hex.EncodeToString(bh.Sum(nil)), home.SyncDir(filepath.Dir(abs))
 }
 
-// copyVerified copies file into w, checking it still has the size and sha256 of b.
-func copyVerified(w io.Writer, file string, b BundleEntry) error {
+// copyVerified copies file into w, hashing the bytes as they are written, and
+// checks that they are exactly the size and sha256 of b (for an upgrade, what its
+// completion record says). The archive is discarded on a mismatch.
+func copyVerified(ctx context.Context, w io.Writer, file string, b BundleEntry) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
@@ -521,11 +606,19 @@ func copyVerified(w io.Writer, file string, b BundleEntry) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", file, err)
 	}
-	if n != b.Size || hex.EncodeToString(h.Sum(nil)) != b.SHA256 {
-		return fmt.Errorf("%s changed while it was exported (want %d bytes, sha256 %s); run export again", file, b.Size, b.SHA256)
+	if err := ctx.Err(); err != nil {
+		return context.Cause(ctx)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); n != b.Size || got != b.SHA256 {
+		what := "its completion record says"
+		if b.genesis() {
+			what = "it had when export started"
+		}
+		return fmt.Errorf("%s is not the file %s (%d bytes, sha256 %s): read %d bytes, sha256 %s; it was modified, "+
+			"so nothing was exported: remove it and stage it again (or, if it changed while export ran, run export again)", file, what, b.Size, b.SHA256, n, got)
 	}
 	if extra, _ := f.Read(make([]byte, 1)); extra > 0 {
-		return fmt.Errorf("%s grew while it was exported; run export again", file)
+		return fmt.Errorf("%s is larger than the %d bytes it should have (it was modified), so nothing was exported: remove it and stage it again", file, b.Size)
 	}
 	return nil
 }
@@ -535,20 +628,27 @@ func copyVerified(w io.Writer, file string, b BundleEntry) error {
 func importCmd(opts invisor.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import <bundle.tar.gz | https://...?checksum=sha256:HEX>",
-		Short: "Install the genesis and past upgrade binaries from a bundle made by `invisor export`, each verified and recorded",
-		Long: `Unpack a bundle made by ` + "`invisor export`" + ` into this home: each upgrade binary goes to
-cosmovisor/upgrades/<name>/bin/<daemon>, verified and recorded exactly like ` + "`invisor stage --file`" + `
-(manifest sha256, header check for this OS/arch, preflight ` + "`<bin> version`" + `, atomic move,
-completion record), and the genesis binary to cosmovisor/genesis/bin/<daemon> if there is
-none (a different one already there is an error naming both hashes). Binaries already
-installed with the same sha256 are skipped, so import can be run again.
+		Short: "Place the genesis and past upgrade binaries from a bundle made by `invisor export`; the node verifies each against its plan",
+		Long: `Unpack a bundle made by ` + "`invisor export`" + ` into this home. Each upgrade binary is placed at
+cosmovisor/upgrades/<name>/bin/<daemon> once it matches its manifest sha256, passes the header
+check for this OS/arch and a bounded preflight (` + "`<bin> version`" + ` with a scratch --home and
+HOME); the genesis binary goes to cosmovisor/genesis/bin/<daemon> the same way if there is none.
+Placing never replaces a file: a different binary already there, or a completion record naming
+another sha256, is an error naming both hashes. Binaries already in place with the same sha256
+are skipped, so import can be run again.
+
+Import writes no completion record: a bundle is not authenticated, and invisor trusts a binary
+only on a proof made against the plan in force. When a plan is in force, the node verifies the
+placed binary against it (the plan's checksum, or the binary in the plan's own archive; the
+operator's word only when the plan names no binary for this platform), exactly as for a binary
+placed by hand, and records it. Until then ` + "`invisor status`" + ` shows it as placed, not yet trusted.
 
 The bundle is a local file or an http(s) URL. A URL must pin the bundle with
 ?checksum=sha256:HEX (export prints it) unless --insecure-no-checksum is given; a local
 file may be pinned with --checksum.
 
-The node must be stopped: import takes the staging lock for its whole run, so that every
-binary is recorded by the time it returns and a node cannot start half-way through.`,
+The node must be stopped: import holds the home lock for its whole run, so a node cannot
+start half-way through.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := loadValidEnv(cmd, opts)
@@ -557,36 +657,39 @@ binary is recorded by the time it returns and a node cannot start half-way throu
 			}
 			sum, _ := cmd.Flags().GetString(flagChecksum)
 			insecure, _ := cmd.Flags().GetBool(flagInsecureNoChecksum)
-			im := importer{
-				cfg: e.cfg.Staging, lim: limitsFrom(e.cfg.Staging), out: e.out, log: stagingLog{e}, app: e.appName(),
-				plan: func(ctx context.Context, name string) *staging.Plan { return knownPlan(ctx, e, name) },
-			}
+			im := importer{cfg: e.cfg.Staging, lim: limitsFrom(e.cfg.Staging), out: e.out, log: stagingLog{e}, app: e.appName()}
 			return im.run(cmd.Context(), args[0], sum, insecure)
 		},
 	}
 	cmd.Flags().String(flagChecksum, "", "expected checksum of a local bundle file, sha256:HEX or sha512:HEX")
 	cmd.Flags().Bool(flagInsecureNoChecksum, false, "accept a bundle URL without ?checksum= (the binaries are still checked against the manifest, which is then unauthenticated)")
-	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node, to learn the plan in force (default: rpc.laddr of config.toml)")
 	invisor.AddFlags(cmd.Flags())
 	return cmd
 }
 
-// importer installs a bundle into cfg.Home.
+// importer places a bundle's binaries into cfg.Home.
 type importer struct {
-	cfg  staging.Config
-	lim  bundleLimits
-	out  io.Writer
-	log  staging.Logger
-	app  string
-	plan func(ctx context.Context, name string) *staging.Plan // the real plan when known, else nil
+	cfg staging.Config
+	lim bundleLimits
+	out io.Writer
+	log staging.Logger
+	app string
 }
 
-// errNodeRunning is returned by import when a node holds the staging lock.
+// errNodeRunning is returned by import when another process holds the home lock.
 var errNodeRunning = errors.New("the node is running")
 
+// placement is a binary of the bundle and where it goes in the home.
+type placement struct {
+	unpacked
+	dest string
+}
+
 func (im importer) run(ctx context.Context, src, checksum string, insecure bool) error {
-	home, daemon := im.cfg.Home, im.cfg.DaemonName
-	root := staging.CosmovisorRoot(home)
+	l, err := im.cfg.Layout()
+	if err != nil {
+		return err
+	}
 	isURL := strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://")
 	if isURL && checksum != "" {
 		return fmt.Errorf("--checksum is for a local bundle; pin a URL with ?checksum=sha256:HEX")
@@ -603,21 +706,20 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 		want = &c
 	}
 
-	// The lock, held to the end (see the comment at the top).
-	st, err := staging.New(im.cfg, im.log)
-	if errors.Is(err, staging.ErrLocked) {
-		return fmt.Errorf("%w (it holds the staging lock on %s): stop it, run import, then start it again. "+
-			"Import writes the completion record of every binary itself, which only the lock holder may do, "+
-			"and lays out genesis/, which the node reads at boot: %w", errNodeRunning, home, err)
+	// The home lock, held to the end (see the comment at the top).
+	lock, err := l.Acquire(os.Environ())
+	if locked := (*home.LockedError)(nil); errors.As(err, &locked) {
+		return fmt.Errorf("%w: %w; run import again once it is stopped, then start the node: "+
+			"import lays out genesis/ and upgrades/, which the node reads at boot", errNodeRunning, err)
 	}
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer lock.Release()
 
-	scratch, err := os.MkdirTemp(root, staging.TempPrefix+"import-")
+	scratch, err := os.MkdirTemp(l.Root(), staging.TempPrefix+"import-")
 	if err != nil {
-		return fmt.Errorf("scratch directory under %s: %w", root, err)
+		return fmt.Errorf("scratch directory under %s: %w", l.Root(), err)
 	}
 	defer os.RemoveAll(scratch)
 
@@ -652,22 +754,53 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 	if err != nil {
 		return err
 	}
-	if m.Daemon != daemon {
-		fmt.Fprintf(im.out, "note: the bundle names the binary %q; installing it as %q\n", m.Daemon, daemon)
+	if m.Daemon != l.Daemon() {
+		fmt.Fprintf(im.out, "note: the bundle names the binary %q; placing it as %q\n", m.Daemon, l.Daemon())
 	}
 
-	// 2. Check the whole bundle against the home before installing anything.
-	var todo []unpacked
+	// 2. Check the whole bundle against the home before placing anything.
+	todo, problems := im.check(ctx, l, bins)
+	if len(problems) > 0 {
+		return fmt.Errorf("nothing imported: %s", strings.Join(problems, "; "))
+	}
+
+	// 3. Verify and place: the upgrades, then the genesis binary.
+	sort.SliceStable(todo, func(i, j int) bool { return !todo[i].genesis() && todo[j].genesis() })
+	var done []string
+	upgrades := 0
+	for _, p := range todo {
+		if err := im.install(ctx, l, p); err != nil {
+			if len(done) > 0 {
+				return fmt.Errorf("%w (already placed: %s; running import again skips them)", err, strings.Join(done, ", "))
+			}
+			return err
+		}
+		done = append(done, p.Name)
+		if !p.genesis() {
+			upgrades++
+		}
+	}
+	fmt.Fprintf(im.out, "imported %d of %d binaries from %s\n", len(done), len(bins), redactURL(src))
+	if upgrades > 0 {
+		fmt.Fprintf(im.out, "the upgrade binaries are placed, not yet trusted: the node verifies each against its plan when that plan is in force "+
+			"(the plan's checksum or archive) and records it; `%s invisor status` shows them as placed until then\n", im.app)
+	}
+	return nil
+}
+
+// check compares each binary of the bundle with what the home has at its place,
+// and returns the ones to place, or the problems that stop the whole import.
+func (im importer) check(ctx context.Context, l home.Layout, bins []unpacked) ([]placement, []string) {
+	var todo []placement
 	var problems []string
-	gen := filepath.Join(root, "genesis", "bin", daemon)
+	dests := map[string]string{}
 	for _, b := range bins {
 		if b.genesis() {
-			if _, err := os.Lstat(gen); errors.Is(err, fs.ErrNotExist) {
-				todo = append(todo, b)
-				continue
-			}
-			have, err := staging.FileSHA256(gen)
+			gen := l.GenesisBin()
+			have, exists, err := hashAt(ctx, gen, true)
 			switch {
+			case !exists:
+				todo = append(todo, placement{unpacked: b, dest: gen})
 			case err != nil:
 				problems = append(problems, fmt.Sprintf("genesis binary %s: %v", gen, err))
 			case have != b.SHA256:
@@ -677,45 +810,98 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 			}
 			continue
 		}
-		bin := staging.BinPath(home, daemon, b.Name)
-		if inst, err := staging.Trusted(home, daemon, b.Name); err == nil {
-			if inst.SHA256 != b.SHA256 {
-				problems = append(problems, fmt.Sprintf("upgrade %q: %s is trusted with sha256 %s, the bundle's has sha256 %s", b.Name, inst.Path, inst.SHA256, b.SHA256))
-			} else {
-				fmt.Fprintf(im.out, "upgrade %q already staged and trusted: %s (sha256 %s)\n", b.Name, inst.Path, inst.SHA256)
+		bin, err := l.UpgradeBin(b.Name)
+		if err != nil {
+			var un *home.UnmappableNameError
+			if errors.As(err, &un) {
+				err = fmt.Errorf("%w; %s", err, un.Advice())
 			}
+			problems = append(problems, fmt.Sprintf("upgrade %q: %v", b.Name, err))
 			continue
 		}
-		if _, err := os.Lstat(bin); err == nil {
-			problems = append(problems, fmt.Sprintf("upgrade %q: %s exists without a valid completion record; run `%s invisor verify %s`, or remove %s and import again",
-				b.Name, bin, im.app, b.Name, staging.UpgradeDir(home, b.Name)))
+		if other, dup := dests[bin]; dup {
+			problems = append(problems, fmt.Sprintf("upgrades %q and %q both go to %s in this home (COSMOVISOR_DISABLE_RECASE=%v here); import one of them by hand", other, b.Name, bin, l.Options().DisableRecase))
 			continue
 		}
-		todo = append(todo, b)
+		dests[bin] = b.Name
+		dir, _ := l.UpgradeDir(b.Name)
+		if err := noSymlinks(l.UpgradesRoot(), dir, filepath.Dir(bin)); err != nil {
+			problems = append(problems, fmt.Sprintf("upgrade %q: %v", b.Name, err))
+			continue
+		}
+		rec, rerr := l.ReadRecord(b.Name)
+		hasRec := rerr == nil
+		have, exists, err := hashAt(ctx, bin, false)
+		switch {
+		case exists && err != nil:
+			problems = append(problems, fmt.Sprintf("upgrade %q: %s is in the way: %v; remove %s and import again", b.Name, bin, err, dir))
+		case exists && have != b.SHA256 && hasRec && rec.SHA256 == have:
+			problems = append(problems, fmt.Sprintf("upgrade %q: %s is recorded for plan %q at height %d with sha256 %s, the bundle's has sha256 %s; it is never overwritten: if the bundle's is the right one, remove %s and import again",
+				b.Name, bin, rec.Plan, rec.Height, have, b.SHA256, dir))
+		case exists && have != b.SHA256:
+			problems = append(problems, fmt.Sprintf("upgrade %q: a different file is in the way: %s has sha256 %s, the bundle's has sha256 %s; it is never overwritten: if the bundle's is the right one, remove %s and import again",
+				b.Name, bin, have, b.SHA256, dir))
+		case exists:
+			state := "placed, not yet trusted"
+			if hasRec && rec.SHA256 == have {
+				state = fmt.Sprintf("recorded for plan %q at height %d", rec.Plan, rec.Height)
+			}
+			fmt.Fprintf(im.out, "upgrade %q already in place (%s): %s (sha256 %s)\n", b.Name, state, bin, have)
+		case hasRec && rec.SHA256 != b.SHA256:
+			problems = append(problems, fmt.Sprintf("upgrade %q: the completion record beside %s (plan %q, height %d) names sha256 %s, the bundle's has sha256 %s; remove %s and import again",
+				b.Name, bin, rec.Plan, rec.Height, rec.SHA256, b.SHA256, dir))
+		default:
+			todo = append(todo, placement{unpacked: b, dest: bin})
+		}
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("nothing imported: %s", strings.Join(problems, "; "))
-	}
+	return todo, problems
+}
 
-	// 3. Install: upgrades like `stage --file`, then the genesis binary.
-	sort.SliceStable(todo, func(i, j int) bool { return !todo[i].genesis() && todo[j].genesis() })
-	var done []string
-	for _, b := range todo {
-		var err error
-		if b.genesis() {
-			err = im.installGenesis(ctx, b, gen)
-		} else {
-			err = im.installUpgrade(ctx, b)
+// hashAt hashes the regular file at p (following a final symlink only if follow).
+// exists is false, with no error, when there is nothing at p.
+func hashAt(ctx context.Context, p string, follow bool) (sum string, exists bool, err error) {
+	if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	flag := os.O_RDONLY
+	if !follow {
+		flag |= syscall.O_NOFOLLOW
+	}
+	f, err := os.OpenFile(p, flag, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return "", true, fmt.Errorf("%s is a symlink", p)
+	}
+	if err != nil {
+		return "", true, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return "", true, err
+	} else if !fi.Mode().IsRegular() {
+		return "", true, fmt.Errorf("%s is not a regular file (%v)", p, fi.Mode().Type())
+	}
+	d, err := home.HashFile(ctx, f)
+	if err != nil {
+		return "", true, err
+	}
+	return d.SHA256, true, nil
+}
+
+// noSymlinks refuses a symlink at any of dirs (staging refuses them too, and a
+// binary placed through one would land outside the home's layout).
+func noSymlinks(dirs ...string) error {
+	for _, d := range dirs {
+		fi, err := os.Lstat(d)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
 		}
 		if err != nil {
-			if len(done) > 0 {
-				return fmt.Errorf("%w (already installed and trusted: %s; running import again skips them)", err, strings.Join(done, ", "))
-			}
 			return err
 		}
-		done = append(done, b.Name)
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a directory (%v); staging refuses it: replace it with a directory", d, fi.Mode().Type())
+		}
 	}
-	fmt.Fprintf(im.out, "imported %d of %d binaries from %s\n", len(done), len(bins), redactURL(src))
 	return nil
 }
 
@@ -725,85 +911,86 @@ func fileSource(b unpacked) string {
 	return u.String()
 }
 
-// verifyInScratch runs staging.Fetch for plan into a new scratch home under the
-// cosmovisor root and returns that home: the binary there passed the checksum,
-// header check and preflight. The caller removes the scratch home.
-func (im importer) verifyInScratch(ctx context.Context, p staging.Plan) (string, staging.Install, error) {
-	scratch, err := os.MkdirTemp(staging.CosmovisorRoot(im.cfg.Home), staging.TempPrefix+"import-bin-")
-	if err != nil {
-		return "", staging.Install{}, err
+// install verifies p's binary (the manifest sha256, header check, bounded
+// preflight: staging.Fetch into a scratch home under the cosmovisor root, from a
+// file:// source pinned to the manifest sha256) and links it to p.dest, which it
+// never replaces. It writes no completion record.
+func (im importer) install(ctx context.Context, l home.Layout, p placement) error {
+	what := fmt.Sprintf("upgrade %q", p.Name)
+	if p.genesis() {
+		what = "the genesis binary"
 	}
-	scfg := im.cfg
-	scfg.Home, scfg.AllowDownload, scfg.AllowFileURLs = scratch, true, true
-	inst, err := staging.Fetch(ctx, scfg, p, im.log)
+	fmt.Fprintf(im.out, "verifying %s ...\n", what)
+	scratch, err := os.MkdirTemp(l.Root(), staging.TempPrefix+"import-bin-")
 	if err != nil {
-		os.RemoveAll(scratch)
-		return "", inst, err
-	}
-	return scratch, inst, nil
-}
-
-// installUpgrade is stageAndRecord with the lock already held: verify into a
-// scratch home, move into place, record for the real plan when known.
-func (im importer) installUpgrade(ctx context.Context, b unpacked) error {
-	home, daemon := im.cfg.Home, im.cfg.DaemonName
-	synth := staging.Plan{Name: b.Name, Height: b.Height, Info: planInfo(fileSource(b))}
-	plan := synth
-	if im.plan != nil {
-		if p := im.plan(ctx, b.Name); p != nil {
-			plan = *p
-		}
-	}
-	fmt.Fprintf(im.out, "verifying the binary for %q ...\n", b.Name)
-	scratch, _, err := im.verifyInScratch(ctx, synth)
-	if err != nil {
-		return fmt.Errorf("importing %q: %w", b.Name, err)
+		return err
 	}
 	defer os.RemoveAll(scratch)
-	if err := place(home, daemon, b.Name, scratch); err != nil {
-		return fmt.Errorf("importing %q: %w", b.Name, err)
-	}
-	rcfg := im.cfg
-	rcfg.AllowFileURLs = true // to compare with the checksum of the synthetic file:// plan
-	final, err := staging.Fetch(ctx, rcfg, plan, im.log)
+	scfg := im.cfg
+	scfg.Home, scfg.AllowDownload, scfg.AllowFileURLs, scfg.TrustPlacedBinaries = scratch, true, true, false
+	inst, err := staging.Fetch(ctx, scfg, staging.Plan{Name: p.Name, Height: p.Height, Info: planInfo(fileSource(p.unpacked))}, im.log)
 	if err != nil {
-		return fmt.Errorf("placed %s, but recording it for plan %q failed: %w", staging.BinPath(home, daemon, b.Name), b.Name, err)
+		return fmt.Errorf("importing %s: %w", what, err)
 	}
-	if final.SHA256 != b.SHA256 {
-		return fmt.Errorf("upgrade %q: recorded sha256 %s, the bundle's is %s", b.Name, final.SHA256, b.SHA256)
+	if inst.SHA256 != p.SHA256 {
+		return fmt.Errorf("importing %s: verified sha256 %s, the bundle's is %s", what, inst.SHA256, p.SHA256)
 	}
-	fmt.Fprintf(im.out, "staged %q: %s\n  sha256 %s, %d bytes; preflight: %s\n", b.Name, final.Path, final.SHA256, final.Size, final.Record.Preflight)
+	os.Remove(p.File) // the verified copy is what is placed
+	if err := linkInto(inst.Path, p.dest); err != nil {
+		return fmt.Errorf("importing %s: %w", what, err)
+	}
+	if p.genesis() {
+		fmt.Fprintf(im.out, "genesis binary: %s\n  sha256 %s, %d bytes; preflight: %s\n", p.dest, inst.SHA256, inst.Size, inst.Record.Preflight)
+		return nil
+	}
+	fmt.Fprintf(im.out, "placed %q: %s\n  sha256 %s, %d bytes; preflight: %s; not yet trusted: the node verifies it against plan %q when that plan is in force\n",
+		p.Name, p.dest, inst.SHA256, inst.Size, inst.Record.Preflight, p.Name)
 	return nil
 }
 
-// installGenesis verifies the genesis binary like an upgrade binary (checksum,
-// header check, preflight) and links it to gen, which must not exist.
-func (im importer) installGenesis(ctx context.Context, b unpacked, gen string) error {
-	fmt.Fprintln(im.out, "verifying the genesis binary ...")
-	p := staging.Plan{Name: genesisEntryName, Info: planInfo(fileSource(b))}
-	scratch, inst, err := im.verifyInScratch(ctx, p)
-	if err != nil {
-		return fmt.Errorf("importing the genesis binary: %w", err)
-	}
-	defer os.RemoveAll(scratch)
-	if inst.SHA256 != b.SHA256 {
-		return fmt.Errorf("genesis binary: verified sha256 %s, the bundle's is %s", inst.SHA256, b.SHA256)
-	}
-	if err := os.MkdirAll(filepath.Dir(gen), 0o755); err != nil {
+// linkInto puts the file src at dest with a hard link, which fails rather than
+// replace anything at dest, creating dest's directories, and fsyncs what changed.
+func linkInto(src, dest string) error {
+	dir := filepath.Dir(dest)
+	if err := mkdirAllSynced(dir); err != nil {
 		return err
 	}
-	// A hard link never replaces an existing file; the scratch name goes with RemoveAll.
-	if err := os.Link(inst.Path, gen); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("genesis binary %s appeared during import; it is left as it is", gen)
+	err := os.Link(src, dest)
+	if errors.Is(err, syscall.EXDEV) {
+		// dest's directory is on another filesystem: a crash-safe copy beside it first.
+		tmp := home.TempName(dest)
+		if _, err = home.CopyFile(src, tmp, 0o755); err == nil {
+			err = os.Link(tmp, dest)
 		}
-		return fmt.Errorf("genesis binary: %w", err)
+		os.Remove(tmp)
 	}
-	if d, err := os.Open(filepath.Dir(gen)); err == nil {
-		_ = d.Sync()
-		d.Close()
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s appeared during import; it is left as it is", dest)
 	}
-	fmt.Fprintf(im.out, "genesis binary: %s\n  sha256 %s, %d bytes; preflight: %s\n", gen, inst.SHA256, inst.Size, inst.Record.Preflight)
+	if err != nil {
+		return err
+	}
+	return home.SyncDir(dir)
+}
+
+// mkdirAllSynced creates dir and its missing parents, and fsyncs the parent of each
+// directory it created.
+func mkdirAllSynced(dir string) error {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(d); err == nil || filepath.Dir(d) == d {
+			break
+		}
+		missing = append(missing, d)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := home.SyncDir(filepath.Dir(missing[i])); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

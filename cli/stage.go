@@ -89,17 +89,13 @@ in force (the command waits up to --wait for that).`,
 			ctx := cmd.Context()
 			plan := knownPlan(e, name)
 			synth := staging.Plan{Name: name, Height: height, Info: planInfo(src)}
-			if plan == nil {
-				p := synth
-				plan = &p
-			}
 			return stageAndRecord(ctx, e, plan, synth, file != "", wait)
 		},
 	}
 	cmd.Flags().String(flagURL, "", "download the binary (or an archive holding bin/<daemon> or <daemon>) from this http(s) URL")
 	cmd.Flags().String(flagFile, "", "take the binary (or archive) from this local file")
 	cmd.Flags().String(flagChecksum, "", "expected checksum, sha256:HEX or sha512:HEX (required for --url unless the URL has ?checksum= or require-checksum is false)")
-	cmd.Flags().Int64(flagHeight, 0, "upgrade height to record when the plan is not known yet")
+	cmd.Flags().Int64(flagHeight, 0, "no longer used: a binary is recorded only for the plan in force, with its height")
 	cmd.Flags().Duration(flagWait, 30*time.Second, "with the node running: how long to wait for it to record the binary")
 	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node, to learn the plan (default: rpc.laddr of config.toml)")
 	invisor.AddFlags(cmd.Flags())

@@ -284,7 +284,7 @@ func TestAwaitPreUpgrade(t *testing.T) {
 			}
 			m := markerIn(t, calls[0].env)
 			if m.Path != h.v2 || m.Attempt != 1 || m.MaxRetries != tc.maxRetries || m.Timeout != tc.timeout ||
-				!reflect.DeepEqual(m.Args, []string{"--extra"}) || m.Target != filepath.Join(h.l.UpgradesRoot(), "v2") ||
+				!reflect.DeepEqual(m.Args, []string{"--extra", "--home", h.l.Home()}) || m.Target != filepath.Join(h.l.UpgradesRoot(), "v2") ||
 				m.Link != h.l.Current() || filepath.Dir(m.Output) != h.l.Root() {
 				t.Errorf("marker %+v", m)
 			}

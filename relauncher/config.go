@@ -63,7 +63,8 @@ type Config struct {
 	// PreUpgradeMaxRetries has DAEMON_PREUPGRADE_MAX_RETRIES semantics: the command
 	// runs at most 1+PreUpgradeMaxRetries times while it exits 31.
 	PreUpgradeMaxRetries int
-	// PreUpgradeArgs are appended after "pre-upgrade" (cosmovisor passes none).
+	// PreUpgradeArgs are appended after "pre-upgrade" (cosmovisor passes none);
+	// "--home <Home>" always follows them.
 	PreUpgradeArgs []string
 	// PreUpgradeTimeout bounds one run of pre-upgrade; 0 means DefaultPreUpgradeTimeout.
 	PreUpgradeTimeout time.Duration

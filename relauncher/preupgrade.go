@@ -29,7 +29,7 @@ const preUpgradeOutputMax = 16 << 10
 // cosmovisor treating unknown exit codes as failures. Every run is of the proven
 // descriptor, right after a Recheck.
 func (r *Relauncher) preUpgrade(ctx context.Context, v *home.Verified) error {
-	args := append([]string{"pre-upgrade"}, r.cfg.PreUpgradeArgs...)
+	args := append([]string{"pre-upgrade"}, r.preUpgradeArgs()...)
 	for attempt := 1; ; attempt++ {
 		if err := v.Recheck(); err != nil {
 			return err
@@ -49,6 +49,14 @@ func (r *Relauncher) preUpgrade(ctx context.Context, v *home.Verified) error {
 		}
 		return &PreUpgradeError{Path: v.Path, ExitCode: code, Attempts: attempt, Output: out, Err: err}
 	}
+}
+
+// preUpgradeArgs are the arguments after "pre-upgrade": Config.PreUpgradeArgs,
+// then --home with the node home, so that pre-upgrade works on this node's home
+// and nowhere else (cosmovisor passes none, and a node started with --home would
+// have its pre-upgrade edit the chain's default home instead).
+func (r *Relauncher) preUpgradeArgs() []string {
+	return append(append([]string{}, r.cfg.PreUpgradeArgs...), "--home", r.layout.Home())
 }
 
 // runPreUpgradeCmd runs one `<bin> pre-upgrade` to its end or its timeout.
@@ -111,7 +119,7 @@ func (r *Relauncher) startPreUpgrade(v *home.Verified, link, target string) (*pr
 		return nil, fmt.Errorf("relauncher: pre-upgrade output file: %w", err)
 	}
 	run := runnableOf(v)
-	cmd := exec.Command(run.path, append([]string{"pre-upgrade"}, r.cfg.PreUpgradeArgs...)...)
+	cmd := exec.Command(run.path, append([]string{"pre-upgrade"}, r.preUpgradeArgs()...)...)
 	cmd.Args[0], cmd.ExtraFiles = run.argv0, run.extra
 	cmd.Env = preUpgradeEnv(r.os.Environ())
 	cmd.Stdout, cmd.Stderr = f, f
@@ -126,7 +134,7 @@ func (r *Relauncher) startPreUpgrade(v *home.Verified, link, target string) (*pr
 	return &preUpgradeChild{proc: cmd.Process, marker: preUpgradeMarker{
 		Protocol: string(capabilityToken()), Pid: cmd.Process.Pid, Output: f.Name(), Path: bin,
 		Attempt: 1, MaxRetries: r.cfg.PreUpgradeMaxRetries, Timeout: r.cfg.PreUpgradeTimeout,
-		Started: start.UnixNano(), Args: append([]string{}, r.cfg.PreUpgradeArgs...), Link: link, Target: target,
+		Started: start.UnixNano(), Args: r.preUpgradeArgs(), Link: link, Target: target,
 	}}, nil
 }
 

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -51,11 +53,23 @@ func TestBundleExportImport(t *testing.T) {
 	if err := os.WriteFile(gen, b, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, up := range []struct{ name, bin, height string }{{"v2", v2, "20"}, {"v3", v3, "40"}} {
-		if out, err := invisor(t, "stage", up.name, "--file", up.bin, "--height", up.height, "--home", src); err != nil {
-			t.Fatalf("stage %s: %v\n%s", up.name, err, out)
+	// A home that went through both upgrades: at each halt x/upgrade wrote the
+	// plan into data/upgrade-info.json, and the binary staged then was recorded
+	// for that plan (only the plan in force can confirm a binary).
+	for _, up := range []struct {
+		name, bin string
+		height    int64
+	}{{"v2", v2, 20}, {"v3", v3, 40}} {
+		info := localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/"+up.name, sums[up.name])
+		ui, _ := json.Marshal(map[string]any{"name": up.name, "height": up.height, "info": info})
+		if err := os.WriteFile(filepath.Join(src, "data", "upgrade-info.json"), ui, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := invisor(t, "stage", up.name, "--file", up.bin, "--home", src); err != nil || !strings.Contains(out, "operator-file-checksum") {
+			t.Fatalf("stage %s at its halt: %v\n%s", up.name, err, out)
 		}
 	}
+	os.Remove(filepath.Join(src, "data", "upgrade-info.json"))
 
 	www := filepath.Join(work, "www")
 	os.MkdirAll(www, 0o755)
