@@ -338,4 +338,4 @@ func TestOtherErrorAtThePlanHeightIsNoHalt(t *testing.T) {
 type fixedPlan struct{ p upgradetypes.Plan }
 
 func (f fixedPlan) GetUpgradePlan(context.Context) (upgradetypes.Plan, error) { return f.p, nil }
-func (fixedPlan) IsSkipHeight(int64) bool                                    { return false }
+func (fixedPlan) IsSkipHeight(int64) bool                                     { return false }
