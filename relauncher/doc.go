@@ -11,7 +11,7 @@
 //
 //	<Home>/cosmovisor/genesis/bin/<daemon>
 //	<Home>/cosmovisor/upgrades/<dir>/bin/<daemon>            (+ .invisor.json, the completion record)
-//	<Home>/cosmovisor/current -> genesis | upgrades/<dir>    (absolute or relative on read; written relative)
+//	<Home>/cosmovisor/current -> <root>/genesis | <root>/upgrades/<dir>   (written absolute, as cosmovisor needs; read either way)
 //	<Home>/cosmovisor/.invisor-attempts.json                 (switch attempts per upgrade)
 //	<Home>/data/upgrade-info.json                            (written by x/upgrade; never deleted or moved)
 //

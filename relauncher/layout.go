@@ -58,6 +58,16 @@ func (r *Relauncher) Layout() error {
 		r.log.Info("invisor: created current link", "link", l.Current(), "target", l.GenesisTarget())
 	} else if err != nil {
 		return fmt.Errorf("relauncher: layout: %w", err)
+	} else if t, err := os.Readlink(l.Current()); err == nil && !filepath.IsAbs(t) {
+		// Earlier invisor releases wrote it relative; cosmovisor uses the link's
+		// text as is and would not start on such a home. Same target, absolute.
+		abs := filepath.Join(l.Root(), t)
+		if _, err := os.Stat(abs); err == nil {
+			if err := home.Symlink(abs, l.Current()); err != nil {
+				return fmt.Errorf("relauncher: layout: %w", err)
+			}
+			r.log.Info("invisor: rewrote the current link as an absolute path, as cosmovisor needs it", "link", l.Current(), "target", abs)
+		}
 	}
 	return r.Check()
 }

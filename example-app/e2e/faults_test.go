@@ -247,10 +247,11 @@ func TestFaultSkipHeight(t *testing.T) {
 	const skip = 40
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}, "--unsafe-skip-upgrades", itoa(skip))
 	pid, exe := c.node.Pid(), c.exe()
-	now, _ := c.node.AppInfo(c.ctx)
-	sc := c.schedule("v2", skip-now.Height)
-	if sc.Height != skip {
-		t.Fatalf("plan height %d, want the skip height %d", sc.Height, skip)
+	// The plan at exactly the skip height (not "now + delay": the chain moves
+	// while the binary is copied to the server).
+	planInfo, _ := c.serve("v2", filepath.Join(c.dir, "exampled-v2"))
+	if err := c.node.PassUpgrade(c.ctx, "v2", skip, planInfo); err != nil {
+		t.Fatal(err)
 	}
 	info, err := c.node.WaitHeight(c.ctx, skip+3)
 	if err != nil {

@@ -274,3 +274,35 @@ func TestFault37TwoStartsOnOneHome(t *testing.T) {
 		t.Fatalf("the first node did not upgrade: %v\n%s", err, r.Summary())
 	}
 }
+
+// TestFault38RestartAtHaltFetches: the node halts for an upgrade whose binary it
+// does not have (downloads off); the operator restarts it with downloads allowed.
+// The boot fetches the binary (with the usual checks), then switches to it, and
+// the chain goes on.
+func TestFault38RestartAtHaltFetches(t *testing.T) {
+	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=false"})
+	sc := c.schedule("v2", 25)
+	c.waitHalted()
+	if _, _, ok := localnet.Staged(c.node.Home, "v2"); ok {
+		t.Fatal("v2 was staged with downloads off")
+	}
+	if err := c.node.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}
+	if err := c.node.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := c.node.Pid()
+	info, err := c.node.WaitHeight(c.ctx, sc.Height+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Version != "v2.0.0" || c.node.Pid() != pid || c.exe() != c.stagedPath("v2") {
+		t.Fatalf("after the restart: %+v, PID %d (started %d), exe %s", info, c.node.Pid(), pid, c.exe())
+	}
+	log := c.node.LogTail(4 << 20)
+	if !strings.Contains(log, "fetching the upgrade binary at boot") || !strings.Contains(log, "staging: downloaded") {
+		t.Error("the boot did not say it fetched the binary")
+	}
+}
