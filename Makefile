@@ -30,12 +30,16 @@ demo: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 testnet: build
 	$(GO) run ./example-app/testnet -build $(BUILD)
 
-# Unit tests (the race detector on the concurrent libraries; the packages that
-# link the SDK run without it, which would rebuild the SDK instrumented), short
-# fuzz runs, then the end-to-end tests against real exampled processes.
+# go vet, a cross build of the libraries for darwin/arm64 and linux/arm64, unit
+# tests (the race detector on the concurrent libraries; the packages that link
+# the SDK run without it, which would rebuild the SDK instrumented), short fuzz
+# runs, then the end-to-end tests against real exampled processes.
 test: test-unit test-e2e
 
 test-unit:
+	$(GO) vet ./...
+	GOOS=darwin GOARCH=arm64 $(GO) build ./internal/... ./staging/... ./relauncher/...
+	GOOS=linux GOARCH=arm64 $(GO) build ./internal/... ./staging/... ./relauncher/...
 	$(GO) test -race -count=1 -timeout 15m ./internal/... ./staging/... ./relauncher/...
 	$(GO) test -count=1 -timeout 15m ./hook/... ./cli/... .
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzDirName -fuzztime 10s ./internal/home/
