@@ -2,14 +2,14 @@ package invisor
 
 import (
 	"os"
-
-	"github.com/invisor/invisor/hook"
-	"github.com/invisor/invisor/internal/home"
 	"os/signal"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/hook"
+	"github.com/invisor/invisor/internal/home"
 )
 
 // inConsensus tells whether the halting block is being executed by CometBFT's

@@ -40,7 +40,7 @@ type HistoryEntry struct {
 
 // HistoryPath returns <home>/cosmovisor/invisor-history.jsonl.
 func HistoryPath(nodeHome string) string {
-	return filepath.Join(filepath.Join(nodeHome, home.RootDir), HistoryFile)
+	return filepath.Join(nodeHome, home.RootDir, HistoryFile)
 }
 
 // AppendHistory appends e to the home's history file.

@@ -85,6 +85,10 @@ type node struct {
 	rl       *relauncher.Relauncher
 	layout   home.Layout
 	verifier *planVerifier
+	// switched is the upgrade data/upgrade-info.json named at boot when switch
+	// attempts were counted for it (nil otherwise); clearOnce clears them once.
+	switched  *home.Plan
+	clearOnce sync.Once
 	// nameProblem is what status says about a plan name no directory can hold.
 	nameMu      sync.Mutex
 	nameProblem string
@@ -172,6 +176,9 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	n := &node{log: logger, rl: rl, layout: layout, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
+	if ui, ok, err := layout.ReadUpgradeInfo(); err == nil && ok && layout.Attempts(ui).Count > 0 {
+		n.switched = &ui
+	}
 	if cfg.Staging.TrustPlacedBinaries {
 		logger.Warn("invisor: unsafe-trust-placed-binaries is on: a binary placed by hand runs even when the plan does not confirm it; turn it off once this upgrade is done")
 	}
@@ -265,22 +272,24 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 	go n.watchReady(ctx, plan)
 }
 
-// upgradeDone forgets the switch attempts of the upgrade the chain halted for
-// (data/upgrade-info.json) once a block at or past its height runs without that
-// plan: the new binary applied it, so the exec-loop guard has nothing to guard.
+// upgradeDone forgets the switch attempts of the upgrade that led to this boot
+// (n.switched) once a block at or past its height runs without that plan: the
+// new binary applied it, so the exec-loop guard has nothing to guard. It runs in
+// the block's path, so the file write happens on a goroutine of its own, once.
 func (n *node) upgradeDone(p *hook.Plan, block int64) {
-	ui, ok, err := n.layout.ReadUpgradeInfo()
-	if err != nil || !ok || block < ui.Height || (p != nil && p.Name == ui.Name && p.Height == ui.Height) {
+	ui := n.switched
+	if ui == nil || block < ui.Height || (p != nil && p.Name == ui.Name && p.Height == ui.Height) {
 		return
 	}
-	if a := n.layout.Attempts(ui); a.Count == 0 {
-		return
-	}
-	if err := n.layout.ClearAttempts(ui); err != nil {
-		n.log.Error("invisor: could not clear the switch attempts of the applied upgrade", "upgrade", ui.Name, "err", err)
-		return
-	}
-	n.log.Info("invisor: upgrade applied; switch attempts cleared", "upgrade", ui.Name, "height", ui.Height, "block", block)
+	n.clearOnce.Do(func() {
+		go func() {
+			if err := n.layout.ClearAttempts(*ui); err != nil {
+				n.log.Error("invisor: could not clear the switch attempts of the applied upgrade", "upgrade", ui.Name, "err", err)
+				return
+			}
+			n.log.Info("invisor: upgrade applied; switch attempts cleared", "upgrade", ui.Name, "height", ui.Height, "block", block)
+		}()
+	})
 }
 
 // watchReady scans the plan's binary once staging has it, so the switch at the
@@ -289,13 +298,13 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 	if _, err := n.stager.WaitReady(ctx, plan); err != nil {
 		return
 	}
-	b, err := n.verifier.scan(ctx, plan)
+	awaits, err := n.verifier.scan(ctx, plan)
 	if err != nil {
 		n.log.Error("invisor: the staged binary does not verify; staging will try again", "upgrade", plan.Name, "err", err)
 		return
 	}
 	n.log.Info("invisor: upgrade binary staged and verified; the switch at the upgrade height needs no download and no hashing",
-		"upgrade", plan.Name, "height", plan.Height, "awaits_pre_upgrade", b.AwaitsPreUpgrade)
+		"upgrade", plan.Name, "height", plan.Height, "awaits_pre_upgrade", awaits)
 }
 
 // Halted implements hook.Sink.

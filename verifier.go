@@ -48,18 +48,19 @@ func (v *planVerifier) Verify(ctx context.Context, p home.Plan) (relauncher.Bina
 // scan opens plan's staged binary now, while the chain runs, and scans it for the
 // pre-upgrade capability. The stamp check at the halt is cheap: no hashing while
 // the chain is down.
-func (v *planVerifier) scan(ctx context.Context, p home.Plan) (relauncher.Binary, error) {
+func (v *planVerifier) scan(ctx context.Context, p home.Plan) (awaits bool, err error) {
 	bin, err := v.layout.Open(ctx, p)
 	if err != nil {
-		return relauncher.Binary{}, err
+		return false, err
 	}
 	defer bin.Close()
 	// A scan error only costs the overlap.
-	awaits, scanErr := relauncher.ScanAwaitsPreUpgrade(bin)
+	found, scanErr := relauncher.ScanAwaitsPreUpgrade(bin)
+	awaits = found && scanErr == nil
 	v.mu.Lock()
-	v.scanned = &scanned{plan: p, sha256: bin.Record.SHA256, stamp: bin.Stamp(), awaits: awaits && scanErr == nil}
+	v.scanned = &scanned{plan: p, sha256: bin.Record.SHA256, stamp: bin.Stamp(), awaits: awaits}
 	v.mu.Unlock()
-	return relauncher.Binary{AwaitsPreUpgrade: awaits && scanErr == nil}, nil
+	return awaits, nil
 }
 
 // forget drops the scan (the plan changed or vanished).

@@ -112,9 +112,9 @@ func TestPlanVerifierAwaitsPreUpgrade(t *testing.T) {
 			l, plan := stagedHome(t, staging.Plan{Name: "v2", Height: 40}, []byte(tc.tail)...)
 			v := newPlanVerifier(l)
 			ctx := context.Background()
-			b, err := v.scan(ctx, plan)
-			if err != nil || b.AwaitsPreUpgrade != tc.want {
-				t.Fatalf("scan: %+v %v, want AwaitsPreUpgrade %v", b, err, tc.want)
+			awaits, err := v.scan(ctx, plan)
+			if err != nil || awaits != tc.want {
+				t.Fatalf("scan: %v %v, want AwaitsPreUpgrade %v", awaits, err, tc.want)
 			}
 			if b, err := v.Verify(ctx, plan); err != nil || b.AwaitsPreUpgrade != tc.want {
 				t.Fatalf("at the halt: %+v %v", b, err)

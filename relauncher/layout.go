@@ -71,19 +71,3 @@ func (r *Relauncher) Layout() error {
 	}
 	return r.Check()
 }
-
-// sameFile reports whether a and b name the same file (symlinks followed).
-func sameFile(a, b string) bool {
-	if filepath.Clean(a) == filepath.Clean(b) {
-		return true
-	}
-	sa, err := os.Stat(a)
-	if err != nil {
-		return false
-	}
-	sb, err := os.Stat(b)
-	if err != nil {
-		return false
-	}
-	return os.SameFile(sa, sb)
-}

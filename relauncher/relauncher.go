@@ -210,7 +210,7 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 	if verr != nil {
 		// Running the binary from its cosmovisor place (e.g. via current/bin, or
 		// started by hand): it is running already; say that it is unproven.
-		if bin, err := r.layout.UpgradeBin(p.Name); err == nil && sameFile(self, bin) {
+		if bin, err := r.layout.UpgradeBin(p.Name); err == nil && home.SameFile(self, bin) {
 			r.log.Warn("invisor: running the binary at the upgrade's path, which staging has not verified",
 				"upgrade", p.Name, "height", p.Height, "path", self, "reason", verr)
 			return nil
@@ -520,7 +520,7 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 	if gen >= r.cfg.MaxExecGeneration {
 		return nil, fmt.Errorf("%w: %s=%d reached the limit %d", ErrExecLoop, EnvExecGeneration, gen, r.cfg.MaxExecGeneration)
 	}
-	if redirect && prevTarget != "" && (prevTarget == target || sameFile(prevTarget, target)) {
+	if redirect && prevTarget != "" && (prevTarget == target || home.SameFile(prevTarget, target)) {
 		return nil, fmt.Errorf("%w: already redirected to %s, which did not recognise itself as the binary for the upgrade; check %s and the staged binary",
 			ErrExecLoop, target, home.UpgradeInfoFile)
 	}

@@ -57,19 +57,30 @@ func ParseInfo(info string) (Binaries, error) {
 
 // Pick returns the URL for goos/goarch, falling back to "any".
 func (b Binaries) Pick(goos, goarch string) (string, error) {
+	u, ok := pick(b, goos, goarch)
+	if !ok {
+		return "", fmt.Errorf(`%w: plan info has no binary for %s/%s and no "any" entry (has %v); place the binary by hand`,
+			ErrNotFound, goos, goarch, sortedKeys(b))
+	}
+	return u, nil
+}
+
+// pick is the entry for goos/goarch in a binaries map, else its "any" entry.
+func pick(b map[string]string, goos, goarch string) (string, bool) {
 	if u, ok := b[goos+"/"+goarch]; ok {
-		return u, nil
+		return u, true
 	}
-	if u, ok := b["any"]; ok {
-		return u, nil
-	}
+	u, ok := b["any"]
+	return u, ok
+}
+
+func sortedKeys(b map[string]string) []string {
 	keys := make([]string, 0, len(b))
 	for k := range b {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	return "", fmt.Errorf(`%w: plan info has no binary for %s/%s and no "any" entry (has %v); place the binary by hand`,
-		ErrNotFound, goos, goarch, keys)
+	return keys
 }
 
 // Checksum is a parsed go-getter style checksum ("sha256:<hex>").

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash"
 	"net/url"
-	"sort"
 	"strings"
 
 	"github.com/invisor/invisor/internal/home"
@@ -55,17 +54,9 @@ func (j *job) planBinary(ctx context.Context) (planBinary, error) {
 		return planBinary{why: "the plan info is not a binaries map"}, nil
 	}
 	goos, goarch := hostPlatform()
-	raw, ok := bins[goos+"/"+goarch]
-	if !ok {
-		raw, ok = bins["any"]
-	}
+	raw, ok := pick(bins, goos, goarch)
 	if !ok || strings.TrimSpace(raw) == "" {
-		keys := make([]string, 0, len(bins))
-		for k := range bins {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return planBinary{why: fmt.Sprintf(`the plan names binaries for %v, none for %s/%s and no "any"`, keys, goos, goarch)}, nil
+		return planBinary{why: fmt.Sprintf(`the plan names binaries for %v, none for %s/%s and no "any"`, sortedKeys(bins), goos, goarch)}, nil
 	}
 	src, err := ParseSource(raw, j.cfg)
 	if err != nil {

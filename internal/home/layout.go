@@ -253,13 +253,16 @@ func (l Layout) CurrentDir() (dir string, ok bool, err error) {
 // CurrentIs reports whether `current` resolves to dir.
 func (l Layout) CurrentIs(dir string) bool {
 	t, ok, err := l.CurrentDir()
-	if err != nil || !ok {
-		return false
-	}
-	if t == filepath.Clean(dir) {
+	return err == nil && ok && SameFile(t, dir)
+}
+
+// SameFile reports whether a and b name the same file or directory (equal paths,
+// or the same device and inode with symlinks followed).
+func SameFile(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
 		return true
 	}
-	a, err1 := os.Stat(t)
-	b, err2 := os.Stat(dir)
-	return err1 == nil && err2 == nil && os.SameFile(a, b)
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
