@@ -1,21 +1,23 @@
-// Package invisor is the edge that puts invisor into a chain binary: it reads
-// the configuration (app.toml's [invisor] section, environment, flags), builds
-// the stager and the relauncher for the node's home, and hooks them into the
-// SDK's `start` command. The library packages do the work:
+// Package invisor puts an in-process upgrade supervisor (cosmovisor, built in)
+// into a Cosmos SDK chain binary. A chain wires it in two lines, the first in
+// app.go (in place of its SetPreBlocker and SetEndBlocker calls), the second in
+// main.go (in place of the SDK's server/cmd.Execute):
 //
-//   - hook: watches the upgrade plan from the app's PreBlocker;
-//   - staging: fetches, verifies and installs the upgrade binary in the background;
-//   - relauncher: boot redirect, clean stop at the halt and syscall.Exec.
-//
-// A chain wires it in two places:
-//
-//	// app.go
-//	hook.Install(app, app.UpgradeKeeper, appOpts, logger) // sets the PreBlocker and EndBlocker
-//
-//	// main.go
+//	hook.Install(app, app.UpgradeKeeper, appOpts, logger)
 //	err := invisor.Execute(rootCmd, invisor.Options{DaemonName: "appd", DefaultHome: app.DefaultNodeHome})
 //
-// Only this package reads viper and the environment.
+// Execute wraps the SDK's `start` (boot redirect, staging in the background,
+// the switch at the upgrade halt), adds the operator command `appd invisor`
+// (config, status, stage, prepare, verify, history, export, import), and has
+// `init` append invisor's app.toml section, with the documented defaults, to the
+// app.toml the chain's own config interceptor creates. The chain keeps its own
+// app.toml template and custom config; it embeds no invisor struct.
+//
+// The work is done by the packages hook (watches the upgrade plan from the
+// PreBlocker and EndBlocker), staging (fetches, verifies and installs the
+// upgrade binary) and relauncher (boot redirect, clean stop at the halt,
+// syscall.Exec). Only this package and its internal configuration read viper
+// and the environment.
 package invisor
 
 import (
@@ -31,28 +33,54 @@ import (
 
 	"github.com/cosmos/cosmos-sdk/server"
 	svrcmd "github.com/cosmos/cosmos-sdk/server/cmd"
+	servertypes "github.com/cosmos/cosmos-sdk/server/types"
 
+	"github.com/invisor/invisor/cli"
 	"github.com/invisor/invisor/hook"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/probe"
 	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
 )
 
 // Options say how the chain binary is named and where its home is by default.
 type Options struct {
-	// DaemonName is the file name under cosmovisor/*/bin (cosmovisor's
-	// DAEMON_NAME, which overrides it). It never depends on the running file's name.
+	// DaemonName is required: the binary's file name under cosmovisor/*/bin
+	// (cosmovisor's DAEMON_NAME, which overrides it). It never depends on the
+	// running file's name, so a binary started from another path still finds
+	// its upgrades.
 	DaemonName string
-	// DefaultHome is the node home when --home is not given.
+	// DefaultHome is the node home when --home is not given, usually the
+	// chain's app.DefaultNodeHome.
 	DefaultHome string
-	// EnvPrefix is passed to the SDK's Execute for flag binding.
+	// EnvPrefix is optional: the prefix of environment variables that set
+	// flags, as the SDK's server/cmd.Execute takes it ("" for none).
 	EnvPrefix string
+	// NewApp is optional: the chain's app constructor, the one it passes to the
+	// SDK's server.AddCommands. With it, a staged binary asked by invisor's probe
+	// builds its app on an in-memory database and says which upgrade handlers it
+	// carries, so a binary staged for a plan it has no handler for is refused
+	// days before the height instead of halting again at it.
+	NewApp servertypes.AppCreator
 }
 
-// Execute runs the chain's root command with invisor wrapped around `start`.
-// When the node halted for an upgrade whose binary is staged and verified, the
-// start command returns after the node stopped cleanly and Execute replaces the
-// process with the new binary; it returns only on error.
+// config is opts as the configuration and the operator commands take them.
+func (opts Options) config() config.Options {
+	return config.Options{DaemonName: opts.DaemonName, DefaultHome: opts.DefaultHome, EnvPrefix: opts.EnvPrefix}
+}
+
+// Execute runs the chain's root command (with the SDK's server/cmd.Execute)
+// with invisor wrapped around `start`. When the node halted for an upgrade whose
+// binary is staged and verified, the start command returns after the node
+// stopped cleanly and Execute replaces the process with the new binary; it
+// returns only on error.
+//
+// It also adds the operator command `invisor` to the root, unless the root has
+// a command of that name already, and wraps the root's PersistentPreRunE (where
+// the chain calls server.InterceptConfigsPreRunHandler): when that has just
+// created config/app.toml, Execute appends invisor's section with the
+// documented defaults. An app.toml that existed before is never rewritten.
 //
 // When this process is such a new binary and the old one left its pre-upgrade
 // running, Execute first waits for it, before the SDK reads any configuration
@@ -62,6 +90,10 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 	// (CometBFT's copyEnvVars adds a "<prefix>_" copy of every variable), and the
 	// new binary must get exactly what this one got.
 	environ := os.Environ()
+	// A probe is answered before anything else: nothing is read, opened or waited for.
+	if answered, err := answerProbe(environ, opts, os.Stdout); answered {
+		return err
+	}
 	awaited := relauncher.AwaitPreUpgrade(environ)
 	// Nothing started from here on may take itself for the awaiting binary; the
 	// relauncher drops the marker from environ itself.
@@ -73,18 +105,35 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 	if err != nil || start == rootCmd {
 		return errors.New("invisor: the root command has no `start` subcommand")
 	}
-	wrapStart(start, opts, environ, awaited)
-	wrapFlagMarking(rootCmd)
+	copts := opts.config()
+	wrapStart(start, copts, environ, awaited)
+	if !hasCommand(rootCmd, operatorCommand) {
+		rootCmd.AddCommand(cli.Command(copts))
+	}
+	config.WrapPreRun(rootCmd)
 	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
+}
+
+// operatorCommand is the name of cli.Command's command.
+const operatorCommand = "invisor"
+
+// hasCommand reports whether root has a direct subcommand called name (or
+// aliased so): a chain's own command of that name is kept.
+func hasCommand(root *cobra.Command, name string) bool {
+	for _, c := range root.Commands() {
+		if c.Name() == name || c.HasAlias(name) {
+			return true
+		}
+	}
+	return false
 }
 
 // node is invisor's per-process state for one `start`.
 type node struct {
-	log      log.Logger
-	stager   *staging.Stager
-	rl       *relauncher.Relauncher
-	layout   home.Layout
-	verifier *planVerifier
+	log    log.Logger
+	stager *staging.Stager
+	rl     *relauncher.Relauncher
+	layout home.Layout
 	// switched is the upgrade data/upgrade-info.json named at boot when switch
 	// attempts were counted for it (nil otherwise); clearOnce clears them once.
 	switched  *home.Plan
@@ -97,14 +146,17 @@ type node struct {
 	waitCancel context.CancelFunc
 	runCtx     context.Context
 	stageOnly  bool
-	home       string // set by startReporting; "" before
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	// rpcLaddr is CometBFT's rpc.laddr: at a halt, its /status says whether the
+	// node is catching up, which decides the halt path (nodeState).
+	rpcLaddr string
+	home     string // set by startReporting; "" before
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
-func wrapStart(start *cobra.Command, opts Options, environ []string, awaited *relauncher.PreUpgradeOutcome) {
+func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome) {
 	var n *node
-	AddFlags(start.Flags())
+	config.AddFlags(start.Flags())
 	preRun, run := start.PreRunE, start.RunE
 	start.PreRunE = func(cmd *cobra.Command, args []string) error {
 		if preRun != nil {
@@ -146,8 +198,8 @@ func wrapStart(start *cobra.Command, opts Options, environ []string, awaited *re
 // The home lock is taken before anything touches the home and held for the life
 // of the process; an exec hands it to the next image, so a second process on the
 // home refuses at once, naming this one's PID.
-func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []string, awaited *relauncher.PreUpgradeOutcome) (*node, error) {
-	cfg, err := LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
+func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome) (*node, error) {
+	cfg, err := config.LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -164,18 +216,18 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
-	verifier := newPlanVerifier(layout)
 	scfg := cfg.Staging
 	fetch := func(ctx context.Context, p home.Plan) error {
 		_, err := staging.Fetch(ctx, scfg, p, logger)
 		return err
 	}
-	rl, err := relauncher.New(cfg.Relauncher, verifier, logger,
+	rl, err := relauncher.New(cfg.Relauncher, nil, logger,
 		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
-	n := &node{log: logger, rl: rl, layout: layout, verifier: verifier, stageOnly: relauncher.UnderCosmovisor()}
+	n := &node{log: logger, rl: rl, layout: layout, stageOnly: relauncher.UnderCosmovisor(),
+		rpcLaddr: sctx.Config.RPC.ListenAddress}
 	if ui, ok, err := layout.ReadUpgradeInfo(); err == nil && ok && layout.Attempts(ui).Count > 0 {
 		n.switched = &ui
 	}
@@ -209,7 +261,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts Options, environ []stri
 			logger.Error("invisor: staging stopped", "err", err)
 		}
 	}()
-	n.startReporting(ctx, cfg, sctx.Config.RPC.ListenAddress)
+	n.startReporting(ctx)
 	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
 	logger.Info("invisor: watching upgrade plans", "home", layout.Home(), "daemon", layout.Daemon(),
 		"allow_download", cfg.Staging.AllowDownload, "lock", lock.Path())
@@ -243,7 +295,6 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 		n.waitCancel()
 		n.waitCancel = nil
 	}
-	n.verifier.forget()
 	n.upgradeDone(p, block)
 	if p == nil {
 		n.log.Info("invisor: no upgrade plan in force", "block", block)
@@ -298,14 +349,23 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 	if _, err := n.stager.WaitReady(ctx, plan); err != nil {
 		return
 	}
-	awaits, err := n.verifier.scan(ctx, plan)
+	// Proved once now, while the chain runs: the stamp it leaves makes the proof
+	// at the height a stat, not a hash.
+	bin, err := n.layout.Open(ctx, plan)
 	if err != nil {
 		n.log.Error("invisor: the staged binary does not verify; staging will try again", "upgrade", plan.Name, "err", err)
 		return
 	}
+	defer bin.Close()
+	ans := bin.Record.Probe
 	n.log.Info("invisor: upgrade binary staged and verified; the switch at the upgrade height needs no download and no hashing",
-		"upgrade", plan.Name, "height", plan.Height, "awaits_pre_upgrade", awaits)
+		"upgrade", plan.Name, "height", plan.Height, "answered_probe", ans != nil,
+		"awaits_pre_upgrade", ans.Speaks(probe.ProtocolAwaitPreUpgrade))
 }
+
+// Height implements hook.Sink: staging keeps the height (Stager.ObserveHeight),
+// decides from it how fast to stage, and the status reporter publishes it.
+func (n *node) Height(h int64) { n.stager.ObserveHeight(h) }
 
 // Halted implements hook.Sink.
 func (n *node) Halted(p hook.Plan, height int64) {
@@ -318,9 +378,7 @@ func (n *node) Halted(p hook.Plan, height int64) {
 		n.log.Info("invisor: cosmovisor will switch the binary", "upgrade", p.Name)
 		return
 	}
-	if !inConsensus() {
-		n.switchInPlace(p, height)
-		return
-	}
-	n.rl.OnHalt(p.Name, height)
+	state, why := n.nodeState()
+	// The clean stop returns at once; the re-exec does not return unless it failed.
+	n.rl.Halt(n.runCtx, p.Name, height, state, why)
 }

@@ -158,6 +158,7 @@ type haltSink struct{ halts []hook.Plan }
 
 func (*haltSink) PlanChanged(*hook.Plan, int64) {}
 func (s *haltSink) Halted(p hook.Plan, _ int64) { s.halts = append(s.halts, p) }
+func (*haltSink) Height(int64)                  {}
 
 type fixedSource struct{ p upgradetypes.Plan }
 

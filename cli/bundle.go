@@ -6,9 +6,6 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"crypto/sha512"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,10 +13,8 @@ import (
 	"hash"
 	"io"
 	"io/fs"
-	"net/http"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -28,7 +23,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
@@ -62,15 +57,20 @@ import (
 // while a node runs on the home (*home.LockedError names the holder), and a node
 // started meanwhile stops at boot instead of racing it. The bundle (a local file,
 // or an http(s) URL that must carry ?checksum=sha256:<hex> unless
-// --insecure-no-checksum) is read strictly: manifest.json first, then only the
-// files it lists, each a regular file of exactly the listed size; "..", absolute
-// paths, links, devices, duplicates, unlisted entries and the byte/entry caps of
-// the staging configuration reject the whole bundle. Every file is hashed while it
-// is unpacked into a temp directory under <home>/cosmovisor and must match its
-// manifest sha256. Nothing is placed until the whole bundle has been read and
-// checked against the home: a different file already at an upgrade's path
-// (recorded or not), a completion record naming another sha256, or a different
-// genesis binary is an error naming both hashes. Then each binary passes the header
+// --insecure-no-checksum, fetched with staging.Download: staging's HTTP client,
+// timeouts, CA file, redirect rules and caps) is read strictly with staging's tar
+// reader (staging.WalkTar, the checks of an upgrade archive): manifest.json first,
+// then only the files it lists, each a regular file of exactly the listed size;
+// "..", absolute paths, links, devices, duplicates, unlisted entries and the
+// byte/entry caps of the staging configuration (MaxArchiveBytes,
+// MaxArchiveEntries, MaxBinaryBytes for each binary) reject the whole bundle.
+// Every file is hashed while it is unpacked into a temp directory under
+// <home>/cosmovisor and must match its manifest sha256. Nothing is placed until
+// the whole bundle has been read and checked against the home: a different file
+// already at an upgrade's path (recorded or not), a completion record naming
+// another sha256, or a different genesis binary is an error naming both hashes;
+// so is a symlink planted at upgrades/, an upgrade directory or its bin/
+// (staging.CheckInstallDirs, Fetch's own check). Then each binary passes the header
 // check for this OS/arch and the bounded preflight (staging.Fetch from a file://
 // source pinned to the manifest sha256 into a scratch home, so the preflight runs
 // with a scratch --home and HOME) and is hard-linked into place, which never
@@ -91,6 +91,10 @@ const (
 	bundleFormat       = 1
 	genesisEntryName   = "genesis"
 	maxManifestBytes   = 1 << 20
+
+	// bundleArchive is the staging.Source archive key of a bundle, whatever its
+	// file name or URL says.
+	bundleArchive = "tar.gz"
 
 	flagInsecureNoChecksum = "insecure-no-checksum"
 )
@@ -120,18 +124,6 @@ type BundleEntry struct {
 }
 
 func (b BundleEntry) genesis() bool { return strings.HasPrefix(b.Path, "genesis/") }
-
-// bundleLimits caps what import reads.
-type bundleLimits struct {
-	Download int64 // compressed bundle
-	Total    int64 // unpacked bytes
-	Binary   int64 // one binary
-	Entries  int64 // tar entries
-}
-
-func limitsFrom(c staging.Config) bundleLimits {
-	return bundleLimits{Download: c.MaxArchiveBytes, Total: c.MaxArchiveBytes, Binary: c.MaxBinaryBytes, Entries: c.MaxArchiveEntries}
-}
 
 // upgradeEntryPath is the bundle's archive path for the upgrade directory dir.
 func upgradeEntryPath(dir, daemon string) string { return "upgrades/" + dir + "/bin/" + daemon }
@@ -229,138 +221,79 @@ type unpacked struct {
 	File string // where it was unpacked (a scratch directory)
 }
 
-// readBundle reads a tar.gz bundle strictly (see the comment at the top), unpacks
-// each listed binary into dir as a flat file, and checks its size and sha256.
-func readBundle(r io.Reader, dir string, lim bundleLimits) (BundleManifest, []unpacked, error) {
-	var m BundleManifest
-	zr, err := gzip.NewReader(r)
-	if err != nil {
-		return m, nil, fmt.Errorf("bundle is not gzip-compressed: %w", err)
-	}
-	defer zr.Close()
-	tr := tar.NewReader(zr)
+// readBundle reads a tar.gz bundle strictly (see the comment at the top) with
+// staging's tar reader under cfg's caps, unpacks each listed binary into dir as a
+// flat file bin-<i>, and checks its size and sha256.
+func readBundle(ctx context.Context, cfg staging.Config, r io.Reader, dir string) (BundleManifest, []unpacked, error) {
 	var (
+		m            BundleManifest
 		haveManifest bool
-		entries      int64
-		total        int64
 		byPath       = map[string]int{}
 		seen         = map[string]bool{}
 		out          []unpacked
 	)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
+	err := staging.WalkTar(ctx, cfg, bundleArchive, r, func(f staging.TarFile) error {
+		if seen[f.Name] {
+			return &staging.ArchiveError{Entry: f.Header, Reason: "is a duplicate of an earlier entry"}
 		}
-		if err != nil {
-			return m, nil, fmt.Errorf("bundle: reading the archive: %w", err)
-		}
-		entries++
-		if lim.Entries > 0 && entries > lim.Entries {
-			return m, nil, fmt.Errorf("bundle: more than %d entries: %w", lim.Entries, staging.ErrTooLarge)
-		}
-		name, err := bundleEntryName(h.Name)
-		if err != nil {
-			return m, nil, err
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			continue
-		case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tar writers
-		case tar.TypeXGlobalHeader:
-			continue
-		default:
-			return m, nil, &staging.ArchiveError{Entry: h.Name, Reason: fmt.Sprintf("type %q is not a regular file or directory (links and devices are refused)", string(h.Typeflag))}
-		}
-		if seen[name] {
-			return m, nil, &staging.ArchiveError{Entry: h.Name, Reason: "duplicate entry"}
-		}
-		seen[name] = true
-		if h.Size < 0 {
-			return m, nil, &staging.ArchiveError{Entry: h.Name, Reason: "negative size"}
-		}
-		total += h.Size
-		if lim.Total > 0 && total > lim.Total {
-			return m, nil, fmt.Errorf("bundle: unpacks to more than %d bytes: %w", lim.Total, staging.ErrTooLarge)
-		}
+		seen[f.Name] = true
 		if !haveManifest {
-			if name != bundleManifestName {
-				return m, nil, fmt.Errorf("bundle: the first file is %q, want %s", h.Name, bundleManifestName)
+			if f.Name != bundleManifestName {
+				return fmt.Errorf("the first file is %q, want %s", f.Header, bundleManifestName)
 			}
-			if h.Size > maxManifestBytes {
-				return m, nil, fmt.Errorf("bundle: %s is %d bytes, more than %d: %w", bundleManifestName, h.Size, maxManifestBytes, staging.ErrTooLarge)
+			if f.Size > maxManifestBytes {
+				return fmt.Errorf("%s is %d bytes, more than %d: %w", bundleManifestName, f.Size, maxManifestBytes, staging.ErrTooLarge)
 			}
-			data, err := io.ReadAll(io.LimitReader(tr, maxManifestBytes+1))
+			data, err := io.ReadAll(f.Body)
 			if err != nil {
-				return m, nil, fmt.Errorf("bundle: reading %s: %w", bundleManifestName, err)
+				return fmt.Errorf("reading %s: %w", bundleManifestName, err)
 			}
 			if m, err = parseManifest(data); err != nil {
-				return m, nil, err
+				return err
 			}
 			for i, b := range m.Binaries {
 				byPath[b.Path] = i
 			}
 			haveManifest = true
-			continue
+			return nil
 		}
-		i, ok := byPath[name]
+		i, ok := byPath[f.Name]
 		if !ok {
-			return m, nil, &staging.ArchiveError{Entry: h.Name, Reason: "not listed in " + bundleManifestName}
+			return &staging.ArchiveError{Entry: f.Header, Reason: "is not listed in " + bundleManifestName}
 		}
 		b := m.Binaries[i]
-		if lim.Binary > 0 && h.Size > lim.Binary {
-			return m, nil, fmt.Errorf("bundle: %s is %d bytes, more than %d: %w", h.Name, h.Size, lim.Binary, staging.ErrTooLarge)
+		if f.Size > cfg.MaxBinaryBytes {
+			return &staging.SizeError{What: fmt.Sprintf("binary %s (%d bytes)", f.Header, f.Size), Limit: cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
 		}
-		if h.Size != b.Size {
-			return m, nil, fmt.Errorf("bundle: %s is %d bytes, the manifest says %d", h.Name, h.Size, b.Size)
+		if f.Size != b.Size {
+			return fmt.Errorf("%s is %d bytes, the manifest says %d", f.Header, f.Size, b.Size)
 		}
 		file := filepath.Join(dir, fmt.Sprintf("bin-%d", i))
-		sum, err := writeHashed(file, tr, h.Size)
+		sum, err := writeHashed(file, f.Body, f.Size)
 		if err != nil {
-			return m, nil, fmt.Errorf("bundle: unpacking %s: %w", h.Name, err)
+			return fmt.Errorf("unpacking %s: %w", f.Header, err)
 		}
 		if sum != b.SHA256 {
-			return m, nil, fmt.Errorf("bundle: %s has sha256 %s, %s says %s (a corrupt or tampered bundle): %w",
-				h.Name, sum, bundleManifestName, b.SHA256, staging.ErrChecksumMismatch)
+			return fmt.Errorf("%s has sha256 %s, %s says %s (a corrupt or tampered bundle): %w",
+				f.Header, sum, bundleManifestName, b.SHA256, staging.ErrChecksumMismatch)
 		}
 		out = append(out, unpacked{BundleEntry: b, File: file})
+		return nil
+	})
+	if err != nil {
+		return m, nil, err
 	}
 	if !haveManifest {
-		return m, nil, fmt.Errorf("bundle: no %s", bundleManifestName)
+		return m, nil, fmt.Errorf("no %s", bundleManifestName)
 	}
 	if len(out) != len(m.Binaries) {
 		for _, b := range m.Binaries {
 			if !seen[b.Path] {
-				return m, nil, fmt.Errorf("bundle: %s lists %s (%q), which the bundle does not contain", bundleManifestName, b.Path, b.Name)
+				return m, nil, fmt.Errorf("%s lists %s (%q), which the bundle does not contain", bundleManifestName, b.Path, b.Name)
 			}
 		}
 	}
 	return m, out, nil
-}
-
-// bundleEntryName returns the clean relative name of a tar entry, or an error for
-// absolute paths, "..", backslashes and other unclean names.
-func bundleEntryName(raw string) (string, error) {
-	n := strings.TrimPrefix(raw, "./")
-	n = strings.TrimSuffix(n, "/")
-	bad := func(why string) error { return &staging.ArchiveError{Entry: raw, Reason: why} }
-	switch {
-	case n == "" || n == ".":
-		return "", bad("empty name")
-	case strings.HasPrefix(n, "/") || filepath.IsAbs(n):
-		return "", bad("absolute path")
-	case strings.ContainsAny(n, "\\\x00"):
-		return "", bad("backslash or NUL in the name")
-	}
-	for _, part := range strings.Split(n, "/") {
-		if part == ".." {
-			return "", bad(`".." in the path`)
-		}
-	}
-	if path.Clean(n) != n {
-		return "", bad("unclean path")
-	}
-	return n, nil
 }
 
 // writeHashed writes exactly size bytes of r, a stream (the tar entry), to a new
@@ -386,7 +319,7 @@ func writeHashed(file string, r io.Reader, size int64) (string, error) {
 
 // ---- export ----
 
-func exportCmd(opts invisor.Options) *cobra.Command {
+func exportCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "export <bundle.tar.gz>",
 		Short: "Write the genesis binary and every recorded upgrade binary of this home into a bundle with a checksum manifest",
@@ -625,7 +558,7 @@ func copyVerified(ctx context.Context, w io.Writer, file string, b BundleEntry) 
 
 // ---- import ----
 
-func importCmd(opts invisor.Options) *cobra.Command {
+func importCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "import <bundle.tar.gz | https://...?checksum=sha256:HEX>",
 		Short: "Place the genesis and past upgrade binaries from a bundle made by `invisor export`; the node verifies each against its plan",
@@ -657,20 +590,19 @@ start half-way through.`,
 			}
 			sum, _ := cmd.Flags().GetString(flagChecksum)
 			insecure, _ := cmd.Flags().GetBool(flagInsecureNoChecksum)
-			im := importer{cfg: e.cfg.Staging, lim: limitsFrom(e.cfg.Staging), out: e.out, log: stagingLog{e}, app: e.appName()}
+			im := importer{cfg: e.cfg.Staging, out: e.out, log: stagingLog{e}, app: e.appName()}
 			return im.run(cmd.Context(), args[0], sum, insecure)
 		},
 	}
 	cmd.Flags().String(flagChecksum, "", "expected checksum of a local bundle file, sha256:HEX or sha512:HEX")
 	cmd.Flags().Bool(flagInsecureNoChecksum, false, "accept a bundle URL without ?checksum= (the binaries are still checked against the manifest, which is then unauthenticated)")
-	invisor.AddFlags(cmd.Flags())
+	config.AddFlags(cmd.Flags())
 	return cmd
 }
 
 // importer places a bundle's binaries into cfg.Home.
 type importer struct {
-	cfg staging.Config
-	lim bundleLimits
+	cfg staging.Config // also the caps of the bundle (MaxArchiveBytes, MaxArchiveEntries, MaxBinaryBytes)
 	out io.Writer
 	log staging.Logger
 	app string
@@ -724,10 +656,12 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 	defer os.RemoveAll(scratch)
 
 	// 1. The bundle.
+	shown := src
 	var f *os.File
 	if isURL {
+		shown = staging.Redact(src)
 		file := filepath.Join(scratch, "bundle")
-		if err := downloadBundle(ctx, im.cfg, src, insecure, file, im.lim.Download, im.out); err != nil {
+		if err := im.download(ctx, src, insecure, file); err != nil {
 			return err
 		}
 		if f, err = os.Open(file); err != nil {
@@ -738,7 +672,7 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 			return err
 		}
 		if want != nil {
-			if err := checkFileSum(f, *want); err != nil {
+			if err := checkFileSum(ctx, f, *want); err != nil {
 				f.Close()
 				return fmt.Errorf("bundle %s: %w", src, err)
 			}
@@ -749,10 +683,10 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 		f.Close()
 		return err
 	}
-	m, bins, err := readBundle(f, bdir, im.lim)
+	m, bins, err := readBundle(ctx, im.cfg, f, bdir)
 	f.Close()
 	if err != nil {
-		return err
+		return fmt.Errorf("bundle %s: %w", shown, err)
 	}
 	if m.Daemon != l.Daemon() {
 		fmt.Fprintf(im.out, "note: the bundle names the binary %q; placing it as %q\n", m.Daemon, l.Daemon())
@@ -780,7 +714,7 @@ func (im importer) run(ctx context.Context, src, checksum string, insecure bool)
 			upgrades++
 		}
 	}
-	fmt.Fprintf(im.out, "imported %d of %d binaries from %s\n", len(done), len(bins), redactURL(src))
+	fmt.Fprintf(im.out, "imported %d of %d binaries from %s\n", len(done), len(bins), shown)
 	if upgrades > 0 {
 		fmt.Fprintf(im.out, "the upgrade binaries are placed, not yet trusted: the node verifies each against its plan when that plan is in force "+
 			"(the plan's checksum or archive) and records it; `%s invisor status` shows them as placed until then\n", im.app)
@@ -825,7 +759,7 @@ func (im importer) check(ctx context.Context, l home.Layout, bins []unpacked) ([
 		}
 		dests[bin] = b.Name
 		dir, _ := l.UpgradeDir(b.Name)
-		if err := noSymlinks(l.UpgradesRoot(), dir, filepath.Dir(bin)); err != nil {
+		if err := staging.CheckInstallDirs(l, b.Name); err != nil {
 			problems = append(problems, fmt.Sprintf("upgrade %q: %v", b.Name, err))
 			continue
 		}
@@ -885,24 +819,6 @@ func hashAt(ctx context.Context, p string, follow bool) (sum string, exists bool
 		return "", true, err
 	}
 	return d.SHA256, true, nil
-}
-
-// noSymlinks refuses a symlink at any of dirs (staging refuses them too, and a
-// binary placed through one would land outside the home's layout).
-func noSymlinks(dirs ...string) error {
-	for _, d := range dirs {
-		fi, err := os.Lstat(d)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%s is not a directory (%v); staging refuses it: replace it with a directory", d, fi.Mode().Type())
-		}
-	}
-	return nil
 }
 
 // fileSource is the file:// source of an unpacked binary, pinned to its manifest hash.
@@ -994,40 +910,34 @@ func mkdirAllSynced(dir string) error {
 	return nil
 }
 
-// checkFileSum hashes f and rewinds it.
-func checkFileSum(f *os.File, want staging.Checksum) error {
-	h := newHash(want.Algo)
-	if _, err := io.Copy(h, f); err != nil {
+// checkFileSum hashes f with the algorithm of want (staging's, as for a
+// download) and rewinds it.
+func checkFileSum(ctx context.Context, f *os.File, want staging.Checksum) error {
+	var extra []hash.Hash
+	if want.Algo != "sha256" {
+		extra = append(extra, want.NewHash())
+	}
+	d, err := home.HashFile(ctx, f, extra...)
+	if err != nil {
 		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want.Hex {
+	got := d.SHA256
+	if len(extra) > 0 {
+		got = hex.EncodeToString(extra[0].Sum(nil))
+	}
+	if got != want.Hex {
 		return fmt.Errorf("%s is %s:%s, --checksum says %s: %w", f.Name(), want.Algo, got, want, staging.ErrChecksumMismatch)
 	}
-	_, err := f.Seek(0, io.SeekStart)
+	_, err = f.Seek(0, io.SeekStart)
 	return err
 }
 
-func newHash(algo string) hash.Hash {
-	if algo == "sha512" {
-		return sha512.New()
-	}
-	return sha256.New()
-}
-
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil || u.User == nil {
-		return s
-	}
-	u.User = url.User("REDACTED")
-	return u.String()
-}
-
-// downloadBundle fetches an http(s) bundle to file with staging's URL and checksum
-// policy (staging.ParseSource), its timeouts and CA file, a size cap, and redirects
-// limited to http(s) without https->http.
-func downloadBundle(ctx context.Context, cfg staging.Config, raw string, insecure bool, file string, maxBytes int64, out io.Writer) error {
-	pcfg := cfg
+// download fetches an http(s) bundle to file with staging's URL and checksum
+// policy (staging.ParseSource) and its downloader (staging.Download: its HTTP
+// client, timeouts, CA file, redirect rules, MaxArchiveBytes cap and checksum
+// check). A URL must be pinned with sha256 or sha512 unless insecure.
+func (im importer) download(ctx context.Context, raw string, insecure bool, file string) error {
+	pcfg := im.cfg
 	pcfg.AllowFileURLs, pcfg.RequireChecksum = false, !insecure
 	src, err := staging.ParseSource(raw, pcfg)
 	if err != nil {
@@ -1036,117 +946,22 @@ func downloadBundle(ctx context.Context, cfg staging.Config, raw string, insecur
 		}
 		return err
 	}
+	shown := staging.Redact(src.URL.String())
 	if src.Checksum == nil {
-		fmt.Fprintln(out, "warning: the bundle URL is not pinned (--insecure-no-checksum); the binaries are checked only against its own manifest")
+		fmt.Fprintln(im.out, "warning: the bundle URL is not pinned (--insecure-no-checksum); the binaries are checked only against its own manifest")
 	} else if !src.Checksum.Strong() {
-		return fmt.Errorf("bundle URL pinned with %s, which is too weak; use sha256 or sha512", src.Checksum.Algo)
+		return fmt.Errorf("bundle URL %s pinned with %s, which is too weak; use sha256 or sha512", shown, src.Checksum.Algo)
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.Proxy = http.ProxyFromEnvironment
-	tr.ResponseHeaderTimeout = cfg.ResponseHeaderTimeout
-	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
-		if err != nil {
-			return fmt.Errorf("CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("CA file %s holds no PEM certificate", cfg.CAFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	src.Archive = bundleArchive // the MaxArchiveBytes cap, whatever the URL's name says
+	d, err := staging.Download(ctx, pcfg, src, file)
+	var mismatch *staging.ChecksumError
+	if errors.As(err, &mismatch) {
+		return fmt.Errorf("bundle %s is %s:%s, the URL pins %s:%s (wrong file or tampering); nothing was imported: %w",
+			shown, mismatch.Algo, mismatch.Actual, mismatch.Algo, mismatch.Expected, staging.ErrChecksumMismatch)
 	}
-	client := &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
-		if len(via) >= 10 {
-			return errors.New("too many redirects")
-		}
-		if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
-			return fmt.Errorf("redirect to scheme %q refused", req.URL.Scheme)
-		}
-		if via[len(via)-1].URL.Scheme == "https" && req.URL.Scheme != "https" {
-			return errors.New("redirect from https to http refused")
-		}
-		return nil
-	}}
-	if cfg.Deadline > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, cfg.Deadline)
-		defer cancel()
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.URL.String(), nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("bundle: %w", err)
 	}
-	if cfg.UserAgent != "" {
-		req.Header.Set("User-Agent", cfg.UserAgent)
-	}
-	shown := redactURL(src.URL.String())
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: bundle %s: %w", staging.ErrDownload, shown, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: bundle %s: HTTP %s", staging.ErrDownload, shown, resp.Status)
-	}
-	if maxBytes > 0 && resp.ContentLength > maxBytes {
-		return fmt.Errorf("bundle %s is %d bytes, more than %d: %w", shown, resp.ContentLength, maxBytes, staging.ErrTooLarge)
-	}
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	var h hash.Hash = sha256.New()
-	if src.Checksum != nil {
-		h = newHash(src.Checksum.Algo)
-	}
-	// Stall watchdog: no byte for IdleTimeout cancels the transfer.
-	idle := cfg.IdleTimeout
-	if idle <= 0 {
-		idle = staging.DefaultIdleTimeout
-	}
-	stall := time.AfterFunc(idle, func() { cancel(fmt.Errorf("no data for %s", idle)) })
-	defer stall.Stop()
-	body := io.Reader(resp.Body)
-	if maxBytes > 0 {
-		body = io.LimitReader(body, maxBytes+1)
-	}
-	buf := make([]byte, 1<<20)
-	var n int64
-	for {
-		k, rerr := body.Read(buf)
-		if k > 0 {
-			stall.Reset(idle)
-			n += int64(k)
-			if maxBytes > 0 && n > maxBytes {
-				return fmt.Errorf("bundle %s is more than %d bytes: %w", shown, maxBytes, staging.ErrTooLarge)
-			}
-			h.Write(buf[:k])
-			if _, err := f.Write(buf[:k]); err != nil {
-				return err
-			}
-		}
-		if errors.Is(rerr, io.EOF) {
-			break
-		}
-		if rerr != nil {
-			if c := context.Cause(ctx); c != nil {
-				rerr = c
-			}
-			return fmt.Errorf("%w: bundle %s: %w", staging.ErrDownload, shown, rerr)
-		}
-	}
-	if resp.ContentLength >= 0 && n != resp.ContentLength {
-		return fmt.Errorf("%w: bundle %s: got %d of %d bytes", staging.ErrDownload, shown, n, resp.ContentLength)
-	}
-	if src.Checksum != nil {
-		if got := hex.EncodeToString(h.Sum(nil)); got != src.Checksum.Hex {
-			return fmt.Errorf("bundle %s is %s:%s, the URL pins %s (wrong file or tampering); nothing was installed: %w",
-				shown, src.Checksum.Algo, got, src.Checksum, staging.ErrChecksumMismatch)
-		}
-	}
-	fmt.Fprintf(out, "downloaded %s: %d bytes\n", shown, n)
-	return f.Close()
+	fmt.Fprintf(im.out, "downloaded %s: %d bytes\n", shown, d.Size)
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -115,15 +116,30 @@ func TestParseManifest(t *testing.T) {
 	}
 }
 
-func TestBundleEntryName(t *testing.T) {
-	for in, want := range map[string]string{"manifest.json": "manifest.json", "./genesis/bin/appd": "genesis/bin/appd", "upgrades/": "upgrades"} {
-		if got, err := bundleEntryName(in); err != nil || got != want {
-			t.Errorf("%q: %q, %v; want %q", in, got, err, want)
+// TestReadBundleEntryNames: entry names are matched to the manifest as
+// staging's tar reader cleans them ("./" and directory entries are fine), and a
+// name that is unsafe, or is not exactly a listed path once cleaned, refuses the
+// whole bundle.
+func TestReadBundleEntryNames(t *testing.T) {
+	bin := []byte("\x7fELF bytes")
+	good := entry("v2", bin)
+	cfg := testStagingConfig(t.TempDir())
+	read := func(t *testing.T, ents ...tarEnt) error {
+		t.Helper()
+		_, _, err := readBundle(context.Background(), cfg, bytes.NewReader(makeBundle(t, ents)), t.TempDir())
+		return err
+	}
+	for _, ents := range [][]tarEnt{
+		{{name: "./" + bundleManifestName, body: manifestEnt(t, good).body}, {name: "./upgrades/v2/bin/appd", body: bin}},
+		{manifestEnt(t, good), {name: "upgrades/", typ: tar.TypeDir}, {name: "upgrades/v2/bin/appd", body: bin}},
+	} {
+		if err := read(t, ents...); err != nil {
+			t.Errorf("%s, %s: %v", ents[0].name, ents[1].name, err)
 		}
 	}
-	for _, in := range []string{"", ".", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", `a\b`, "upgrades/..", "a\x00b"} {
-		if _, err := bundleEntryName(in); !errors.Is(err, staging.ErrUnsafeArchive) {
-			t.Errorf("%q accepted (err %v)", in, err)
+	for _, name := range []string{"", ".", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", `a\b`, "upgrades/..", "upgrades/v2/bin/appd/..", "c:/x"} {
+		if err := read(t, manifestEnt(t, good), tarEnt{name: name, body: bin}); !errors.Is(err, staging.ErrUnsafeArchive) {
+			t.Errorf("%q accepted (err %v)", name, err)
 		}
 	}
 }
@@ -202,8 +218,7 @@ func upgradeBin(t testing.TB, h, name string) string {
 }
 
 func newImporter(home string, out io.Writer) importer {
-	c := testStagingConfig(home)
-	return importer{cfg: c, lim: limitsFrom(c), out: out, log: staging.NopLogger{}, app: "appd"}
+	return importer{cfg: testStagingConfig(home), out: out, log: staging.NopLogger{}, app: "appd"}
 }
 
 // filePlan is a plan whose info names bin as a file:// URL pinned to its sha256.
@@ -348,7 +363,7 @@ func TestImportMaliciousBundles(t *testing.T) {
 		name  string
 		ents  []tarEnt
 		raw   []byte
-		lim   func(*bundleLimits)
+		cfg   func(*staging.Config)
 		want  string
 		isErr error
 	}{
@@ -369,11 +384,11 @@ func TestImportMaliciousBundles(t *testing.T) {
 		{name: "no manifest", ents: []tarEnt{{name: "upgrades/", typ: tar.TypeDir}}, want: "no manifest.json"},
 		{name: "bad manifest", ents: []tarEnt{{name: bundleManifestName, body: []byte(`{"format":1,"daemon":"appd","binaries":[{"name":"v2","path":"/etc/x","sha256":"` + strings.Repeat("a", 64) + `","size":1}]}`)}}, want: `want "upgrades/v2/bin/appd"`},
 		{name: "oversize binary", ents: []tarEnt{manifestEnt(t, entry("v2", big)), {name: "upgrades/v2/bin/appd", body: big}},
-			lim: func(l *bundleLimits) { l.Binary = 1024 }, isErr: staging.ErrTooLarge},
+			cfg: func(c *staging.Config) { c.MaxBinaryBytes = 1024 }, isErr: staging.ErrTooLarge},
 		{name: "oversize total", ents: []tarEnt{manifestEnt(t, entry("v2", big), entry("v3", big)), {name: "upgrades/v2/bin/appd", body: big}, {name: "upgrades/v3/bin/appd", body: big}},
-			lim: func(l *bundleLimits) { l.Total = 6000 }, isErr: staging.ErrTooLarge},
+			cfg: func(c *staging.Config) { c.MaxArchiveBytes = 6000 }, isErr: staging.ErrTooLarge},
 		{name: "too many entries", ents: []tarEnt{manifestEnt(t, good), {name: "a/", typ: tar.TypeDir}, {name: "b/", typ: tar.TypeDir}, {name: "upgrades/v2/bin/appd", body: bin}},
-			lim: func(l *bundleLimits) { l.Entries = 3 }, isErr: staging.ErrTooLarge},
+			cfg: func(c *staging.Config) { c.MaxArchiveEntries = 3 }, isErr: staging.ErrTooLarge},
 		{name: "not gzip", raw: []byte("PK\x03\x04 a zip file"), want: "gzip"},
 		// Well-formed, but the binary is not an executable for this platform: the
 		// header check before placing refuses it.
@@ -388,8 +403,8 @@ func TestImportMaliciousBundles(t *testing.T) {
 			}
 			var out bytes.Buffer
 			im := newImporter(h, &out)
-			if tc.lim != nil {
-				tc.lim(&im.lim)
+			if tc.cfg != nil {
+				tc.cfg(&im.cfg)
 			}
 			err := im.run(context.Background(), writeBundle(t, raw), "", false)
 			switch {
@@ -536,11 +551,18 @@ func TestExportImport(t *testing.T) {
 
 	t.Run("wrong file checksum", func(t *testing.T) {
 		h := t.TempDir()
-		err := newImporter(h, io.Discard).run(context.Background(), bundle, "sha256:"+strings.Repeat("0", 64), false)
-		if !errors.Is(err, staging.ErrChecksumMismatch) {
-			t.Fatalf("err = %v", err)
+		for _, pin := range []string{"sha256:" + strings.Repeat("0", 64), "sha512:" + strings.Repeat("0", 128)} {
+			err := newImporter(h, io.Discard).run(context.Background(), bundle, pin, false)
+			if !errors.Is(err, staging.ErrChecksumMismatch) || !strings.Contains(err.Error(), "--checksum says "+pin) {
+				t.Fatalf("%s: err = %v", pin, err)
+			}
+			assertUntouched(t, h)
 		}
-		assertUntouched(t, h)
+		s512 := sha512.Sum512(raw)
+		if err := newImporter(h, io.Discard).run(context.Background(), bundle, "sha512:"+hex.EncodeToString(s512[:]), false); err != nil {
+			t.Fatalf("pinned with sha512: %v", err)
+		}
+		check(t, h)
 	})
 
 	t.Run("url", func(t *testing.T) {
@@ -563,7 +585,7 @@ func TestExportImport(t *testing.T) {
 		}
 		h := t.TempDir()
 		im := newImporter(h, io.Discard)
-		im.lim.Download = int64(len(raw)) - 1
+		im.cfg.MaxArchiveBytes = int64(len(raw)) - 1
 		if err := im.run(context.Background(), u+"?checksum=sha256:"+sum, "", false); !errors.Is(err, staging.ErrTooLarge) {
 			t.Errorf("oversize download: %v", err)
 		}
@@ -580,6 +602,22 @@ func TestExportImport(t *testing.T) {
 			t.Fatalf("--insecure-no-checksum: %v\n%s", err, out.String())
 		}
 		check(t, h)
+
+		// Credentials and tokens in the URL stay out of what import prints and returns.
+		secret := strings.Replace(u, "http://", "http://op:s3cret@", 1) + "?token=s3cret&checksum=sha256:"
+		h = t.TempDir()
+		out.Reset()
+		if err := newImporter(h, &out).run(context.Background(), secret+sum, "", false); err != nil || strings.Contains(out.String(), "s3cret") ||
+			!strings.Contains(out.String(), "from "+u+"?checksum=") {
+			t.Fatalf("URL with credentials: %v\n%s", err, out.String())
+		}
+		check(t, h)
+		for _, bad := range []string{secret + strings.Repeat("0", 64), strings.Replace(secret, "/"+filepath.Base(bundle), "/nope", 1) + sum} {
+			err := newImporter(t.TempDir(), io.Discard).run(context.Background(), bad, "", false)
+			if err == nil || strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("URL with credentials: err = %v", err)
+			}
+		}
 	})
 
 	t.Run("conflicts", func(t *testing.T) {
@@ -658,7 +696,7 @@ func TestExportImport(t *testing.T) {
 		dir, _ := bundleLayout(t, h).UpgradeDir("v2")
 		os.Symlink(elsewhere, dir)
 		err = newImporter(h, io.Discard).run(context.Background(), bundle, "", false)
-		if err == nil || !strings.Contains(err.Error(), "not a directory") {
+		if err == nil || !strings.Contains(err.Error(), dir+" is a symlink") {
 			t.Fatalf("symlinked upgrade directory: %v", err)
 		}
 		if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
@@ -786,8 +824,8 @@ func FuzzParseManifest(f *testing.F) {
 			if !filepath.IsLocal(b.Path) || path.Clean(b.Path) != b.Path {
 				t.Fatalf("accepted path %q", b.Path)
 			}
-			if n, err := bundleEntryName(b.Path); err != nil || n != b.Path {
-				t.Fatalf("accepted path %q, which the reader calls %q, %v", b.Path, n, err)
+			if n := readerName(t, b.Path); n != b.Path {
+				t.Fatalf("accepted path %q, which the reader calls %q", b.Path, n)
 			}
 			parts := strings.Split(b.Path, "/")
 			if b.genesis() {
@@ -826,6 +864,27 @@ func FuzzParseManifest(f *testing.F) {
 	})
 }
 
+// readerName is what staging's tar reader, as import uses it, calls an entry
+// named name ("" if it refuses it).
+func readerName(t *testing.T, name string) string {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Size: 1, Mode: 0o755, Format: tar.FormatPAX}); err != nil {
+		t.Fatalf("%q: %v", name, err)
+	}
+	tw.Write([]byte{1})
+	tw.Close()
+	got := ""
+	err := staging.WalkTar(context.Background(), staging.DefaultConfig(), "tar", &tb, func(f staging.TarFile) error {
+		got = f.Name
+		return nil
+	})
+	if err != nil {
+		return ""
+	}
+	return got
+}
+
 // FuzzReadBundle: readBundle never panics and writes nothing but the flat
 // bin-<i> files into the directory it is given; a bundle it accepts has every
 // listed binary there with its manifest size and sha256.
@@ -836,7 +895,8 @@ func FuzzReadBundle(f *testing.F) {
 	f.Add(makeBundle(f, []tarEnt{manifestEnt(f, entry("v2", bin)), {name: "upgrades/v2/bin/appd", typ: tar.TypeSymlink, linkname: "/etc/passwd"}}))
 	f.Add(makeBundle(f, []tarEnt{{name: "upgrades/", typ: tar.TypeDir}}))
 	f.Add([]byte("not gzip"))
-	lim := bundleLimits{Download: 1 << 20, Total: 1 << 20, Binary: 1 << 18, Entries: 64}
+	cfg := staging.DefaultConfig()
+	cfg.MaxArchiveBytes, cfg.MaxBinaryBytes, cfg.MaxArchiveEntries = 1<<20, 1<<18, 64
 	nameRe := regexp.MustCompile(`^bin-[0-9]+$`)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		root := t.TempDir()
@@ -844,7 +904,7 @@ func FuzzReadBundle(f *testing.F) {
 		if err := os.Mkdir(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		m, bins, err := readBundle(bytes.NewReader(data), dir, lim)
+		m, bins, err := readBundle(context.Background(), cfg, bytes.NewReader(data), dir)
 		if ents, _ := os.ReadDir(root); len(ents) != 1 || ents[0].Name() != "unpacked" {
 			t.Fatalf("written beside the unpack directory: %v", ents)
 		}

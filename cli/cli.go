@@ -1,16 +1,13 @@
-// Package cli is the operator's `invisor` command: one line adds it to any chain
-// that embeds invisor,
-//
-//	rootCmd.AddCommand(cli.Command(invisor.Options{DaemonName: "appd", DefaultHome: app.DefaultNodeHome}))
-//
-// and `appd invisor config|status|stage|prepare|verify|history` then work on the
-// node home (--home), with the node running or stopped.
+// Package cli is the operator's `invisor` command. invisor.Execute adds it to
+// the chain's root command (unless the root already has a command of that name),
+// and `appd invisor config|status|stage|prepare|verify|history|export|import`
+// then work on the node home (--home), with the node running or stopped.
 //
 // It reads the same configuration as `start` (app.toml [invisor], environment,
-// --invisor.* flags) through invisor.LoadConfigFlags, the home directory, the
-// status file a running node publishes (invisor.StatusFile) and the node's
-// CometBFT RPC (config.toml rpc.laddr, or --node). It writes only when asked to
-// stage: binaries are verified and recorded by the staging package exactly as an
+// --invisor.* flags) through internal/config, the home directory, the status
+// file a running node publishes (internal/status) and the node's CometBFT RPC
+// (config.toml rpc.laddr, or --node). It writes only when asked to stage:
+// binaries are verified and recorded by the staging package exactly as an
 // automatic download is.
 package cli
 
@@ -26,12 +23,13 @@ import (
 
 	"github.com/cosmos/cosmos-sdk/server"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
 )
 
-// Command returns the `invisor` command tree for a chain binary.
-func Command(opts invisor.Options) *cobra.Command {
+// Command returns the `invisor` command tree for a chain binary named and homed
+// as opts says. invisor.Execute calls it; a chain does not.
+func Command(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "invisor",
 		Short: "Inspect and drive invisor, the in-process upgrade manager (cosmovisor built in)",
@@ -58,10 +56,10 @@ These commands work on the node home (--home) whether the node runs or not.`,
 
 // env is what every subcommand starts from.
 type env struct {
-	opts    invisor.Options
+	opts    config.Options
 	home    string
 	rpc     string // CometBFT rpc.laddr from config.toml
-	cfg     invisor.Config
+	cfg     config.Config
 	cfgErr  error
 	log     interface{ Info(string, ...any) }
 	json    bool
@@ -80,7 +78,7 @@ func addOutputFlag(cmd *cobra.Command) {
 // app.toml through viper) and invisor's configuration with this command's flags.
 // loadValidEnv is loadEnv for the commands that need a valid configuration: a
 // bad key or value is their error.
-func loadValidEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
+func loadValidEnv(cmd *cobra.Command, opts config.Options) (*env, error) {
 	e, err := loadEnv(cmd, opts)
 	if err != nil {
 		return nil, err
@@ -91,7 +89,7 @@ func loadValidEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
 	return e, nil
 }
 
-func loadEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
+func loadEnv(cmd *cobra.Command, opts config.Options) (*env, error) {
 	sctx := server.GetServerContextFromCmd(cmd)
 	e := &env{opts: opts, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr(), execCmd: cmd}
 	e.home = sctx.Config.RootDir
@@ -111,7 +109,7 @@ func loadEnv(cmd *cobra.Command, opts invisor.Options) (*env, error) {
 			return nil, fmt.Errorf("--output %q: want text or json", o)
 		}
 	}
-	e.cfg, e.cfgErr = invisor.LoadConfigFlags(sctx.Viper, cmd.Flags(), e.home, opts)
+	e.cfg, e.cfgErr = config.LoadConfigFlags(sctx.Viper, cmd.Flags(), e.home, opts)
 	if e.cfgErr == nil {
 		e.home = e.cfg.Staging.Home
 	}

@@ -16,8 +16,10 @@ import (
 
 	"github.com/spf13/viper"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
+	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/status"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -113,29 +115,12 @@ func TestPlanInfoParses(t *testing.T) {
 	}
 }
 
-func TestRPCBaseURL(t *testing.T) {
-	for laddr, want := range map[string]string{
-		"tcp://127.0.0.1:26657": "http://127.0.0.1:26657",
-		"tcp://0.0.0.0:26657":   "http://127.0.0.1:26657",
-		"tcp://[::]:26657":      "http://127.0.0.1:26657",
-		"unix:///tmp/rpc.sock":  "http://unix",
-	} {
-		got, _, err := invisor.RPCBaseURL(laddr)
-		if err != nil || got != want {
-			t.Errorf("RPCBaseURL(%q) = %q, %v; want %q", laddr, got, err, want)
-		}
-	}
-	if _, _, err := invisor.RPCBaseURL("grpc://x:1"); err == nil {
-		t.Error("grpc:// accepted")
-	}
-}
-
 func TestConfigReportSources(t *testing.T) {
 	v := viper.New()
 	v.Set("invisor.allow-download", true)
 	t.Setenv("INVISOR_RETRY_MIN", "2s")
 	home := t.TempDir()
-	c, err := invisor.LoadConfig(v, home, invisor.Options{DaemonName: "appd"})
+	c, err := config.LoadConfig(v, home, config.Options{DaemonName: "appd"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +129,8 @@ func TestConfigReportSources(t *testing.T) {
 	for _, s := range rep.Settings {
 		got[s.Key] = s
 	}
-	if len(got) != len(invisor.Settings()) {
-		t.Fatalf("%d entries, want %d", len(got), len(invisor.Settings()))
+	if len(got) != len(config.Settings()) {
+		t.Fatalf("%d entries, want %d", len(got), len(config.Settings()))
 	}
 	for key, want := range map[string][2]string{
 		"allow-download": {"true", "app.toml"},
@@ -207,17 +192,17 @@ func TestHistoryJoin(t *testing.T) {
 	l := testLayout(t)
 	os.MkdirAll(l.Root(), 0o755)
 	t0 := time.Now().UTC().Truncate(time.Second)
-	for _, e := range []invisor.HistoryEntry{
-		{Event: invisor.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
-		{Event: invisor.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"},
+	for _, e := range []history.Entry{
+		{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
+		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"},
 	} {
-		if err := invisor.AppendHistory(l.Home(), e); err != nil {
+		if err := history.Append(l.Home(), e); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rows, err := history(l)
+	rows, err := historyRows(l)
 	if err != nil || len(rows) != 1 {
-		t.Fatalf("history = %+v, %v", rows, err)
+		t.Fatalf("historyRows = %+v, %v", rows, err)
 	}
 	r := rows[0]
 	if r.Upgrade != "v2" || r.Height != 30 || r.SHA256 != "abc" || r.Halted == nil || r.Switched == nil || r.SwitchSeconds != 1 {
@@ -231,14 +216,14 @@ func TestHistoryJoin(t *testing.T) {
 func TestFault36PlanOnlyFromOwnState(t *testing.T) {
 	l := testLayout(t)
 	os.MkdirAll(l.Root(), 0o755)
-	e := &env{home: l.Home(), opts: invisor.Options{DaemonName: "appd"}, cfgErr: errors.New("unused")}
+	e := &env{home: l.Home(), opts: config.Options{DaemonName: "appd"}, cfgErr: errors.New("unused")}
 	if p, from := ownPlan(e); p != nil || !strings.Contains(from, "no node status") {
 		t.Fatalf("empty home: %v (%s)", p, from)
 	}
 	// A status file whose writer does not hold the lock (stale, or forged) is no source.
 	writeStatus := func(pid int, p *staging.Plan) {
-		b, _ := json.Marshal(invisor.NodeStatus{PID: pid, Plan: p})
-		if err := os.WriteFile(invisor.StatusPath(l.Home()), b, 0o644); err != nil {
+		b, _ := json.Marshal(status.Node{PID: pid, Plan: p})
+		if err := os.WriteFile(status.Path(l.Home()), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

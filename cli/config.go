@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
 )
 
 // ConfigEntry is one line of `invisor config`.
@@ -25,7 +25,7 @@ type ConfigReport struct {
 	Settings []ConfigEntry `json:"settings"`
 }
 
-func configCmd(opts invisor.Options) *cobra.Command {
+func configCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "config",
 		Short: "Show invisor's effective configuration and where each value came from",
@@ -51,13 +51,13 @@ preview them). A bad value or an unknown key is an error naming the key, as at b
 		},
 	}
 	addOutputFlag(cmd)
-	invisor.AddFlags(cmd.Flags())
+	config.AddFlags(cmd.Flags())
 	return cmd
 }
 
-func configReport(c invisor.Config) ConfigReport {
+func configReport(c config.Config) ConfigReport {
 	rep := ConfigReport{Home: c.Staging.Home, Daemon: c.Staging.DaemonName}
-	for _, s := range invisor.Settings() {
+	for _, s := range config.Settings() {
 		rep.Settings = append(rep.Settings, ConfigEntry{Key: s.Key, Value: c.Values[s.Key], Source: c.Sources[s.Key],
 			Env: s.Env, Default: s.Default, Meaning: s.Doc})
 	}

@@ -7,7 +7,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
+	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
 )
 
@@ -25,7 +26,7 @@ type HistoryRow struct {
 	Current       bool    `json:"current"` // cosmovisor/current points at it
 }
 
-func historyCmd(opts invisor.Options) *cobra.Command {
+func historyCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "history",
 		Short: "List the upgrades of this home: height, binary sha256, when staged, halted and switched",
@@ -35,7 +36,7 @@ func historyCmd(opts invisor.Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rows, err := history(e.layout())
+			rows, err := historyRows(e.layout())
 			if err != nil {
 				return err
 			}
@@ -66,9 +67,9 @@ func ts(t *time.Time) string {
 	return t.Local().Format(time.DateTime)
 }
 
-// history joins the staged binaries with the halt/switch log.
-func history(l home.Layout) ([]HistoryRow, error) {
-	entries, err := invisor.ReadHistory(l.Home())
+// historyRows joins the staged binaries with the halt/switch log.
+func historyRows(l home.Layout) ([]HistoryRow, error) {
+	entries, err := history.Read(l.Home())
 	if err != nil {
 		return nil, err
 	}
@@ -104,9 +105,9 @@ func history(l home.Layout) ([]HistoryRow, error) {
 		}
 		t := h.Time
 		switch h.Event {
-		case invisor.EventHalt:
+		case history.EventHalt:
 			r.Halted = &t
-		case invisor.EventSwitched:
+		case history.EventSwitched:
 			r.Switched, r.SwitchSeconds = &t, h.Seconds
 			if h.SHA256 != "" {
 				r.SHA256 = h.SHA256

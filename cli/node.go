@@ -12,7 +12,7 @@ import (
 
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/comet"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -25,11 +25,10 @@ type nodeClient struct {
 }
 
 func newNodeClient(laddr string) (*nodeClient, error) {
-	base, c, err := invisor.RPCBaseURL(laddr)
+	base, c, err := comet.BaseURL(laddr)
 	if err != nil {
 		return nil, err
 	}
-	c.Timeout = 3 * time.Second
 	return &nodeClient{base: base, client: c}, nil
 }
 

@@ -15,8 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/status"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -54,7 +55,7 @@ const (
 	flagWait     = "wait"
 )
 
-func stageCmd(opts invisor.Options) *cobra.Command {
+func stageCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "stage <upgrade-name> (--url URL | --file PATH) [--checksum sha256:HEX]",
 		Short: "Put an upgrade binary in place by hand, verified and recorded like a download (cosmovisor add-upgrade)",
@@ -98,11 +99,11 @@ in force (the command waits up to --wait for that).`,
 	cmd.Flags().Int64(flagHeight, 0, "no longer used: a binary is recorded only for the plan in force, with its height")
 	cmd.Flags().Duration(flagWait, 30*time.Second, "with the node running: how long to wait for it to record the binary")
 	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node, to learn the plan (default: rpc.laddr of config.toml)")
-	invisor.AddFlags(cmd.Flags())
+	config.AddFlags(cmd.Flags())
 	return cmd
 }
 
-func prepareCmd(opts invisor.Options) *cobra.Command {
+func prepareCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "prepare",
 		Short: "Stage the binary of the upgrade plan in force now (cosmovisor prepare-upgrade)",
@@ -145,7 +146,7 @@ With --node, the plan that node reports must be the same, or nothing is staged.`
 	}
 	cmd.Flags().String(flagNode, "", "also ask this CometBFT RPC for the plan and refuse if it differs from the node's own state")
 	cmd.Flags().Duration(flagWait, 30*time.Second, "with the node running: how long to wait for it to record the binary")
-	invisor.AddFlags(cmd.Flags())
+	config.AddFlags(cmd.Flags())
 	return cmd
 }
 
@@ -221,7 +222,7 @@ func ownPlan(e *env) (p *staging.Plan, from string) {
 	if ui, ok, err := l.ReadUpgradeInfo(); err == nil && ok {
 		return &ui, home.UpgradeInfoFile
 	}
-	ns, ok, _ := invisor.ReadNodeStatus(e.home)
+	ns, ok, _ := status.Read(e.home)
 	if !ok {
 		return nil, "no node status and no data/upgrade-info.json"
 	}
@@ -421,7 +422,7 @@ type VerifyResult struct {
 	Error     string `json:"error,omitempty"`
 }
 
-func verifyCmd(opts invisor.Options) *cobra.Command {
+func verifyCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify [upgrade-name]",
 		Short: "Re-hash and preflight staged binaries (all, or one upgrade)",

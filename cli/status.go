@@ -14,8 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/invisor/invisor"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/status"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -93,7 +94,7 @@ type StatusReport struct {
 	Problems    []string     `json:"problems"`
 }
 
-func statusCmd(opts invisor.Options) *cobra.Command {
+func statusCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the upgrade plan, staging state, what happens at the halt, and setup problems",
@@ -122,7 +123,7 @@ With the node running the plan and height come from its RPC (config.toml rpc.lad
 	}
 	addOutputFlag(cmd)
 	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node (default: rpc.laddr of config.toml)")
-	invisor.AddFlags(cmd.Flags())
+	config.AddFlags(cmd.Flags())
 	return cmd
 }
 
@@ -183,7 +184,7 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 	}
 
 	// What the running node published.
-	ns, nsOK, nsErr := invisor.ReadNodeStatus(e.home)
+	ns, nsOK, nsErr := status.Read(e.home)
 	if nsErr != nil {
 		problem("%v", nsErr)
 	}

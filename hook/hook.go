@@ -27,15 +27,24 @@ type Plan struct {
 }
 
 // Sink receives what the watcher sees. Its methods run in the consensus path
-// and must return at once.
+// and must return at once, with one exception: Halted may hold the halted block
+// when the process could not survive its halt error (block sync), until it
+// replaces the process image (syscall.Exec); the block cannot go on anyway.
 type Sink interface {
 	// PlanChanged is called when the plan in force appears or changes (p != nil)
 	// or vanishes (p == nil: cancelled or applied); height is the block in which
 	// the watcher noticed it.
 	PlanChanged(p *Plan, height int64)
 	// Halted is called when x/upgrade stopped the chain at height for plan p
-	// because this binary has no handler for it.
+	// because this binary has no handler for it. It may not return (see above);
+	// when it returns, the block's result is x/upgrade's error, unchanged.
 	Halted(p Plan, height int64)
+	// Height is called with the height of every block the watcher observes
+	// (from the PreBlocker, and again from the EndBlocker when Install wired
+	// both), before the plan is read, so the node knows how near the plan is
+	// without asking CometBFT. It must return at once and must not allocate:
+	// it runs in every block.
+	Height(h int64)
 }
 
 // PlanSource is the part of the x/upgrade keeper the watcher reads.
@@ -77,14 +86,11 @@ func (w *PlanWatcher) Wrap(next sdk.PreBlocker) sdk.PreBlocker {
 	}
 }
 
-// Observe reads the plan after the block's PreBlocker ran with result preErr.
-// It never panics and never writes state.
+// Observe passes the block's height on and reads the plan after the block's
+// PreBlocker ran with result preErr. It never panics and never writes state.
 func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
-	defer func() {
-		if r := recover(); r != nil {
-			w.log.Error("invisor: recovered from a panic in the plan watcher; the block is unaffected", "panic", fmt.Sprint(r))
-		}
-	}()
+	w.observeHeight(ctx.BlockHeight())
+	defer w.recoverPanic()
 	// A private gas meter: reading the plan must not change what the block consumed.
 	readCtx := ctx.WithGasMeter(storetypes.NewInfiniteGasMeter())
 	plan, err := w.src.GetUpgradePlan(readCtx)
@@ -113,6 +119,19 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 	}
 	if halt {
 		w.sink.Halted(*cur, height)
+	}
+}
+
+// observeHeight hands h to the sink, with its own recovery: a failing Height
+// must not keep the plan from being read.
+func (w *PlanWatcher) observeHeight(h int64) {
+	defer w.recoverPanic()
+	w.sink.Height(h)
+}
+
+func (w *PlanWatcher) recoverPanic() {
+	if r := recover(); r != nil {
+		w.log.Error("invisor: recovered from a panic in the plan watcher; the block is unaffected", "panic", fmt.Sprint(r))
 	}
 }
 
@@ -146,6 +165,7 @@ type AppOptions interface{ Get(string) any }
 // SinkKey; without one (unit tests, `export`, a node started without invisor)
 // next is returned unchanged.
 func Wrap(next sdk.PreBlocker, src PlanSource, appOpts AppOptions, log Logger) sdk.PreBlocker {
+	reportSource(appOpts, src)
 	sink, ok := appOpts.Get(SinkKey).(Sink)
 	if !ok || sink == nil {
 		return next
@@ -185,6 +205,7 @@ type App interface {
 // the Sink the process edge registered in appOpts under SinkKey; without one
 // (unit tests, `export`, a node started without invisor) they are set unwrapped.
 func Install(app App, src PlanSource, appOpts AppOptions, log Logger) {
+	reportSource(appOpts, src)
 	sink, ok := appOpts.Get(SinkKey).(Sink)
 	if !ok || sink == nil {
 		app.SetPreBlocker(app.PreBlocker)

@@ -28,10 +28,11 @@ import (
 
 // recorder is a Sink that remembers every call.
 type recorder struct {
-	mu     sync.Mutex
-	plans  []*hook.Plan
-	blocks []int64
-	halts  []hook.Plan
+	mu      sync.Mutex
+	plans   []*hook.Plan
+	blocks  []int64
+	halts   []hook.Plan
+	heights []int64
 }
 
 func (r *recorder) PlanChanged(p *hook.Plan, h int64) {
@@ -46,6 +47,19 @@ func (r *recorder) Halted(p hook.Plan, _ int64) {
 	defer r.mu.Unlock()
 	r.halts = append(r.halts, p)
 }
+
+func (r *recorder) Height(h int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.heights = append(r.heights, h)
+}
+
+// nopSink ignores everything: the benchmark measures the watcher alone.
+type nopSink struct{}
+
+func (nopSink) PlanChanged(*hook.Plan, int64) {}
+func (nopSink) Halted(hook.Plan, int64)       {}
+func (nopSink) Height(int64)                  {}
 
 type logger struct{ errs []string }
 
@@ -209,6 +223,50 @@ type panicSink struct{}
 
 func (panicSink) PlanChanged(*hook.Plan, int64) { panic("sink exploded") }
 func (panicSink) Halted(hook.Plan, int64)       { panic("sink exploded") }
+func (panicSink) Height(int64)                  { panic("sink exploded") }
+
+// heightPanicSink fails in Height only: the plan must still be reported.
+type heightPanicSink struct{ *recorder }
+
+func (heightPanicSink) Height(int64) { panic("height exploded") }
+
+// The sink learns the height of every block, with or without a plan, whether
+// the block halts or the plan cannot be read, and a failing Height does not
+// keep the plan from being read.
+func TestWatcherPassesEveryHeight(t *testing.T) {
+	c := newChain(t, nil)
+	c.block() // 1: no plan
+	c.schedule("v2", 3, "")
+	c.block() // 2
+	if _, err := c.block(); err == nil {
+		t.Fatal("no halt at 3")
+	}
+	if got := fmt.Sprint(c.rec.heights); got != "[1 2 3]" {
+		t.Fatalf("heights %s, want [1 2 3]", got)
+	}
+
+	rec := &recorder{}
+	broken := hook.NewPlanWatcher(failingSource{}, rec, &logger{})
+	broken.Observe(sdk.Context{}.WithBlockHeight(9), nil)
+	if got := fmt.Sprint(rec.heights); got != "[9]" {
+		t.Fatalf("heights with an unreadable plan %s, want [9]", got)
+	}
+
+	log := &logger{}
+	rec = &recorder{}
+	w := hook.NewPlanWatcher(c.k, heightPanicSink{rec}, log)
+	w.Observe(c.ctx.WithBlockHeight(2), nil)
+	if len(rec.plans) != 1 || rec.plans[0] == nil || rec.plans[0].Name != "v2" || len(log.errs) != 1 {
+		t.Fatalf("after a panic in Height: plans %v, logged %v; want the plan v2 and one logged panic", rec.plans, log.errs)
+	}
+}
+
+type failingSource struct{}
+
+func (failingSource) GetUpgradePlan(context.Context) (upgradetypes.Plan, error) {
+	return upgradetypes.Plan{}, errors.New("store closed")
+}
+func (failingSource) IsSkipHeight(int64) bool { return false }
 
 type opts map[string]any
 
@@ -239,7 +297,7 @@ func TestWrapWithoutSinkReturnsNextUnchanged(t *testing.T) {
 func BenchmarkWatcherPerBlock(b *testing.B) {
 	c := newChain(b, nil)
 	c.schedule("v2", 1<<40, `{"binaries":{"linux/amd64":"https://example.com/x?checksum=sha256:00"}}`)
-	w := hook.NewPlanWatcher(c.k, &recorder{}, &logger{})
+	w := hook.NewPlanWatcher(c.k, nopSink{}, &logger{})
 	ctx := c.ctx.WithBlockHeight(10)
 	w.Observe(ctx, nil)
 	b.ReportAllocs()

@@ -1,110 +1,26 @@
 package relauncher
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/invisor/invisor/internal/home"
 )
 
-// awaitToken is the capability token of the overlapped pre-upgrade protocol. Only
-// the awaiting code (AwaitPreUpgrade and what it alone calls) spells it as a
-// literal, so the Go linker puts it into a binary exactly when that code is linked;
-// BinaryAwaitsPreUpgrade looks for it. Another protocol version needs another token.
-const awaitToken = "invisor-awaits-pre-upgrade/1"
-
-// awaitTokenReversed is awaitToken backwards, for the code that needs the token but
-// does not await (the switch writing the marker, the scan): a forward literal there
-// would mark binaries that link only that code as able to await.
-const awaitTokenReversed = "1/edargpu-erp-stiawa-rosivni"
-
-// capabilityToken returns awaitToken, built at run time.
-func capabilityToken() []byte {
-	b := []byte(awaitTokenReversed)
-	slices.Reverse(b)
-	return b
-}
-
-// BinaryAwaitsPreUpgrade reports whether the executable at path links
-// AwaitPreUpgrade, by a streaming search for the capability token. Only such a
-// binary may be exec'd while its pre-upgrade still runs: any other would start the
-// node without waiting. The caller must prove the file unchanged since; prefer
-// ScanAwaitsPreUpgrade, which reads the proven descriptor.
-func BinaryAwaitsPreUpgrade(path string) (bool, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return false, fmt.Errorf("relauncher: %w", err)
-	}
-	defer f.Close()
-	ok, err := containsToken(f, capabilityToken(), 1<<20)
-	if err != nil {
-		return false, fmt.Errorf("relauncher: scan %s: %w", path, err)
-	}
-	return ok, nil
-}
-
-// ScanAwaitsPreUpgrade is BinaryAwaitsPreUpgrade for a proven binary: it reads the
-// verified descriptor itself (not the path) and rechecks it after the scan, so the
-// answer is about the very file that will run. The edge sets
-// Binary.AwaitsPreUpgrade from it.
-func ScanAwaitsPreUpgrade(v *home.Verified) (bool, error) {
-	if v == nil {
-		return false, errors.New("relauncher: no verified binary to scan")
-	}
-	fi, err := v.File().Stat()
-	if err != nil {
-		return false, fmt.Errorf("relauncher: %w", err)
-	}
-	ok, err := containsToken(io.NewSectionReader(v.File(), 0, fi.Size()), capabilityToken(), 1<<20)
-	if err != nil {
-		return false, fmt.Errorf("relauncher: scan %s: %w", v.Path, err)
-	}
-	if err := v.Recheck(); err != nil {
-		return false, err
-	}
-	return ok, nil
-}
-
-// containsToken reports whether token occurs in what r yields, reading about chunk
-// bytes at a time and keeping the last len(token)-1 bytes of each read for the next
-// search, so a token split between reads is found.
-func containsToken(r io.Reader, token []byte, chunk int) (bool, error) {
-	if len(token) == 0 {
-		return true, nil
-	}
-	keep := len(token) - 1
-	buf := make([]byte, keep+max(chunk, 1))
-	have := 0
-	for {
-		n, err := r.Read(buf[have:])
-		have += n
-		if bytes.Contains(buf[:have], token) {
-			return true, nil
-		}
-		if err == io.EOF {
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		if have > keep {
-			have = copy(buf, buf[have-keep:have])
-		}
-	}
-}
+// markerProtocol names the overlapped pre-upgrade's marker format (the value of
+// EnvExecPreUpgrade). A binary announces that it waits for such a pre-upgrade in
+// its probe answer (probe.ProtocolAwaitPreUpgrade); the name of the marker format
+// stays what earlier releases write.
+const markerProtocol = "invisor-awaits-pre-upgrade/1"
 
 // preUpgradeMarker is the value of EnvExecPreUpgrade, as JSON.
 type preUpgradeMarker struct {
-	Protocol   string        `json:"protocol"`        // awaitToken
+	Protocol   string        `json:"protocol"`        // markerProtocol
 	Pid        int           `json:"pid"`             // the pre-upgrade child, inherited across the exec
 	Output     string        `json:"output"`          // its stdout and stderr; removed by the waiter
 	Path       string        `json:"path"`            // the binary: the child's, and the exec's
@@ -126,7 +42,7 @@ func encodeMarker(m preUpgradeMarker) string {
 }
 
 // decodeMarker parses and checks an EnvExecPreUpgrade value. Only AwaitPreUpgrade
-// may call it (see awaitToken).
+// may call it (see markerProtocol).
 func decodeMarker(v string) (preUpgradeMarker, error) {
 	var m preUpgradeMarker
 	var probe struct {
@@ -135,9 +51,9 @@ func decodeMarker(v string) (preUpgradeMarker, error) {
 	if err := json.Unmarshal([]byte(v), &probe); err != nil {
 		return m, fmt.Errorf("%w: not JSON: %v", ErrMalformedPreUpgradeMarker, err)
 	}
-	if probe.Protocol != awaitToken {
+	if probe.Protocol != markerProtocol {
 		return m, fmt.Errorf("%w: protocol %q, this binary speaks %q only; not starting the node without knowing pre-upgrade finished",
-			ErrMalformedPreUpgradeMarker, probe.Protocol, awaitToken)
+			ErrMalformedPreUpgradeMarker, probe.Protocol, markerProtocol)
 	}
 	dec := json.NewDecoder(strings.NewReader(v))
 	dec.DisallowUnknownFields()

@@ -1,122 +1,21 @@
 package relauncher
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/invisor/invisor/internal/home"
 )
 
-func TestCapabilityToken(t *testing.T) {
-	if got := string(capabilityToken()); got != awaitToken {
-		t.Fatalf("capabilityToken() = %q, want %q", got, awaitToken)
-	}
-}
-
-// The token is found wherever it sits relative to the read boundaries, however
-// the reader splits its data.
-func TestContainsTokenAcrossChunks(t *testing.T) {
-	token := []byte("invisor-token/1")
-	readers := map[string]func(io.Reader) io.Reader{
-		"plain":    func(r io.Reader) io.Reader { return r },
-		"one byte": iotest.OneByteReader,
-		"half":     iotest.HalfReader,
-		"data+EOF": iotest.DataErrReader,
-	}
-	for _, chunk := range []int{1, 2, 7, len(token) - 1, len(token), len(token) + 1, 64} {
-		for name, wrap := range readers {
-			for _, size := range []int{len(token), 3 * chunk, 200} {
-				if size < len(token) {
-					continue
-				}
-				for at := 0; at+len(token) <= size; at++ {
-					data := bytes.Repeat([]byte{'x'}, size)
-					copy(data[at:], token)
-					ok, err := containsToken(wrap(bytes.NewReader(data)), token, chunk)
-					if err != nil || !ok {
-						t.Fatalf("chunk %d, %s reader, size %d, token at %d: %v %v", chunk, name, size, at, ok, err)
-					}
-					// Almost the token: a byte changed, or cut off by the end.
-					near := append([]byte(nil), data...)
-					near[at+len(token)/2] = 'y'
-					if ok, err := containsToken(wrap(bytes.NewReader(near)), token, chunk); ok || err != nil {
-						t.Fatalf("chunk %d, %s reader: altered token at %d found (%v)", chunk, name, at, err)
-					}
-					if ok, _ := containsToken(wrap(bytes.NewReader(data[:at+len(token)-1])), token, chunk); ok {
-						t.Fatalf("chunk %d, %s reader: truncated token at %d found", chunk, name, at)
-					}
-				}
-			}
-		}
-	}
-	if ok, err := containsToken(iotest.ErrReader(io.ErrUnexpectedEOF), token, 8); ok || !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Fatalf("read error: %v %v", ok, err)
-	}
-}
-
-func TestBinaryAwaitsPreUpgrade(t *testing.T) {
-	dir := t.TempDir()
-	token := capabilityToken()
-	// Straddling the scanner's 1 MiB reads.
-	with := bytes.Repeat([]byte{0}, 3<<20)
-	copy(with[1<<20-len(token)/2:], token)
-	without := bytes.Repeat([]byte{0}, 3<<20)
-	copy(without[1<<20-len(token)/2:], token[:len(token)-1])
-	for _, tc := range []struct {
-		name string
-		data []byte
-		want bool
-	}{{"with", with, true}, {"without", without, false}} {
-		p := filepath.Join(dir, tc.name)
-		must(t, os.WriteFile(p, tc.data, 0o755))
-		if got, err := BinaryAwaitsPreUpgrade(p); err != nil || got != tc.want {
-			t.Errorf("%s: %v %v, want %v", tc.name, got, err, tc.want)
-		}
-	}
-	if _, err := BinaryAwaitsPreUpgrade(filepath.Join(dir, "missing")); err == nil {
-		t.Error("missing file: no error")
-	}
-}
-
-// The Go linker keeps the token exactly when AwaitPreUpgrade is linked: a binary
-// that only switches (writes markers) and scans must not claim the capability.
-func TestCapabilityLinkedOnlyWithAwait(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds two programs")
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go tool")
-	}
-	out := t.TempDir()
-	for _, tc := range []struct {
-		pkg  string
-		want bool
-	}{{"await", true}, {"noawait", false}} {
-		bin := filepath.Join(out, tc.pkg)
-		cmd := exec.Command(goTool, "build", "-o", bin, "./testdata/linkcheck/"+tc.pkg)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", tc.pkg, err, b)
-		}
-		if got, err := BinaryAwaitsPreUpgrade(bin); err != nil || got != tc.want {
-			t.Errorf("%s: awaits %v (%v), want %v", tc.pkg, got, err, tc.want)
-		}
-	}
-}
-
 func validMarker() preUpgradeMarker {
 	return preUpgradeMarker{
-		Protocol: awaitToken, Pid: 1234, Output: "/h/cosmovisor/.pre-upgrade" + home.TempMarker + "123", Path: "/h/cosmovisor/upgrades/v2/bin/appd",
+		Protocol: markerProtocol, Pid: 1234, Output: "/h/cosmovisor/.pre-upgrade" + home.TempMarker + "123", Path: "/h/cosmovisor/upgrades/v2/bin/appd",
 		Attempt: 1, MaxRetries: 2, Timeout: 90 * time.Second, Started: time.Now().UnixNano(), Args: []string{"--x", "a b"},
 		Link: "/h/cosmovisor/current", Target: "/h/cosmovisor/upgrades/v2",
 	}
@@ -124,7 +23,6 @@ func validMarker() preUpgradeMarker {
 
 func TestMarkerRoundTrip(t *testing.T) {
 	m := validMarker()
-	m.Protocol = string(capabilityToken()) // as the switch writes it
 	got, err := decodeMarker(encodeMarker(m))
 	if err != nil || !reflect.DeepEqual(got, m) {
 		t.Fatalf("round trip: %+v %v, want %+v", got, err, m)
@@ -504,7 +402,7 @@ func TestAwaitPreUpgradeChildAlreadyExited(t *testing.T) {
 
 func FuzzDecodeMarker(f *testing.F) {
 	f.Add(encodeMarker(validMarker()))
-	for _, s := range []string{``, `{}`, `{"protocol":"` + awaitToken + `"}`, `{"protocol":"` + awaitToken + `","target":"upgrades/.."}`} {
+	for _, s := range []string{``, `{}`, `{"protocol":"` + markerProtocol + `"}`, `{"protocol":"` + markerProtocol + `","target":"upgrades/.."}`} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {

@@ -71,9 +71,9 @@
 //     and for an overlapped pre-upgrade INVISOR_EXEC_PRE_UPGRADE.
 //   - Overlapped pre-upgrade: Switch (not the boot redirect) starts `<new bin>
 //     pre-upgrade` and execs without waiting for it only if the Binary is marked
-//     AwaitsPreUpgrade, which only a scan of that very file can establish
-//     (ScanAwaitsPreUpgrade reads the proven descriptor: the capability token the
-//     linker keeps exactly when AwaitPreUpgrade is linked). The new binary's
+//     AwaitsPreUpgrade, which only that very file's own answer establishes (the
+//     probe answer staging keeps in its completion record, which LayoutVerifier
+//     reads; a binary that did not answer gets the sequential order). The new binary's
 //     AwaitPreUpgrade waits for the child before the node reads any
 //     configuration, with the same exit code semantics, retries and per-run
 //     timeout, and flips `current` itself; its Boot refuses to start the node
@@ -127,7 +127,7 @@
 // a successful upgrade (the edge calls home.Layout.ClearAttempts once the new
 // binary got past the height) and cannot tell a failed exec from a binary that
 // halted again; it does not decide whether a binary can await its pre-upgrade
-// (the edge sets Binary.AwaitsPreUpgrade, e.g. from ScanAwaitsPreUpgrade). It
+// (the binary says so when staging probes it; LayoutVerifier reads the record). It
 // does not stop the node itself beyond calling OS.Stop (SIGTERM to its own pid by
 // default) and it cannot tell whether the stores were closed: Switch must be
 // called only after the node's start command returned, with no other goroutine

@@ -424,21 +424,3 @@ func fdFlags(t *testing.T, lk *home.Lock) int {
 	t.Fatal("lock descriptor not found")
 	return 0
 }
-
-// ScanAwaitsPreUpgrade reads the proven descriptor, not the path.
-func TestScanAwaitsPreUpgrade(t *testing.T) {
-	h := newTestHome(t)
-	p := home.Plan{Name: "v2", Height: 3}
-	h.writeExec(h.v2, "#!/bin/sh\n# "+string(capabilityToken())+"\n")
-	h.stage(p)
-	v, err := h.l.Open(context.Background(), p)
-	must(t, err)
-	defer v.Close()
-	if ok, err := ScanAwaitsPreUpgrade(v); !ok || err != nil {
-		t.Fatalf("scan: %v %v", ok, err)
-	}
-	swapFile(t, h.v2, "#!/bin/sh\n")
-	if _, err := ScanAwaitsPreUpgrade(v); !errors.Is(err, home.ErrChanged) {
-		t.Fatalf("scan after a swap: %v", err)
-	}
-}

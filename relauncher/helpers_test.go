@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/invisor/invisor/internal/home"
 )
@@ -158,6 +159,11 @@ type fakeOS struct {
 	stops   int
 	lock    *home.Lock
 	fetch   func(ctx context.Context, p home.Plan) error
+	// tick, when set, is the halt wait loop's tick: the test steps the loop.
+	tick chan time.Time
+	// sigs, when set, delivers stop requests to the re-exec path's wait.
+	sigs  chan os.Signal
+	exits []int
 }
 
 type execCall struct {
@@ -202,7 +208,30 @@ func (f *fakeOS) OS() OS {
 		},
 		Lock:  f.lock,
 		Fetch: f.fetch,
+		After: func(d time.Duration) <-chan time.Time {
+			if f.tick != nil {
+				return f.tick
+			}
+			return time.After(d)
+		},
+		StopSignals: func() (<-chan os.Signal, func()) {
+			if f.sigs != nil {
+				return f.sigs, func() {}
+			}
+			return make(chan os.Signal), func() {}
+		},
+		Exit: func(code int) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.exits = append(f.exits, code)
+		},
 	}
+}
+
+func (f *fakeOS) exitCodes() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]int(nil), f.exits...)
 }
 
 func (f *fakeOS) calls() []execCall {

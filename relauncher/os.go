@@ -3,7 +3,9 @@ package relauncher
 import (
 	"context"
 	"os"
+	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/invisor/invisor/internal/home"
 )
@@ -29,6 +31,14 @@ type OS struct {
 	// Stop asks the node to shut down cleanly; OnHalt calls it once armed. The
 	// default sends SIGTERM to our own pid, the SDK server's clean shutdown path.
 	Stop func() error
+	// After is the tick of the halt wait loop (time.After): a test passes a
+	// channel it sends on to step the loop.
+	After func(d time.Duration) <-chan time.Time
+	// StopSignals subscribes to the operator's stop requests (SIGTERM, SIGINT)
+	// while the re-exec path waits; stop unsubscribes.
+	StopSignals func() (sigs <-chan os.Signal, stop func())
+	// Exit ends the process (os.Exit), for a stop request while a halted block waits.
+	Exit func(code int)
 
 	// Lock is the home lock the edge holds for the whole process lifetime (taken
 	// before Boot). Every exec hands it to the new image (Lock.InheritEnv), so the
@@ -54,6 +64,13 @@ func DefaultOS() OS {
 		Getwd:      os.Getwd,
 		Getpid:     os.Getpid,
 		Stop:       func() error { return syscall.Kill(os.Getpid(), syscall.SIGTERM) },
+		After:      time.After,
+		StopSignals: func() (<-chan os.Signal, func()) {
+			c := make(chan os.Signal, 1)
+			signal.Notify(c, syscall.SIGTERM, os.Interrupt)
+			return c, func() { signal.Stop(c) }
+		},
+		Exit: os.Exit,
 	}
 }
 
@@ -79,6 +96,15 @@ func (o OS) withDefaults() OS {
 	}
 	if o.Stop == nil {
 		o.Stop = d.Stop
+	}
+	if o.After == nil {
+		o.After = d.After
+	}
+	if o.StopSignals == nil {
+		o.StopSignals = d.StopSignals
+	}
+	if o.Exit == nil {
+		o.Exit = d.Exit
 	}
 	return o
 }

@@ -132,7 +132,7 @@ func (r *Relauncher) startPreUpgrade(v *home.Verified, link, target string) (*pr
 		return nil, &PreUpgradeError{Path: bin, ExitCode: -1, Attempts: 1, Err: err}
 	}
 	return &preUpgradeChild{proc: cmd.Process, marker: preUpgradeMarker{
-		Protocol: string(capabilityToken()), Pid: cmd.Process.Pid, Output: f.Name(), Path: bin,
+		Protocol: markerProtocol, Pid: cmd.Process.Pid, Output: f.Name(), Path: bin,
 		Attempt: 1, MaxRetries: r.cfg.PreUpgradeMaxRetries, Timeout: r.cfg.PreUpgradeTimeout,
 		Started: start.UnixNano(), Args: r.preUpgradeArgs(), Link: link, Target: target,
 	}}, nil

@@ -185,6 +185,10 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 	if err := r.os.AwaitedPreUpgrade.Report(r.log); err != nil {
 		return err
 	}
+	if h := r.reexecedFor(); h != "" {
+		r.log.Info("invisor: re-executed at the upgrade halt (CometBFT was catching up, or its state was unknown); switching from this boot, before any store is opened",
+			"halt", h, "pid", r.os.Getpid())
+	}
 	p, ok, err := r.layout.ReadUpgradeInfo()
 	if err != nil {
 		return fmt.Errorf("relauncher: %w; fix or remove the file only if you know the chain is not at an upgrade height", err)
@@ -466,7 +470,7 @@ func (r *Relauncher) inherit(v *home.Verified, env []string) ([]string, func(), 
 			u()
 		}
 	}
-	if isScript(v) && v.ExecPath() != v.Path {
+	if v != nil && isScript(v) && v.ExecPath() != v.Path {
 		fd := int(v.File().Fd())
 		if err := home.ClearCloseOnExec(fd); err != nil {
 			return nil, undo, fmt.Errorf("relauncher: keep %s open for its interpreter: %w", v.Path, err)
@@ -512,7 +516,7 @@ func (r *Relauncher) execEnv(self, target string, redirect bool) ([]string, erro
 		case EnvRedirectTarget:
 			prevTarget = v
 			continue
-		case EnvExecedFrom, EnvExecPreUpgrade, home.EnvLock:
+		case EnvExecedFrom, EnvExecPreUpgrade, EnvReexecHalt, home.EnvLock:
 			continue
 		}
 		out = append(out, kv)

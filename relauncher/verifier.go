@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/probe"
 )
 
 // Binary is the proof that a file may run for one plan, held open, plus what the
@@ -13,8 +14,9 @@ type Binary struct {
 	// runs this very descriptor (Verified.ExecPath) after a last Recheck, and closes
 	// it when it does not exec.
 	Verified *home.Verified
-	// AwaitsPreUpgrade says the file links AwaitPreUpgrade (see
-	// ScanAwaitsPreUpgrade), so Switch may start its pre-upgrade and exec it
+	// AwaitsPreUpgrade says the binary, asked at staging time, answered that it
+	// waits for its own pre-upgrade (probe.ProtocolAwaitPreUpgrade in the
+	// record's probe answer), so Switch may start its pre-upgrade and exec it
 	// without waiting. False means the sequential switch.
 	AwaitsPreUpgrade bool
 }
@@ -38,14 +40,16 @@ func (f VerifierFunc) Verify(ctx context.Context, p home.Plan) (Binary, error) {
 
 // LayoutVerifier is the default Verifier: the completion record beside the
 // binary, checked by home.Layout.Open (stamp unchanged, or re-hashed through the
-// descriptor). It never claims AwaitsPreUpgrade.
+// descriptor). It claims AwaitsPreUpgrade exactly when the record's probe
+// answer, given by that very file when staging asked it, lists the protocol; a
+// binary that did not answer gets the sequential order.
 func LayoutVerifier(l home.Layout) Verifier {
 	return VerifierFunc(func(ctx context.Context, p home.Plan) (Binary, error) {
 		v, err := l.Open(ctx, p)
 		if err != nil {
 			return Binary{}, err
 		}
-		return Binary{Verified: v}, nil
+		return Binary{Verified: v, AwaitsPreUpgrade: v.Record.Probe.Speaks(probe.ProtocolAwaitPreUpgrade)}, nil
 	})
 }
 

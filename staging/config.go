@@ -23,6 +23,7 @@ const (
 	DefaultMaxArchiveEntries     = 10_000
 	DefaultMaxInfoBytes          = 1 << 20 // 1 MiB
 	DefaultPreflightTimeout      = 30 * time.Second
+	DefaultProbeTimeout          = 30 * time.Second
 	DefaultRetryMin              = 5 * time.Second
 	DefaultRetryMax              = 5 * time.Minute
 	DefaultPollInterval          = 1 * time.Second
@@ -71,7 +72,7 @@ type Config struct {
 	// MinThroughput is the minimum average body rate in bytes/s over IdleTimeout.
 	// Zero only detects a completely idle connection.
 	MinThroughput int64
-	// Deadline bounds one whole attempt (info, download, unpack, preflight).
+	// Deadline bounds one whole attempt (info, download, unpack, preflight, probe).
 	Deadline time.Duration
 
 	// MaxBinaryBytes caps the installed binary and a plain (non-archive) download.
@@ -87,6 +88,11 @@ type Config struct {
 	PreflightArgs []string
 	// PreflightTimeout bounds the preflight run; the process group is killed after it.
 	PreflightTimeout time.Duration
+	// ProbeTimeout bounds the probe run after the preflight (the binary asked, in
+	// the same sandbox, which upgrade handlers and protocols it has; see
+	// internal/probe); the process group is killed after it. A binary that runs out
+	// of it gave no answer: it is accepted as one that does not answer, not refused.
+	ProbeTimeout time.Duration
 
 	// RetryMin and RetryMax bound the exponential backoff (with jitter) between attempts.
 	RetryMin, RetryMax time.Duration
@@ -126,6 +132,7 @@ func DefaultConfig() Config {
 		MaxInfoBytes:          DefaultMaxInfoBytes,
 		PreflightArgs:         append([]string(nil), defaultPreflightArgs...),
 		PreflightTimeout:      DefaultPreflightTimeout,
+		ProbeTimeout:          DefaultProbeTimeout,
 		RetryMin:              DefaultRetryMin,
 		RetryMax:              DefaultRetryMax,
 		PollInterval:          DefaultPollInterval,
@@ -161,6 +168,7 @@ func (c Config) Validate() error {
 		{"IdleTimeout", c.IdleTimeout},
 		{"Deadline", c.Deadline},
 		{"PreflightTimeout", c.PreflightTimeout},
+		{"ProbeTimeout", c.ProbeTimeout},
 		{"RetryMin", c.RetryMin},
 		{"RetryMax", c.RetryMax},
 		{"PollInterval", c.PollInterval},

@@ -29,7 +29,7 @@
 //   - A binary is trusted only through its completion record (home.Record, written
 //     with home.Layout.WriteRecord): plan name, height, sha256 of the plan info, the
 //     source (home.Source*), URL (redacted), checksum, sha256, size, the preflight's
-//     first line, and the stamp of the binary in its final place, whose content was
+//     first line, the binary's probe answer (when it gave one), and the stamp of the binary in its final place, whose content was
 //     hashed no earlier than that stamp proves (see "Why a recorded stamp proves the
 //     bytes").
 //   - Downloads are pinned by ?checksum= (sha256 or sha512) unless RequireChecksum is
@@ -63,6 +63,20 @@
 //     scratch directory of the attempt's temp dir, removed afterwards. A candidate
 //     writes nothing outside it, and an unwritable $HOME (systemd ProtectHome=,
 //     DynamicUser=) does not fail it. It is installed 0755.
+//   - After the preflight the binary is asked what it can do (internal/probe), once,
+//     in the same sandbox: no arguments, probe.RequestEnv for the plan,
+//     ProbeTimeout, output capped at probe.MaxAnswer. The answer goes into the
+//     record (home.Record.Probe), so the switch at the height asks nothing. A
+//     binary that does not answer (non-zero exit, timeout, no answer line, a
+//     garbled one: logged) is accepted as before, its record without Probe.
+//   - A binary that answers it has no upgrade handler for the plan would halt the
+//     chain again at the height, so it is refused days before it, whatever its
+//     source and even with TrustPlacedBinaries: a *MissingHandlerError
+//     (ErrMissingHandler) naming the plan, sha256 and height; no record, a
+//     download is not installed, an operator's file is left as it is. A Stager
+//     reports it once as StateRefused and does not download it again; it tries
+//     again when the plan changes, when a file is placed, replaced or removed at
+//     the install path (`invisor stage`), or after a restart.
 //   - Install is fsync (files, dirs) -> rename into upgrades/<dir> -> fsync parent ->
 //     stamp proof -> crash-safe record write. When upgrades/<dir> does not exist the
 //     whole unpacked tree (bin/, lib/, ...) is renamed in one step; otherwise only
@@ -155,7 +169,7 @@
 //
 // It takes no lock (the edge holds the home lock) and keeps no second proof: it
 // never decides at exec time whether a file may run (home.Layout.Open does). It does
-// not exec anything except the preflight, does not touch the `current` link,
+// not exec anything except the preflight and the probe, does not touch the `current` link,
 // data/upgrade-info.json or the genesis binary, does not decide when to upgrade (skip
 // heights, halt detection) and does not back up data: those belong to the hook and
 // the relauncher. It never deletes an operator's file: a replaced plan's is moved

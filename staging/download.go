@@ -95,6 +95,9 @@ type transfer struct {
 	// spaceDir, when set, is where w writes: a body of known length that does not fit
 	// in the free space there is refused before it is read.
 	spaceDir string
+	// hint is what an HTTP error status tells the operator to do; "" says to check
+	// the URL in the plan info, where Fetch's URLs come from.
+	hint string
 }
 
 type transferResult struct {
@@ -218,7 +221,11 @@ func (t *transfer) open(ctx context.Context) (io.ReadCloser, int64, error) {
 	}
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
-		return nil, 0, fmt.Errorf("%w: GET %s: HTTP %s; check the URL in the plan info", ErrDownload, redact(t.src.URL.String()), resp.Status)
+		hint := t.hint
+		if hint == "" {
+			hint = "check the URL in the plan info"
+		}
+		return nil, 0, fmt.Errorf("%w: GET %s: HTTP %s; %s", ErrDownload, redact(t.src.URL.String()), resp.Status, hint)
 	}
 	return resp.Body, resp.ContentLength, nil
 }

@@ -45,6 +45,10 @@ var (
 	// download (checked before the body is read when its length is known), or a write
 	// failed with ENOSPC.
 	ErrNoSpace = errors.New("not enough disk space")
+	// ErrMissingHandler: the binary answered the probe (internal/probe) that it has
+	// no upgrade handler for the plan it is staged for, so it would halt the chain
+	// again at the height; it is refused (a *MissingHandlerError).
+	ErrMissingHandler = errors.New("no upgrade handler for the plan")
 )
 
 // ChecksumError describes a checksum mismatch. It matches ErrChecksumMismatch.
@@ -155,3 +159,31 @@ func (e *PlacedMismatchError) Error() string {
 func (e *PlacedMismatchError) Is(target error) bool {
 	return target == ErrChecksumMismatch || target == ErrNotTrusted
 }
+
+// MissingHandlerError reports a binary that answered the probe saying it has no
+// upgrade handler for the plan it is staged for: run at the height, it would halt
+// the chain again. It is refused days before the height instead; nothing is
+// recorded, a download is not installed, an operator's file is left as it is. It
+// matches ErrMissingHandler.
+type MissingHandlerError struct {
+	Plan   string
+	Height int64
+	// Path is the install path. With Placed the refused binary is the operator's
+	// file there, left as it is; otherwise it was downloaded and not installed.
+	Path           string
+	Placed         bool
+	SHA256         string
+	InvisorVersion string // the invisor release the binary links, as it answered
+}
+
+func (e *MissingHandlerError) Error() string {
+	where := fmt.Sprintf("it was downloaded and not installed at %s", e.Path)
+	if e.Placed {
+		where = fmt.Sprintf("the file at %s is not trusted and was left as it is: remove it", e.Path)
+	}
+	return fmt.Sprintf("the binary for upgrade %q (sha256 %s, invisor %s) has no upgrade handler named %q, so it would halt again at height %d; %s, and stage the release built for this upgrade (`invisor stage %s --url <its URL>` or `--file <its file>`)",
+		e.Plan, e.SHA256, e.InvisorVersion, e.Plan, e.Height, where, e.Plan)
+}
+
+// Is makes errors.Is(err, ErrMissingHandler) true.
+func (e *MissingHandlerError) Is(target error) bool { return target == ErrMissingHandler }

@@ -105,11 +105,21 @@ func openTarStream(codec, file string, tooLarge *SizeError) (io.Reader, func(), 
 	if err != nil {
 		return nil, nil, err
 	}
-	in := bufio.NewReaderSize(f, 1<<20)
-	var r io.Reader
-	closeAll := func() { f.Close() }
-	bad := func(err error) (io.Reader, func(), error) {
+	r, closeR, err := tarStream(codec, f, tooLarge)
+	if err != nil {
 		f.Close()
+		return nil, nil, err
+	}
+	return r, func() { closeR(); f.Close() }, nil
+}
+
+// tarStream is openTarStream on a stream: src decompressed with codec and capped
+// the same way. Closing it releases the decoder, not src.
+func tarStream(codec string, src io.Reader, tooLarge *SizeError) (io.Reader, func(), error) {
+	in := bufio.NewReaderSize(src, 1<<20)
+	var r io.Reader
+	closeAll := func() {}
+	bad := func(err error) (io.Reader, func(), error) {
 		return nil, nil, fmt.Errorf("%w: %s stream: %w; the file is corrupt or not %s", ErrUnsafeArchive, codec, err, codec)
 	}
 	switch codec {
@@ -136,9 +146,8 @@ func openTarStream(codec, file string, tooLarge *SizeError) (io.Reader, func(), 
 			return bad(err)
 		}
 		r = zr
-		closeAll = func() { zr.Close(); f.Close() }
+		closeAll = zr.Close
 	default:
-		f.Close()
 		return nil, nil, fmt.Errorf("%w: no decompressor for %q", ErrBadInfo, codec)
 	}
 	return &capReader{r: r, limit: tooLarge.Limit, tooLarge: tooLarge}, closeAll, nil
@@ -335,6 +344,16 @@ func extractTar(x *extractor, r io.Reader, root string) error {
 	}
 	defer rt.Close()
 	x.root = rt
+	return walkTar(x, r, x.dir, func(rel string, hdr *tar.Header, r io.Reader) error {
+		return x.file(rel, hdr.Name, hdr.FileInfo().Mode(), r)
+	})
+}
+
+// walkTar reads the tar stream r under x's checks (entry names and count; links,
+// devices, fifos and sparse files refused) and hands each directory to dir and
+// each regular file, with its header and contents, to file. The same walk serves
+// extractTar and WalkTar, so both refuse exactly the same archives.
+func walkTar(x *extractor, r io.Reader, dir func(rel string) error, file func(rel string, hdr *tar.Header, r io.Reader) error) error {
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -356,9 +375,9 @@ func extractTar(x *extractor, r io.Reader, root string) error {
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			err = x.dir(rel)
+			err = dir(rel)
 		case tar.TypeReg, tar.TypeRegA:
-			err = x.file(rel, hdr.Name, hdr.FileInfo().Mode(), tr)
+			err = file(rel, hdr, tr)
 		case tar.TypeSymlink:
 			err = linkErr(hdr.Name, "symlink", hdr.Linkname)
 		case tar.TypeLink:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/probe"
 )
 
 // Logger is satisfied by cosmossdk.io/log Logger.
@@ -94,6 +95,8 @@ type job struct {
 	dir  string // l.UpgradeDir(p.Name)
 	bin  string // l.UpgradeBin(p.Name)
 	tmp  string // the attempt's temp dir, made by temp
+	// answer is the probe answer of the binary preflight ran (nil: none), for its record.
+	answer *probe.Answer
 }
 
 // temp returns the attempt's private temp directory under <home>/cosmovisor (same
@@ -345,7 +348,7 @@ func (j *job) download(ctx context.Context) (Install, error) {
 	rec := home.Record{
 		Plan: j.p.Name, Height: j.p.Height, InfoHash: j.p.InfoHash(), Source: home.SourceDownload,
 		URL: redact(src.URL.String()), Checksum: checksumString(src.Checksum),
-		SHA256: d.SHA256, Size: d.Size, Preflight: version,
+		SHA256: d.SHA256, Size: d.Size, Preflight: version, Probe: j.answer,
 	}
 	return j.install(ctx, root, d, pre, rec)
 }
@@ -462,7 +465,7 @@ func (j *job) preflightStaged(ctx context.Context, staged string, d digest) (hom
 	if pre.Size != d.Size {
 		return home.Stamp{}, "", fmt.Errorf("%w: %s is %d bytes, %d were written", ErrNotTrusted, staged, pre.Size, d.Size)
 	}
-	version, err := j.preflight(ctx, staged)
+	version, err := j.preflight(ctx, staged, d.SHA256)
 	if err != nil {
 		return home.Stamp{}, "", err
 	}

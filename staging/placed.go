@@ -202,14 +202,14 @@ func (j *job) adoptPlaced(ctx context.Context) (Install, error) {
 		stamp = h.Stamp
 	}
 	f.Close()
-	version, err := j.preflight(ctx, j.bin)
+	version, err := j.preflight(ctx, j.bin, d.SHA256)
 	if err != nil {
 		return Install{}, fmt.Errorf("placed binary %s: %w", j.bin, err)
 	}
 	if stamp, err = proveUnchanged(ctx, j.bin, stamp, digest{SHA256: d.SHA256, Size: d.Size}); err != nil {
 		return Install{}, err
 	}
-	rec.Stamp, rec.Preflight = stamp, version
+	rec.Stamp, rec.Preflight, rec.Probe = stamp, version, j.answer
 
 	switch rec.Source {
 	case home.SourceOverride:

@@ -30,6 +30,13 @@ const (
 	// home.DirName); nothing is retried for this plan, Status.Err says what the
 	// operator can do.
 	StateUnmappable State = "unmappable"
+	// StateRefused: the binary answered the probe that it has no upgrade handler
+	// for the plan (ErrMissingHandler), so it would halt the chain again at the
+	// height; nothing is recorded and Status.Err says what to stage instead. The
+	// same bytes would be refused again, so nothing is retried until the plan
+	// changes or a file is placed, replaced or removed at the install path (an
+	// operator re-staging with `invisor stage`); a restart tries once more.
+	StateRefused State = "refused"
 )
 
 // Status is a snapshot of a Stager.
@@ -58,6 +65,8 @@ type Stager struct {
 	wake    chan struct{}        // capacity 1: "the slot changed"
 	running atomic.Bool
 	hurry   atomic.Bool // Hurry was called for the plan in the slot: no pacing of writes
+	// height is the last block height the node observed (ObserveHeight); 0 before the first.
+	height atomic.Int64
 
 	mu      sync.Mutex
 	st      Status
@@ -345,6 +354,20 @@ func (s *Stager) Run(ctx context.Context) error {
 			})
 			continue
 		}
+		if errors.Is(err, ErrMissingHandler) {
+			// Retrying would fetch the same bytes and get the same answer: report it
+			// once, loudly, and wait for the plan or the install path to change.
+			s.log.Error("staging: REFUSED the binary for the upgrade: it has no upgrade handler for the plan and would halt the chain again at the height",
+				"plan", cur.Name, "height", cur.Height, "attempt", attempt, "err", err)
+			s.update(func(st *Status) {
+				st.State, st.Err, st.Install, st.Attempt, st.NextRetry = StateRefused, err.Error(), nil, attempt, time.Time{}
+			})
+			if !s.sleep(ctx, cur, 0) {
+				s.update(func(st *Status) { st.State = StateCancelled })
+				return nil
+			}
+			continue
+		}
 		if err == nil {
 			ready = true
 			s.log.Info("staging: ready", "plan", cur.Name, "path", inst.Path, "sha256", inst.SHA256, "version", inst.Record.Preflight)
@@ -423,28 +446,33 @@ func (s *Stager) backoff(attempt int, err error) time.Duration {
 	return d
 }
 
-// sleep waits for delay, returning early (true) when the plan changes or the file
-// at the install path changes (the operator placed, replaced or removed it), and
-// false when ctx is done. A file that stays as it is waits for the backoff.
+// sleep waits for delay (without end when delay is 0), returning early (true)
+// when the plan changes or the file at the install path changes (the operator
+// placed, replaced or removed it), and false when ctx is done. A file that stays
+// as it is waits for the backoff.
 func (s *Stager) sleep(ctx context.Context, p *Plan, delay time.Duration) bool {
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
+	var expired <-chan time.Time // nil: never
+	if delay > 0 {
+		timer := time.NewTimer(delay)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	poll := time.NewTicker(s.cfg.PollInterval)
 	defer poll.Stop()
 	bin, _ := s.l.UpgradeBin(p.Name) // "" for an unmappable name, which never sleeps here
-	seen := probe(bin)
+	seen := placementAt(bin)
 	for {
 		select {
 		case <-ctx.Done():
 			return false
-		case <-timer.C:
+		case <-expired:
 			return true
 		case <-s.wake:
 			if !samePlan(s.slot.Load(), p) {
 				return true // Run's loop reads the new plan from the slot
 			}
 		case <-poll.C:
-			if probe(bin) != seen {
+			if placementAt(bin) != seen {
 				return true
 			}
 		}
@@ -459,7 +487,8 @@ type placement struct {
 	mtime  int64
 }
 
-func probe(path string) placement {
+// placementAt is what is at path now.
+func placementAt(path string) placement {
 	fi, err := os.Lstat(path)
 	if err != nil {
 		return placement{}

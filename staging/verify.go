@@ -107,47 +107,98 @@ func sniff(b []byte) string {
 	return "not an executable"
 }
 
-// preflight runs the candidate binary at bin with the configured arguments in a
-// scratch directory of the attempt's temp dir (see runPreflight).
-func (j *job) preflight(ctx context.Context, bin string) (string, error) {
+// preflight runs the candidate binary at bin with the configured arguments, then
+// asks it for its probe answer about the plan (ask, kept in j.answer for the
+// record), each in a fresh scratch directory of the attempt's temp dir (see
+// runSandboxed). sha256 is the binary's, for the error that refuses it.
+func (j *job) preflight(ctx context.Context, bin, sha256 string) (string, error) {
 	parent, err := j.temp()
 	if err != nil {
 		return "", err
 	}
-	return preflight(ctx, bin, j.cfg.PreflightArgs, j.cfg.PreflightTimeout, parent)
+	version, err := preflight(ctx, bin, j.cfg.PreflightArgs, j.cfg.PreflightTimeout, parent)
+	if err != nil {
+		return "", err
+	}
+	ans, err := j.ask(ctx, bin, sha256, parent)
+	if err != nil {
+		return "", err
+	}
+	j.answer = ans
+	return version, nil
 }
 
-// preflight runs `<bin> <args...> --home <scratch>` with a timeout, in its own
-// process group (killed as a group on timeout), stdin from /dev/null, output
-// capped, with a fresh scratch directory under parent as its working directory,
-// HOME, XDG and TMPDIR directories and node home, removed afterwards: a candidate
+// preflight runs `<bin> <args...> --home <scratch>` in the sandbox (runSandboxed)
+// with a timeout. It must exit 0; the first line of its output is returned.
+func preflight(ctx context.Context, bin string, args []string, timeout time.Duration, parent string) (string, error) {
+	res, err := runSandboxed(ctx, bin, sandboxRun{args: args, home: true, timeout: timeout, field: "PreflightTimeout", max: 16 << 10}, parent)
+	if err != nil {
+		return "", err
+	}
+	text := strings.TrimSpace(string(res.output))
+	if res.err != nil {
+		if len(text) > 512 {
+			text = text[:512] + "..."
+		}
+		return "", &PreflightError{Path: bin, Args: res.argv, Err: res.err, Output: text}
+	}
+	line, _, _ := strings.Cut(text, "\n")
+	if len(line) > 256 {
+		line = line[:256]
+	}
+	return line, nil
+}
+
+// sandboxRun is one bounded run of a candidate binary: the preflight, or the probe.
+type sandboxRun struct {
+	args    []string
+	home    bool     // append `--home <scratch>` to args
+	env     []string // entries added to the sandbox's environment
+	timeout time.Duration
+	field   string // the Config field of timeout, for the error
+	max     int    // bytes of output kept; the rest is discarded
+}
+
+// sandboxResult is what a run did: argv as run, its output (stdout and stderr,
+// capped) and err, set when it did not exit 0 (status, signal, timeout naming the
+// Config field).
+type sandboxResult struct {
+	argv   []string
+	output []byte
+	err    error
+}
+
+// runSandboxed runs bin as r says, in its own process group (killed as a group on
+// timeout), stdin from /dev/null, output capped, with a fresh scratch directory
+// under parent as its working directory, HOME, XDG and TMPDIR directories and node
+// home (DAEMON_HOME, and --home with r.home), removed afterwards: a candidate
 // binary writes nothing outside it (an SDK binary writes a default config under
 // its home even for `version`) and needs no writable $HOME (systemd ProtectHome=,
-// DynamicUser=). It must exit 0; the first line of its output is returned.
-func preflight(ctx context.Context, bin string, args []string, timeout time.Duration, parent string) (string, error) {
-	scratch, err := os.MkdirTemp(parent, "preflight-")
+// DynamicUser=). The error return is the sandbox's own (the scratch directory); a
+// run that fails is sandboxResult.err.
+func runSandboxed(ctx context.Context, bin string, r sandboxRun, parent string) (sandboxResult, error) {
+	scratch, err := os.MkdirTemp(parent, "sandbox-")
 	if err != nil {
-		return "", fmt.Errorf("preflight scratch directory under %s: %w", parent, err)
+		return sandboxResult{}, fmt.Errorf("sandbox scratch directory under %s: %w", parent, err)
 	}
 	defer os.RemoveAll(scratch)
 	if err := os.Mkdir(filepath.Join(scratch, "tmp"), 0o700); err != nil {
-		return "", err
+		return sandboxResult{}, err
 	}
-	var lastErr error
+	var res sandboxResult
 	for attempt := 0; attempt < 5; attempt++ {
-		out, err := runPreflight(ctx, bin, args, timeout, scratch)
+		res = runOnce(ctx, bin, r, scratch)
 		// ETXTBSY: another goroutine of this process forked while the file was still open
 		// for writing (a known Go race); it clears as soon as that child execs.
-		if err == nil || !errors.Is(err, syscall.ETXTBSY) {
-			return out, err
+		if res.err == nil || !errors.Is(res.err, syscall.ETXTBSY) {
+			break
 		}
-		lastErr = err
 		time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
 	}
-	return "", lastErr
+	return res, nil
 }
 
-// sandboxEnv is the environment of a preflight run: this process's, with every
+// sandboxEnv is the environment of a sandboxed run: this process's, with every
 // home-like directory pointing into scratch and without the home lock hand-over.
 func sandboxEnv(scratch string) []string {
 	set := map[string]string{
@@ -173,15 +224,18 @@ func sandboxEnv(scratch string) []string {
 	return env
 }
 
-func runPreflight(ctx context.Context, bin string, args []string, timeout time.Duration, scratch string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+func runOnce(ctx context.Context, bin string, r sandboxRun, scratch string) sandboxResult {
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	argv := append(append([]string(nil), args...), "--home", scratch)
+	argv := append([]string(nil), r.args...)
+	if r.home {
+		argv = append(argv, "--home", scratch)
+	}
 	cmd := exec.CommandContext(ctx, bin, argv...)
 	cmd.Stdin = nil
 	cmd.Dir = scratch
-	cmd.Env = sandboxEnv(scratch)
-	out := &capBuffer{max: 16 << 10}
+	cmd.Env = append(sandboxEnv(scratch), r.env...)
+	out := &capBuffer{max: r.max}
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -193,21 +247,10 @@ func runPreflight(ctx context.Context, bin string, args []string, timeout time.D
 	}
 	cmd.WaitDelay = 2 * time.Second
 	err := cmd.Run()
-	text := strings.TrimSpace(out.String())
-	if err != nil {
-		if ctx.Err() == context.DeadlineExceeded && (context.Cause(ctx) == context.DeadlineExceeded) {
-			err = fmt.Errorf("timed out after %v (Config.PreflightTimeout): %w", timeout, err)
-		}
-		if len(text) > 512 {
-			text = text[:512] + "..."
-		}
-		return "", &PreflightError{Path: bin, Args: argv, Err: err, Output: text}
+	if err != nil && ctx.Err() == context.DeadlineExceeded && context.Cause(ctx) == context.DeadlineExceeded {
+		err = fmt.Errorf("timed out after %v (Config.%s): %w", r.timeout, r.field, err)
 	}
-	line, _, _ := strings.Cut(text, "\n")
-	if len(line) > 256 {
-		line = line[:256]
-	}
-	return line, nil
+	return sandboxResult{argv: argv, output: out.buf.Bytes(), err: err}
 }
 
 // capBuffer keeps the first max bytes written and discards the rest.

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 
 	abci "github.com/cometbft/cometbft/abci/types"
 	dbm "github.com/cosmos/cosmos-db"
@@ -113,6 +114,13 @@ type App struct {
 	configurator       module.Configurator
 }
 
+// EnvOptimisticExecution turns optimistic execution off ("false"); it is on by
+// default, as in the SDK's simapp, which most chains are modelled on.
+const EnvOptimisticExecution = "EXAMPLED_OPTIMISTIC_EXECUTION"
+
+// OptimisticExecution reports whether the app executes blocks optimistically.
+func OptimisticExecution() bool { return os.Getenv(EnvOptimisticExecution) != "false" }
+
 // New returns the exampled application.
 func New(logger log.Logger, db dbm.DB, loadLatest bool, appOpts servertypes.AppOptions, baseAppOptions ...func(*baseapp.BaseApp)) *App {
 	interfaceRegistry, err := types.NewInterfaceRegistryWithOptions(types.InterfaceRegistryOptions{
@@ -131,6 +139,11 @@ func New(logger log.Logger, db dbm.DB, loadLatest bool, appOpts servertypes.AppO
 	std.RegisterLegacyAminoCodec(legacyAmino)
 	std.RegisterInterfaces(interfaceRegistry)
 
+	if OptimisticExecution() {
+		// As in the SDK's simapp: the block is executed while it is voted on, on
+		// a goroutine of its own, so x/upgrade's halt reaches the hook there.
+		baseAppOptions = append(baseAppOptions, baseapp.SetOptimisticExecution())
+	}
 	bApp := baseapp.NewBaseApp(Name, logger, db, txConfig.TxDecoder(), baseAppOptions...)
 	bApp.SetVersion(version.Version)
 	bApp.SetInterfaceRegistry(interfaceRegistry)

@@ -476,7 +476,7 @@ func TestBlockSyncWaitEndsOnSIGTERM(t *testing.T) {
 	if err := syncer.Start(); err != nil {
 		t.Fatal(err)
 	}
-	const waiting = "invisor: waiting for the upgrade binary before switching"
+	const waiting = "invisor: chain halted for upgrade; binary not ready"
 	for !strings.Contains(syncer.LogTail(1<<20), waiting) {
 		if exited, _ := syncer.Exited(); exited || c.ctx.Err() != nil {
 			t.Fatalf("the syncer never waited in block sync for the missing binary (exited %v)", exited)
@@ -490,7 +490,8 @@ func TestBlockSyncWaitEndsOnSIGTERM(t *testing.T) {
 	}
 	took := time.Since(start)
 	log := syncer.LogTail(1 << 20)
-	if !strings.Contains(log, "stop requested while block sync waits for the upgrade binary") {
+	assertHaltPath(t, "syncer", log, "re-exec", "catching-up", 1)
+	if !strings.Contains(log, "stop requested while the halted block waits for the upgrade binary") {
 		t.Fatalf("the syncer (pid %d) stopped after %s without saying why", pid, took)
 	}
 	t.Logf("syncer stopped %s after SIGTERM", took.Round(time.Millisecond))

@@ -47,7 +47,8 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}
+	report, reportEnv := storesReport(t)
+	node.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", reportEnv}
 	t.Cleanup(func() {
 		if err := node.Stop(15 * time.Second); err != nil {
 			t.Error(err)
@@ -142,6 +143,11 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 		}
 	}
 
+	// In consensus, with optimistic execution on (the block executed on a
+	// goroutine of its own): the clean stop, and pre-upgrade with every store closed.
+	assertHaltPath(t, "validator", node.LogTail(64<<20), "clean-stop", "in-consensus", 2)
+	assertStoresClosed(t, "validator", report, 2)
+
 	// The late joiner: v1 only, downloads allowed, block sync from genesis.
 	head, err := node.AppInfo(ctx)
 	if err != nil {
@@ -151,7 +157,8 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	late.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true"}
+	lateReport, lateReportEnv := storesReport(t)
+	late.Env = []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true", lateReportEnv}
 	if err := late.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -173,4 +180,12 @@ func TestUpgradeTwiceInPlace(t *testing.T) {
 	if late.Pid() != latePID || got.Version != "v3.0.0" || exe != filepath.Join(late.Home, "cosmovisor", "upgrades", "v3", "bin", "exampled") {
 		t.Errorf("late joiner: PID %d (started as %d), version %s, exe %s; want the same PID running the staged v3", late.Pid(), latePID, got.Version, exe)
 	}
+	// Block sync applied both halting blocks: each time the re-exec, whose boot
+	// ran pre-upgrade with no store open.
+	lateLog := late.LogTail(64 << 20)
+	assertHaltPath(t, "late joiner", lateLog, "re-exec", "catching-up", 2)
+	if n := strings.Count(lateLog, "re-executed at the upgrade halt"); n != 2 {
+		t.Errorf("late joiner: %d boots after a re-exec at a halt, want 2", n)
+	}
+	assertStoresClosed(t, "late joiner", lateReport, 2)
 }

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/invisor/invisor/internal/probe"
 )
 
 // ErrNotTrusted is wrapped by every reason a file may not run for a plan.
@@ -101,8 +103,14 @@ type Record struct {
 	// earlier than this stamp can prove (see Stamp.Renamed).
 	Stamp Stamp `json:"stamp"`
 	// Preflight is the first line the bounded preflight run printed.
-	Preflight string    `json:"preflight,omitempty"`
-	Time      time.Time `json:"time"`
+	Preflight string `json:"preflight,omitempty"`
+	// Probe is what the binary answered, at staging time, when asked what it can do
+	// (internal/probe): its protocols, and whether it has the plan's upgrade
+	// handler. Nil when it gave no answer (it links no invisor, or a release older
+	// than the probe) and in records written before the probe; the switch then
+	// assumes only what every binary supports.
+	Probe *probe.Answer `json:"probe,omitempty"`
+	Time  time.Time     `json:"time"`
 }
 
 // For reports (wrapping ErrNotTrusted) why r is not the proof for plan p.

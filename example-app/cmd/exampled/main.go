@@ -10,8 +10,10 @@ import (
 )
 
 func main() {
-	// invisor wraps `start`: boot redirect, staging, and the switch at the upgrade halt.
-	err := invisor.Execute(newRootCmd(), invisor.Options{DaemonName: app.DaemonName, DefaultHome: app.DefaultNodeHome})
+	// invisor wraps `start` (boot redirect, staging, the switch at the upgrade
+	// halt), adds `exampled invisor` and writes app.toml's [invisor] section at
+	// init; with NewApp, a staged binary says which upgrade handlers it carries.
+	err := invisor.Execute(newRootCmd(), invisor.Options{DaemonName: app.DaemonName, DefaultHome: app.DefaultNodeHome, NewApp: newApp})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

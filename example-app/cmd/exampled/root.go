@@ -21,13 +21,13 @@ import (
 	"github.com/cosmos/cosmos-sdk/x/auth/types"
 	genutilcli "github.com/cosmos/cosmos-sdk/x/genutil/client/cli"
 
-	"github.com/invisor/invisor"
-	"github.com/invisor/invisor/cli"
 	"github.com/invisor/invisor/example-app/app"
 )
 
 // newRootCmd builds exampled's command tree: the SDK's standard commands plus
-// autocli's query and tx commands for every module.
+// autocli's query and tx commands for every module. It knows nothing of
+// invisor: main's invisor.Execute adds `start`'s wrapping, the `invisor`
+// command and app.toml's [invisor] section.
 func newRootCmd() *cobra.Command {
 	tempApp := app.New(log.NewNopLogger(), dbm.NewMemDB(), false, server.NewDefaultContext().Viper)
 
@@ -58,8 +58,9 @@ func newRootCmd() *cobra.Command {
 			if err := client.SetCmdClientContextHandler(clientCtx, cmd); err != nil {
 				return err
 			}
-			appTemplate, appConfig := invisor.InitAppConfig(serverconfig.DefaultConfig())
-			return server.InterceptConfigsPreRunHandler(cmd, appTemplate, appConfig, cmtcfg.DefaultConfig())
+			// The chain's own app.toml; invisor.Execute appends its [invisor] section
+			// when this creates the file.
+			return server.InterceptConfigsPreRunHandler(cmd, serverconfig.DefaultConfigTemplate, serverconfig.DefaultConfig(), cmtcfg.DefaultConfig())
 		},
 	}
 
@@ -72,7 +73,6 @@ func newRootCmd() *cobra.Command {
 		queryCommand(),
 		txCommand(),
 		preUpgradeCmd(),
-		cli.Command(invisor.Options{DaemonName: app.DaemonName, DefaultHome: app.DefaultNodeHome}),
 	)
 	server.AddCommands(rootCmd, app.DefaultNodeHome, newApp, exportApp, func(*cobra.Command) {})
 

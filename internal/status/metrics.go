@@ -1,0 +1,72 @@
+package status
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/invisor/invisor/staging"
+)
+
+// Metric names, on the node's Prometheus endpoint: CometBFT's
+// (config.toml [instrumentation] prometheus = true) and the API server's
+// /metrics?format=prometheus (app.toml [telemetry] enabled with
+// prometheus-retention-time > 0) both serve the default registry.
+const (
+	MetricPlanHeight      = "invisor_plan_height"
+	MetricBlocksToUpgrade = "invisor_blocks_to_upgrade"
+	MetricStagingState    = "invisor_staging_state"
+	MetricBytesDownloaded = "invisor_staging_bytes_downloaded"
+	MetricAttempts        = "invisor_staging_attempts"
+	MetricFailures        = "invisor_staging_failures"
+	MetricSecondsReady    = "invisor_seconds_since_ready"
+	MetricLastSwitch      = "invisor_last_switch_duration_seconds"
+	MetricNameUnmappable  = "invisor_plan_name_unmappable"
+	MetricUnconfirmed     = "invisor_binary_unconfirmed"
+)
+
+var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging.StateDownloading,
+	staging.StateVerifying, staging.StateReady, staging.StateFailed, staging.StateCancelled,
+	staging.StateUnmappable, staging.StateRefused}
+
+// gauges are invisor's Prometheus gauges. They are registered once per process
+// (a process runs one node; after the exec the new process registers its own).
+type gauges struct {
+	planHeight, blocksTo, bytes, attempts, failures, sinceReady, lastSwitch prometheus.Gauge
+	unmappable, unconfirmed                                                 prometheus.Gauge
+	state                                                                   *prometheus.GaugeVec
+}
+
+var (
+	gaugesOnce sync.Once
+	theGauges  *gauges
+)
+
+func registerGauges() *gauges {
+	gaugesOnce.Do(func() {
+		g := func(name, help string) prometheus.Gauge {
+			return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
+		}
+		theGauges = &gauges{
+			planHeight:  g(MetricPlanHeight, "Height of the upgrade plan in force (0: none)."),
+			blocksTo:    g(MetricBlocksToUpgrade, "Blocks until the plan height (-1: no plan or height unknown)."),
+			bytes:       g(MetricBytesDownloaded, "Bytes downloaded by the current staging attempt."),
+			attempts:    g(MetricAttempts, "Staging attempts made for the plan in force."),
+			failures:    g(MetricFailures, "Failed staging attempts for the plan in force."),
+			sinceReady:  g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
+			lastSwitch:  g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
+			unmappable:  g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
+			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
+			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
+				Help: "1 for the current staging state, 0 for the others."}, []string{"state"}),
+		}
+		for _, c := range []prometheus.Collector{theGauges.planHeight, theGauges.blocksTo, theGauges.bytes,
+			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state,
+			theGauges.unmappable, theGauges.unconfirmed} {
+			// A name clash with another collector leaves that gauge unexported;
+			// the node must not fail for a metric.
+			_ = prometheus.DefaultRegisterer.Register(c)
+		}
+	})
+	return theGauges
+}
