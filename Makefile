@@ -64,6 +64,10 @@ test-unit: $(BUILD)/staticcheck
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzPlanName -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzNameRuleAgrees -fuzztime 10s .
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s ./internal/probe/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzWalkTar -fuzztime 10s ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzReadBundle -fuzztime 10s ./cli/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseManifest -fuzztime 10s ./cli/
 
 test-e2e: build $(BUILD)/cosmovisor
 	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -race -count=1 -timeout 20m -v ./example-app/...

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"net/url"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -121,4 +120,3 @@ func historyRows(l home.Layout) ([]HistoryRow, error) {
 	return out, nil
 }
 
-func unescape(dir string) (string, error) { return url.PathUnescape(dir) }

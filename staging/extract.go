@@ -376,7 +376,7 @@ func walkTar(x *extractor, r io.Reader, dir func(rel string) error, file func(re
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			err = dir(rel)
-		case tar.TypeReg, tar.TypeRegA:
+		case tar.TypeReg: // tar.Reader reports the old TypeRegA as TypeReg
 			err = file(rel, hdr, tr)
 		case tar.TypeSymlink:
 			err = linkErr(hdr.Name, "symlink", hdr.Linkname)
