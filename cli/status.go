@@ -16,6 +16,7 @@ import (
 
 	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/probe"
 	"github.com/invisor/invisor/internal/status"
 	"github.com/invisor/invisor/staging"
 )
@@ -72,6 +73,9 @@ type BinaryView struct {
 	Height      int64     `json:"height,omitempty"`
 	Time        time.Time `json:"time,omitzero"`
 	Error       string    `json:"error,omitempty"`
+	// Probe is what the binary answered when staging asked it what it can do
+	// (nil: it did not answer, so it gets the sequential pre-upgrade).
+	Probe *probe.Answer `json:"probe,omitempty"`
 }
 
 // StatusReport is `invisor status -o json`.
@@ -287,7 +291,7 @@ func binaryView(ctx context.Context, l home.Layout, name string, plan *home.Plan
 	v.Close()
 	r := v.Record
 	b.Trusted, b.SHA256, b.Size, b.Checksum, b.Preflight = plan != nil, r.SHA256, r.Size, r.Checksum, r.Preflight
-	b.Origin, b.URL, b.Height, b.Time = string(r.Source), r.URL, r.Height, r.Time
+	b.Origin, b.URL, b.Height, b.Time, b.Probe = string(r.Source), r.URL, r.Height, r.Time, r.Probe
 	if plan == nil {
 		b.RecordedFor = fmt.Sprintf("%q at height %d (not the plan in force)", r.Plan, r.Height)
 	}
@@ -451,6 +455,7 @@ func printStatus(e *env, r StatusReport) {
 				fmt.Fprintf(w, ", verified against %s", b.Checksum)
 			}
 			fmt.Fprintf(w, "\n           preflight: %s\n", b.Preflight)
+			fmt.Fprintf(w, "           answered:  %s\n", probeText(b.Probe, b.Name))
 		} else {
 			fmt.Fprintf(w, "binary     %s: %s\n", b.Path, b.Error)
 		}
@@ -484,4 +489,18 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
+}
+
+// probeText says what a staged binary answered the probe, for plan name.
+func probeText(a *probe.Answer, name string) string {
+	if a == nil {
+		return "no probe answer (pre-upgrade runs before the exec)"
+	}
+	handler := "handler unknown"
+	if has, known := a.HasHandler(name); known && has {
+		handler = "has the upgrade handler"
+	} else if known {
+		handler = "NO upgrade handler"
+	}
+	return fmt.Sprintf("invisor %s, protocols %s, %s", a.InvisorVersion, strings.Join(a.Protocols, " "), handler)
 }
