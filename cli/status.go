@@ -245,6 +245,9 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		rep.Staging.State = string(staging.StateReady)
 	}
 
+	if rep.Staging.State == string(staging.StateRefused) {
+		problem("the staged binary was refused: %s", rep.Staging.Error)
+	}
 	rep.AtHalt = atHalt(e, rep, problem)
 	return rep
 }

@@ -23,9 +23,27 @@
 //	if relauncher.UnderCosmovisor() { /* stage only; cosmovisor swaps */ }
 //	r.Layout()             // first start on a home
 //	r.Boot()               // before any database is opened; fails after a failed awaited pre-upgrade
-//	... start the node; the hook calls r.OnHalt(name, height) at the upgrade halt ...
+//	... start the node; at the upgrade halt the hook calls
+//	    r.Halt(ctx, name, height, state, why) with what CometBFT says (NodeState) ...
 //	if name, ok := r.Armed(); ok { err := r.Switch(name); os.Exit(1) } // after the node stopped
 //	... once the new binary committed a block past the height: layout.ClearAttempts(plan) (the edge's job)
+//
+// # Halt paths
+//
+// The halt path comes from CometBFT's own state at the halt (NodeState, which the
+// edge learns from the node's /status; PathFor), never from call stacks:
+//   - In consensus (with or without optimistic execution) CometBFT recovers
+//     x/upgrade's error and idles: the clean stop. The waiter proves the binary,
+//     arms, calls OS.Stop; the edge calls Switch once `start` returned and every
+//     store is closed.
+//   - Catching up (block sync), before CometBFT started (the handshake replays the
+//     halting block, and the failed start leaves CometBFT's stores open) or when
+//     CometBFT cannot be asked: the re-exec (ReexecAtHalt). The halting call waits
+//     for the proof in the same wait loop, then execs this same image; its Boot,
+//     with no store open, does backup, pre-upgrade, the flip and the exec.
+//
+// Both paths log which one they took and why, and nothing is backed up or run on
+// open stores.
 //
 // # Guarantees
 //

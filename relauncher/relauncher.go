@@ -281,7 +281,7 @@ func (r *Relauncher) fetch(ctx context.Context, p home.Plan) (err error) {
 }
 
 // Switch is called after the node stopped cleanly at the halt for upgrade name
-// (or, outside consensus, right at the halt with no store written since). It
+// (the clean-stop path; the re-exec path switches in Boot instead). It
 // checks data/upgrade-info.json names the upgrade, takes the proof for the plan
 // that file holds (the halt waiter's, if the file is provably unchanged since,
 // else a new one from the Verifier, refusing on any error), backs up data (first
