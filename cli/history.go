@@ -119,4 +119,3 @@ func historyRows(l home.Layout) ([]HistoryRow, error) {
 	}
 	return out, nil
 }
-

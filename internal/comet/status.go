@@ -3,22 +3,16 @@ package comet
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io/fs"
-	"strings"
-	"syscall"
-
-	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
 )
 
 // ErrNoRPC: the node's rpc.laddr is empty, so CometBFT cannot be asked.
 var ErrNoRPC = errors.New("comet: rpc.laddr is empty: the node serves no RPC to ask")
 
-// ErrNotListening: nothing listens at the node's rpc.laddr. For the node's own
-// address, asked from inside the node process, that means CometBFT has not
-// started its services yet: it starts the RPC server in OnStart, after the
-// handshake with the app.
-var ErrNotListening = errors.New("comet: nothing listens at the node's RPC address (CometBFT has not started its services)")
+// ErrNotListening: nothing listens at the node's rpc.laddr: the node is not
+// running, or CometBFT has not started its services yet. For the node's own
+// address, asked from inside the node process, it is the latter: CometBFT
+// starts the RPC server in OnStart, after the handshake with the app.
+var ErrNotListening = errors.New("comet: nothing listens at the node's RPC address (the node is not running, or CometBFT has not started its services)")
 
 // Sync is what CometBFT's /status says about the node's progress.
 type Sync struct {
@@ -31,27 +25,17 @@ type Sync struct {
 }
 
 // Status asks the CometBFT of the node listening at laddr (config.toml
-// rpc.laddr) for its sync state, with CometBFT's own RPC client. An empty laddr
-// is ErrNoRPC; a refused connection (or a missing unix socket) is
-// ErrNotListening; any other failure is returned as it is.
+// rpc.laddr) for its sync state, through Client. An empty laddr is ErrNoRPC; a
+// refused connection (or a missing unix socket) is ErrNotListening; any other
+// failure is returned as it is.
 func Status(ctx context.Context, laddr string) (Sync, error) {
-	if strings.TrimSpace(laddr) == "" {
-		return Sync{}, ErrNoRPC
-	}
-	base, client, err := BaseURL(laddr)
+	c, err := NewClient(laddr)
 	if err != nil {
 		return Sync{}, err
 	}
-	c, err := rpchttp.NewWithClient(base, "/websocket", client)
-	if err != nil {
-		return Sync{}, fmt.Errorf("comet: client for %s: %w", laddr, err)
-	}
 	st, err := c.Status(ctx)
 	if err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, fs.ErrNotExist) {
-			return Sync{}, fmt.Errorf("%w: %s: %v", ErrNotListening, laddr, err)
-		}
-		return Sync{}, fmt.Errorf("comet: /status at %s: %w", laddr, err)
+		return Sync{}, err
 	}
 	return Sync{CatchingUp: st.SyncInfo.CatchingUp, LatestHeight: st.SyncInfo.LatestBlockHeight}, nil
 }
