@@ -41,14 +41,17 @@ func TestMain(m *testing.M) {
 		fmt.Println("v-test")
 		os.Exit(0)
 	}
-	if os.Getenv(envSilent) == "" {
-		if answered, err := answerProbe(os.Environ(), Options{DaemonName: "appd"}, os.Stdout); answered {
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
+	if os.Getenv(probe.Env) != "" { // staging's probe runs the staged copy with no arguments
+		if os.Getenv(envSilent) != "" {
+			// A binary without invisor: it prints its usage and exits, as a cobra root does.
+			fmt.Println("Usage:\n  appd [command]")
 			os.Exit(0)
 		}
+		if _, err := answerProbe(os.Environ(), Options{DaemonName: "appd"}, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
