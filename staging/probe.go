@@ -16,9 +16,18 @@ import (
 // an error; the reason is logged. An answer that says the binary has no upgrade
 // handler for the plan is: a *MissingHandlerError, because that binary would halt
 // the chain again at the plan's height. sha256 is the binary's, for that error.
+//
+// Only a plan with a height (one governance passed) is asked about: a check
+// without one (the genesis binary of a bundle, a binary staged ahead of its plan
+// without --height) names no upgrade the binary must carry; the node asks again
+// when the plan is in force.
 func (j *job) ask(ctx context.Context, bin, sha256, parent string) (*probe.Answer, error) {
+	var plans []string
+	if j.p.Height > 0 {
+		plans = []string{j.p.Name}
+	}
 	res, err := runSandboxed(ctx, bin, sandboxRun{
-		env: probe.RequestEnv([]string{j.p.Name}), timeout: j.cfg.ProbeTimeout, field: "ProbeTimeout", max: probe.MaxAnswer,
+		env: probe.RequestEnv(plans), timeout: j.cfg.ProbeTimeout, field: "ProbeTimeout", max: probe.MaxAnswer,
 	}, parent)
 	if err != nil {
 		return nil, err
@@ -41,7 +50,7 @@ func (j *job) ask(ctx context.Context, bin, sha256, parent string) (*probe.Answe
 			"plan", j.p.Name, "sha256", sha256, "err", err)
 		return nil, nil
 	}
-	if has, known := ans.HasHandler(j.p.Name); known && !has {
+	if has, known := ans.HasHandler(j.p.Name); known && !has && j.p.Height > 0 {
 		return nil, &MissingHandlerError{Plan: j.p.Name, Height: j.p.Height, Path: j.bin, Placed: bin == j.bin, SHA256: sha256, InvisorVersion: ans.InvisorVersion}
 	}
 	j.log.Info("staging: the binary answered the probe", "plan", j.p.Name, "invisor_version", ans.InvisorVersion, "protocols", ans.Protocols, "handlers", ans.Handlers)

@@ -368,3 +368,19 @@ func TestConfigValidateProbeTimeout(t *testing.T) {
 		t.Errorf("Validate: %v", err)
 	}
 }
+
+// A check without a plan height (the genesis binary of a bundle, a binary staged
+// ahead of its plan) names no upgrade the binary must carry: it is not refused.
+func TestProbeWithoutPlanHeightAsksNoHandler(t *testing.T) {
+	missing := probeBin(t, "missing")
+	cfg := probeConfig(t)
+	p := downloadPlan(t, "/exampled", missing)
+	p.Height = 0
+	inst, err := Fetch(context.Background(), cfg, p, &testLogger{t: t})
+	if err != nil {
+		t.Fatalf("a binary checked without a plan height was refused: %v", err)
+	}
+	if _, known := inst.Record.Probe.HasHandler("v2"); known {
+		t.Errorf("the probe reported a handler it was not asked about: %+v", inst.Record.Probe)
+	}
+}

@@ -249,21 +249,27 @@ func TestOperatorConfigStageStopped(t *testing.T) {
 	}
 	// After a halt (upgrade-info.json names the plan), stage checks the binary
 	// against the plan governance approved and records it for that plan, which
-	// is what the boot redirect trusts.
+	// is what the boot redirect trusts. exampled-v3 carries the v2 handler too
+	// (it answers the probe so), so only the plan's checksum refuses it.
 	v2sum, _ := localnet.SHA256File(v2)
-	halted := invhome.Plan{Name: "v9", Height: 77, Info: localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/v9", v2sum)}
+	// The v2 placed ahead of its plan above is not proven for this plan: stage
+	// says so and asks the operator to remove it first, which is done here.
+	if err := os.RemoveAll(filepath.Dir(filepath.Dir(localnet.StagedBin(home, "v2")))); err != nil {
+		t.Fatal(err)
+	}
+	halted := invhome.Plan{Name: "v2", Height: 77, Info: localnet.PlanInfo(runtime.GOOS, runtime.GOARCH, "http://127.0.0.1:9/v2", v2sum)}
 	ui, _ := json.Marshal(map[string]any{"name": halted.Name, "height": halted.Height, "info": halted.Info})
 	if err := os.WriteFile(filepath.Join(home, "data", "upgrade-info.json"), ui, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", filepath.Join(dir, "exampled-v3"), "--home", home)
+	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v2", "--file", filepath.Join(dir, "exampled-v3"), "--home", home)
 	if err == nil || !strings.Contains(out+errOut, "not the one the plan") {
 		t.Errorf("stage of a binary the halted plan does not name: err %v\n%s%s", err, out, errOut)
 	}
-	if _, err := os.Lstat(localnet.StagedBin(home, "v9")); err == nil {
+	if _, err := os.Lstat(localnet.StagedBin(home, "v2")); err == nil {
 		t.Error("a binary that does not match the plan was placed")
 	}
-	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v9", "--file", v2, "--home", home)
+	out, errOut, err = run(ctx, v1, nil, "invisor", "stage", "v2", "--file", v2, "--home", home)
 	if err != nil {
 		t.Errorf("stage of the plan's binary after the halt: %v\n%s%s", err, out, errOut)
 	}
@@ -273,7 +279,10 @@ func TestOperatorConfigStageStopped(t *testing.T) {
 	}
 	v9.Close()
 	if v9.Record.Source != invhome.SourcePlanChecksum || v9.Record.Preflight != "v2.0.0" {
-		t.Errorf("v9 recorded as %q, preflight %q; want %s and v2.0.0", v9.Record.Source, v9.Record.Preflight, invhome.SourcePlanChecksum)
+		t.Errorf("v2 recorded as %q, preflight %q; want %s and v2.0.0", v9.Record.Source, v9.Record.Preflight, invhome.SourcePlanChecksum)
+	}
+	if has, known := v9.Record.Probe.HasHandler("v2"); !has || !known {
+		t.Errorf("the record does not keep the binary's answer that it carries the v2 handler: %+v", v9.Record.Probe)
 	}
 
 	// Tampering is caught by verify.
