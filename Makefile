@@ -45,7 +45,9 @@ CROSS := . ./cli/... ./hook/... ./internal/... ./staging/... ./relauncher/... $(
 # libraries, the edge, the CLI and exampled for darwin/arm64 and linux/arm64, unit
 # tests under the race detector (the packages that link the SDK too: the first run
 # on a machine builds the SDK instrumented, about 15 CPU-minutes, cached after
-# that), short fuzz runs, then the end-to-end tests against real exampled
+# that), short fuzz runs (minimization bounded to 100 runs: when the 10 s end in the
+# middle of a longer minimization, go test reports "context deadline exceeded" as a
+# failure), then the end-to-end tests against real exampled
 # processes, their harness (example-app/localnet) under the race detector.
 test: test-unit test-e2e
 
@@ -56,18 +58,18 @@ test-unit: $(BUILD)/staticcheck
 	GOOS=darwin GOARCH=arm64 $(GO) build $(CROSS)
 	GOOS=linux GOARCH=arm64 $(GO) build $(CROSS)
 	$(GO) test -race -count=1 -timeout 15m ./internal/... ./staging/... ./relauncher/... ./hook/... ./cli/... .
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzDirName -fuzztime 10s ./internal/home/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s ./internal/home/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzBootUpgradeInfo -fuzztime 10s ./relauncher/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzDecodeMarker -fuzztime 10s ./relauncher/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s ./staging/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzPlanName -fuzztime 10s ./staging/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s ./staging/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzNameRuleAgrees -fuzztime 10s .
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s ./internal/probe/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzWalkTar -fuzztime 10s ./staging/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzReadBundle -fuzztime 10s ./cli/
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseManifest -fuzztime 10s ./cli/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzDirName -fuzztime 10s -fuzzminimizetime 100x ./internal/home/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseUpgradeInfo -fuzztime 10s -fuzzminimizetime 100x ./internal/home/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzBootUpgradeInfo -fuzztime 10s -fuzzminimizetime 100x ./relauncher/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzDecodeMarker -fuzztime 10s -fuzzminimizetime 100x ./relauncher/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseInfo -fuzztime 10s -fuzzminimizetime 100x ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzPlanName -fuzztime 10s -fuzzminimizetime 100x ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzExtract -fuzztime 10s -fuzzminimizetime 100x ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzNameRuleAgrees -fuzztime 10s -fuzzminimizetime 100x .
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s -fuzzminimizetime 100x ./internal/probe/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzWalkTar -fuzztime 10s -fuzzminimizetime 100x ./staging/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzReadBundle -fuzztime 10s -fuzzminimizetime 100x ./cli/
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParseManifest -fuzztime 10s -fuzzminimizetime 100x ./cli/
 
 test-e2e: build $(BUILD)/cosmovisor
 	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -race -count=1 -timeout 20m -v ./example-app/...
