@@ -157,6 +157,14 @@ func samePlan(a, b *Plan) bool {
 // AppOptions is the SDK's servertypes.AppOptions.
 type AppOptions interface{ Get(string) any }
 
+// sinkFrom returns the Sink the process edge registered in appOpts under
+// SinkKey, or nil when there is none (unit tests, `export`, a node started
+// without invisor).
+func sinkFrom(appOpts AppOptions) Sink {
+	sink, _ := appOpts.Get(SinkKey).(Sink)
+	return sink
+}
+
 // Wrap is the one line a chain's app.go needs:
 //
 //	app.SetPreBlocker(hook.Wrap(app.PreBlocker, app.UpgradeKeeper, appOpts, logger))
@@ -166,8 +174,8 @@ type AppOptions interface{ Get(string) any }
 // next is returned unchanged.
 func Wrap(next sdk.PreBlocker, src PlanSource, appOpts AppOptions, log Logger) sdk.PreBlocker {
 	reportSource(appOpts, src)
-	sink, ok := appOpts.Get(SinkKey).(Sink)
-	if !ok || sink == nil {
+	sink := sinkFrom(appOpts)
+	if sink == nil {
 		return next
 	}
 	return NewPlanWatcher(src, sink, log).Wrap(next)
@@ -206,8 +214,8 @@ type App interface {
 // (unit tests, `export`, a node started without invisor) they are set unwrapped.
 func Install(app App, src PlanSource, appOpts AppOptions, log Logger) {
 	reportSource(appOpts, src)
-	sink, ok := appOpts.Get(SinkKey).(Sink)
-	if !ok || sink == nil {
+	sink := sinkFrom(appOpts)
+	if sink == nil {
 		app.SetPreBlocker(app.PreBlocker)
 		app.SetEndBlocker(app.EndBlocker)
 		return

@@ -41,8 +41,8 @@ type RuntimeApp interface {
 // with gov does: gov executes passed proposals there). Without a Sink in
 // appOpts, Load is exactly app.Load(loadLatest).
 func Load(app RuntimeApp, src PlanSource, appOpts AppOptions, log Logger, loadLatest bool) error {
-	reportSource(appOpts, src)
 	if sinkFrom(appOpts) == nil {
+		reportSource(appOpts, src) // Install, below, does it otherwise
 		return app.Load(loadLatest)
 	}
 	if err := app.Load(false); err != nil {
@@ -68,12 +68,4 @@ type loadedApp struct {
 
 func (a loadedApp) PreBlocker(ctx sdk.Context, req *abci.RequestFinalizeBlock) (*sdk.ResponsePreBlock, error) {
 	return a.pre(ctx, req)
-}
-
-// sinkFrom returns the Sink the process edge registered in appOpts under
-// SinkKey, or nil when there is none (unit tests, `export`, a node started
-// without invisor).
-func sinkFrom(appOpts AppOptions) Sink {
-	sink, _ := appOpts.Get(SinkKey).(Sink)
-	return sink
 }

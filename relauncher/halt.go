@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"github.com/invisor/invisor/internal/home"
@@ -369,11 +368,4 @@ func (r *Relauncher) selfImage() (string, error) {
 
 // reexecedFor returns the halt a re-exec at a halt was for ("" when this process
 // was not started so).
-func (r *Relauncher) reexecedFor() string {
-	for _, kv := range r.os.Environ() {
-		if k, v, ok := strings.Cut(kv, "="); ok && k == EnvReexecHalt {
-			return v
-		}
-	}
-	return ""
-}
+func (r *Relauncher) reexecedFor() string { return r.getenv(EnvReexecHalt) }

@@ -490,9 +490,12 @@ func (r *Relauncher) inherit(v *home.Verified, env []string) ([]string, func(), 
 }
 
 // execedBy returns the executable that exec'd this process (EnvExecedFrom), or "".
-func (r *Relauncher) execedBy() string {
+func (r *Relauncher) execedBy() string { return r.getenv(EnvExecedFrom) }
+
+// getenv is key's value in the process environment (OS.Environ), "" if unset.
+func (r *Relauncher) getenv(key string) string {
 	for _, kv := range r.os.Environ() {
-		if k, v, _ := strings.Cut(kv, "="); k == EnvExecedFrom {
+		if k, v, _ := strings.Cut(kv, "="); k == key {
 			return v
 		}
 	}
