@@ -1,35 +1,13 @@
 package invisor
 
 import (
-	"encoding/json"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
-	cmtjson "github.com/cometbft/cometbft/libs/json"
-	ctypes "github.com/cometbft/cometbft/rpc/core/types"
-	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
-
+	"github.com/invisor/invisor/internal/comet/comettest"
 	"github.com/invisor/invisor/relauncher"
 )
-
-// cometStatus serves CometBFT's JSON-RPC "status" with catching_up as given.
-func cometStatus(t *testing.T, catchingUp bool) string {
-	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req rpctypes.RPCRequest
-		_ = json.NewDecoder(r.Body).Decode(&req)
-		b, err := cmtjson.Marshal(&ctypes.ResultStatus{SyncInfo: ctypes.SyncInfo{CatchingUp: catchingUp, LatestBlockHeight: 7}})
-		if err != nil {
-			t.Error(err)
-		}
-		_ = json.NewEncoder(w).Encode(rpctypes.RPCResponse{JSONRPC: "2.0", ID: req.ID, Result: b})
-	}))
-	t.Cleanup(srv.Close)
-	return "tcp://" + srv.Listener.Addr().String()
-}
 
 // The halt path comes from what CometBFT says at the node's rpc.laddr, and the
 // reason names where it came from.
@@ -45,8 +23,8 @@ func TestNodeStateFromCometBFT(t *testing.T) {
 		want        relauncher.NodeState
 		why         string
 	}{
-		{"in consensus", cometStatus(t, false), relauncher.NodeInConsensus, "catching_up=false"},
-		{"block sync", cometStatus(t, true), relauncher.NodeCatchingUp, "catching_up=true"},
+		{"in consensus", comettest.Server(t, comettest.Status(false, 7)), relauncher.NodeInConsensus, "catching_up=false"},
+		{"block sync", comettest.Server(t, comettest.Status(true, 7)), relauncher.NodeCatchingUp, "catching_up=true"},
 		{"handshake", closed, relauncher.NodeNotStarted, "not listening"},
 		{"rpc disabled", "", relauncher.NodeStateUnknown, "safe in every state"},
 	} {

@@ -4,14 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	abci "github.com/cometbft/cometbft/abci/types"
-	cmtjson "github.com/cometbft/cometbft/libs/json"
 	"github.com/cometbft/cometbft/p2p"
 	ctypes "github.com/cometbft/cometbft/rpc/core/types"
 	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
@@ -19,6 +16,7 @@ import (
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
 
 	"github.com/invisor/invisor/internal/comet"
+	"github.com/invisor/invisor/internal/comet/comettest"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -27,26 +25,13 @@ import (
 // method the node does not know.
 func fakeNode(t *testing.T, answer func(method string, params map[string]json.RawMessage) any) *nodeClient {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req rpctypes.RPCRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
+	laddr := comettest.Server(t, func(method string, p map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+		if res := answer(method, p); res != nil {
+			return res, nil
 		}
-		var params map[string]json.RawMessage
-		_ = json.Unmarshal(req.Params, &params)
-		resp := rpctypes.RPCResponse{JSONRPC: "2.0", ID: req.ID}
-		if res := answer(req.Method, params); res == nil {
-			resp.Error = &rpctypes.RPCError{Code: -32601, Message: "Method not found", Data: req.Method}
-		} else if b, err := cmtjson.Marshal(res); err != nil {
-			t.Errorf("%s result: %v", req.Method, err)
-		} else {
-			resp.Result = b
-		}
-		_ = json.NewEncoder(w).Encode(resp)
-	}))
-	t.Cleanup(srv.Close)
-	nc, err := newNodeClient("tcp://" + srv.Listener.Addr().String())
+		return nil, comettest.MethodNotFound(method)
+	})
+	nc, err := newNodeClient(laddr)
 	if err != nil {
 		t.Fatal(err)
 	}

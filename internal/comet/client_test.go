@@ -15,43 +15,13 @@ import (
 	"time"
 
 	abci "github.com/cometbft/cometbft/abci/types"
-	cmtjson "github.com/cometbft/cometbft/libs/json"
 	"github.com/cometbft/cometbft/p2p"
 	ctypes "github.com/cometbft/cometbft/rpc/core/types"
 	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
 	"github.com/cometbft/cometbft/types"
-)
 
-// rpcHandler answers CometBFT's JSON-RPC the way CometBFT encodes it: answer
-// gets the method and its params and returns the result, or an *RPCError.
-func rpcHandler(t *testing.T, answer func(method string, params map[string]json.RawMessage) (any, *rpctypes.RPCError)) http.Handler {
-	t.Helper()
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req rpctypes.RPCRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		var params map[string]json.RawMessage
-		if err := json.Unmarshal(req.Params, &params); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		resp := rpctypes.RPCResponse{JSONRPC: "2.0", ID: req.ID}
-		res, rpcErr := answer(req.Method, params)
-		if rpcErr != nil {
-			resp.Error = rpcErr
-		} else {
-			b, err := cmtjson.Marshal(res)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			resp.Result = b
-		}
-		_ = json.NewEncoder(w).Encode(resp)
-	})
-}
+	"github.com/invisor/invisor/internal/comet/comettest"
+)
 
 func newTestClient(t *testing.T, h http.Handler) *Client {
 	t.Helper()
@@ -66,7 +36,7 @@ func newTestClient(t *testing.T, h http.Handler) *Client {
 
 func TestClientReadsStatusAndABCIInfo(t *testing.T) {
 	latest := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	c := newTestClient(t, rpcHandler(t, func(method string, _ map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+	c := newTestClient(t, comettest.Handler(t, func(method string, _ map[string]json.RawMessage) (any, *rpctypes.RPCError) {
 		switch method {
 		case "status":
 			return &ctypes.ResultStatus{
@@ -96,7 +66,7 @@ func TestClientReadsStatusAndABCIInfo(t *testing.T) {
 
 func TestClientBlockchainInfoAsksTheRange(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	c := newTestClient(t, rpcHandler(t, func(method string, p map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+	c := newTestClient(t, comettest.Handler(t, func(method string, p map[string]json.RawMessage) (any, *rpctypes.RPCError) {
 		// CometBFT's client sends int64 params as JSON strings.
 		if method != "blockchain" || string(p["minHeight"]) != `"5"` || string(p["maxHeight"]) != `"6"` {
 			return nil, &rpctypes.RPCError{Code: -32602, Message: "unexpected " + method}
@@ -117,7 +87,7 @@ func TestClientBlockchainInfoAsksTheRange(t *testing.T) {
 
 func TestClientABCIQuerySendsPathAndData(t *testing.T) {
 	const path = "/cosmos.upgrade.v1beta1.Query/CurrentPlan"
-	c := newTestClient(t, rpcHandler(t, func(method string, p map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+	c := newTestClient(t, comettest.Handler(t, func(method string, p map[string]json.RawMessage) (any, *rpctypes.RPCError) {
 		var gotPath string
 		if err := json.Unmarshal(p["path"], &gotPath); err != nil || method != "abci_query" || gotPath != path || string(p["data"]) != `"0A0B"` {
 			return nil, &rpctypes.RPCError{Code: -32602, Message: "unexpected " + method}
@@ -134,7 +104,7 @@ func TestClientABCIQuerySendsPathAndData(t *testing.T) {
 }
 
 func TestClientErrorsNameEndpointAndAddress(t *testing.T) {
-	c := newTestClient(t, rpcHandler(t, func(string, map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+	c := newTestClient(t, comettest.Handler(t, func(string, map[string]json.RawMessage) (any, *rpctypes.RPCError) {
 		return nil, &rpctypes.RPCError{Code: -32603, Message: "Internal error", Data: "height 9 is not available"}
 	}))
 	_, err := c.BlockchainInfo(context.Background(), 8, 9)
@@ -167,7 +137,7 @@ func TestClientOverUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: rpcHandler(t, func(method string, _ map[string]json.RawMessage) (any, *rpctypes.RPCError) {
+	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: comettest.Handler(t, func(method string, _ map[string]json.RawMessage) (any, *rpctypes.RPCError) {
 		return &ctypes.ResultABCIInfo{Response: abci.ResponseInfo{Version: "over-unix"}}, nil
 	})}}
 	srv.Start()

@@ -2,7 +2,6 @@ package comet
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -10,37 +9,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	cmtjson "github.com/cometbft/cometbft/libs/json"
-	ctypes "github.com/cometbft/cometbft/rpc/core/types"
-	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
+	"github.com/invisor/invisor/internal/comet/comettest"
 )
-
-// statusServer answers CometBFT's JSON-RPC "status" the way CometBFT encodes it.
-func statusServer(t *testing.T, catchingUp bool, height int64) *httptest.Server {
-	t.Helper()
-	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req rpctypes.RPCRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Method != "status" {
-			http.Error(w, "want the status method", http.StatusBadRequest)
-			return
-		}
-		res := &ctypes.ResultStatus{SyncInfo: ctypes.SyncInfo{CatchingUp: catchingUp, LatestBlockHeight: height}}
-		b, err := cmtjson.Marshal(res)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		resp := rpctypes.RPCResponse{JSONRPC: "2.0", ID: req.ID, Result: b}
-		_ = json.NewEncoder(w).Encode(resp)
-	}))
-}
 
 func TestStatusReadsCatchingUp(t *testing.T) {
 	for _, catching := range []bool{true, false} {
-		srv := statusServer(t, catching, 42)
-		laddr := "tcp://" + srv.Listener.Addr().String()
+		laddr := comettest.Server(t, comettest.Status(catching, 42))
 		got, err := Status(context.Background(), laddr)
-		srv.Close()
 		if err != nil {
 			t.Fatalf("catching_up=%v: %v", catching, err)
 		}
