@@ -106,7 +106,7 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 		return errors.New("invisor: the root command has no `start` subcommand")
 	}
 	copts := opts.config()
-	wrapStart(start, copts, environ, awaited)
+	wrapStart(start, copts, environ, awaited, opts.handles)
 	if !hasCommand(rootCmd, operatorCommand) {
 		rootCmd.AddCommand(cli.Command(copts))
 	}
@@ -154,7 +154,8 @@ type node struct {
 	wg       sync.WaitGroup
 }
 
-func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome) {
+func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
+	handles func(string) (bool, bool)) {
 	var n *node
 	config.AddFlags(start.Flags())
 	preRun, run := start.PreRunE, start.RunE
@@ -165,7 +166,7 @@ func wrapStart(start *cobra.Command, opts config.Options, environ []string, awai
 			}
 		}
 		var err error
-		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ, awaited)
+		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ, awaited, handles)
 		if err != nil {
 			// The message says what is wrong and what to do; the usage text would bury it.
 			cmd.SilenceUsage = true
@@ -198,7 +199,8 @@ func wrapStart(start *cobra.Command, opts config.Options, environ []string, awai
 // The home lock is taken before anything touches the home and held for the life
 // of the process; an exec hands it to the next image, so a second process on the
 // home refuses at once, naming this one's PID.
-func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome) (*node, error) {
+func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
+	handles func(string) (bool, bool)) (*node, error) {
 	cfg, err := config.LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
 	if err != nil {
 		return nil, err
@@ -222,7 +224,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		return err
 	}
 	rl, err := relauncher.New(cfg.Relauncher, nil, logger,
-		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch})
+		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch, Handles: handles})
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}

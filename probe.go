@@ -37,6 +37,20 @@ func answerProbe(environ []string, opts Options, w io.Writer) (bool, error) {
 	return true, probe.Respond(w, a)
 }
 
+// handles reports whether this build carries the upgrade handler name, and
+// whether it could tell (only with Options.NewApp): the boot redirect asks it
+// of the running binary (relauncher.OS.Handles).
+func (opts Options) handles(name string) (has, known bool) {
+	if opts.NewApp == nil {
+		return false, false
+	}
+	h := handlersOf(opts, []string{name})
+	if h == nil {
+		return false, false
+	}
+	return h[name], true
+}
+
 // handlersOf builds the app on an in-memory database, in a scratch home, and
 // asks its upgrade keeper (handed over by hook.Install through hook.ProbeKey)
 // for each plan's handler. Any failure (the constructor panics, or the chain

@@ -53,11 +53,13 @@ const (
 	flagChecksum = "checksum"
 	flagHeight   = "height"
 	flagWait     = "wait"
+	flagReplace  = "replace"
+	flagBatch    = "batch"
 )
 
 func stageCmd(opts config.Options) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "stage <upgrade-name> (--url URL | --file PATH) [--checksum sha256:HEX]",
+		Use:   "stage <upgrade-name> (--url URL | --file PATH) [--checksum sha256:HEX] [--height H | --replace] | stage --batch FILE",
 		Short: "Put an upgrade binary in place by hand, verified and recorded like a download (cosmovisor add-upgrade)",
 		Long: `Put the binary for upgrade <upgrade-name> at <home>/cosmovisor/upgrades/<name>/bin/<daemon>,
 verified exactly like an automatic download: checksum (--checksum, or a ?checksum= in the
@@ -67,13 +69,35 @@ move into place and a completion record.
 
 With the node stopped the install is trusted when the command returns. With the node
 running, the binary is placed and the node's stager verifies and records it for the plan
-in force (the command waits up to --wait for that).`,
-		Args: cobra.ExactArgs(1),
+in force (the command waits up to --wait for that).
+
+--height H schedules an upgrade without governance (an emergency upgrade agreed
+off-chain): the node halts at H through the SDK's halt-height, which invisor sets on
+the node it starts, and switches to this binary as for a governance upgrade. Several
+can be queued; ` + "`invisor scheduled`" + ` lists them and ` + "`invisor cancel NAME`" + ` cancels one.
+--batch FILE schedules several at once from cosmovisor's formats: its
+upgrade-info.json.batch (a JSON list of {"name","height","info"}) or its
+add-batch-upgrade list (name:path:height, separated by commas or new lines).
+
+--replace puts a patch release (same upgrade, a fixed binary) under the layout of an
+upgrade already applied or staged, verified as usual and required to carry the
+upgrade's handler; the boot redirect then runs it.`,
+		Args: cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := loadValidEnv(cmd, opts)
 			if err != nil {
 				return err
 			}
+			if batch, _ := cmd.Flags().GetString(flagBatch); batch != "" {
+				if len(args) != 0 {
+					return errors.New("--batch takes no upgrade name: the file names them")
+				}
+				return stageBatch(cmd.Context(), e, batch)
+			}
+			if len(args) != 1 {
+				return errors.New("name the upgrade: stage <upgrade-name> (--url URL | --file PATH), or give --batch FILE")
+			}
+			replace, _ := cmd.Flags().GetBool(flagReplace)
 			u, _ := cmd.Flags().GetString(flagURL)
 			file, _ := cmd.Flags().GetString(flagFile)
 			sum, _ := cmd.Flags().GetString(flagChecksum)
@@ -88,15 +112,25 @@ in force (the command waits up to --wait for that).`,
 				return err
 			}
 			ctx := cmd.Context()
+			switch {
+			case replace && height != 0:
+				return errors.New("give --height (an upgrade at a height without governance) or --replace (a patch release of an upgrade), not both")
+			case replace:
+				return stageReplace(ctx, e, name, src, file != "", wait)
+			case height != 0:
+				return stageAtHeight(ctx, e, name, height, src, file != "")
+			}
 			plan := knownPlan(e, name)
-			synth := staging.Plan{Name: name, Height: height, Info: planInfo(src)}
+			synth := staging.Plan{Name: name, Info: planInfo(src)}
 			return stageAndRecord(ctx, e, plan, synth, file != "", wait)
 		},
 	}
 	cmd.Flags().String(flagURL, "", "download the binary (or an archive holding bin/<daemon> or <daemon>) from this http(s) URL")
 	cmd.Flags().String(flagFile, "", "take the binary (or archive) from this local file")
 	cmd.Flags().String(flagChecksum, "", "expected checksum, sha256:HEX or sha512:HEX (required for --url unless the URL has ?checksum= or require-checksum is false)")
-	cmd.Flags().Int64(flagHeight, 0, "no longer used: a binary is recorded only for the plan in force, with its height")
+	cmd.Flags().Int64(flagHeight, 0, "schedule an upgrade at this height without governance (the node halts there through the SDK's halt-height)")
+	cmd.Flags().Bool(flagReplace, false, "put a patch release in place of the binary of an upgrade already applied or staged")
+	cmd.Flags().String(flagBatch, "", "schedule the upgrades a cosmovisor batch file lists (upgrade-info.json.batch, or name:path:height lines)")
 	cmd.Flags().Duration(flagWait, 30*time.Second, "with the node running: how long to wait for it to record the binary")
 	cmd.Flags().String(flagNode, "", "CometBFT RPC of the node, to learn the plan (default: rpc.laddr of config.toml)")
 	config.AddFlags(cmd.Flags())

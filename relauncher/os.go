@@ -48,6 +48,12 @@ type OS struct {
 	// calls it when the chain halted for p, the binary is missing and
 	// Config.DownloadsEnabled is set. It logs its own progress. Nil: no fetch at boot.
 	Fetch func(ctx context.Context, p home.Plan) error
+	// Handles reports whether this executable carries the upgrade handler for
+	// plan name, and whether it could tell at all (the edge builds the app on an
+	// in-memory database and asks its upgrade keeper; unknown when the chain did
+	// not pass Options.NewApp). Boot asks it when this executable is not the
+	// staged binary of the upgrade the chain's state names. Nil: unknown.
+	Handles func(name string) (has, known bool)
 	// AwaitedPreUpgrade is what AwaitPreUpgrade did when this process started, or
 	// nil. Boot logs it and fails if the pre-upgrade failed. It is no system call:
 	// the edge hands it over because the logger did not exist yet at that point.

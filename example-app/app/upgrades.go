@@ -19,6 +19,11 @@ import (
 //	go build -ldflags "-X github.com/invisor/invisor/example-app/app.UpgradeLevel=2"
 var UpgradeLevel = "1"
 
+// FailUpgrade names an upgrade whose handler this build fails with an error
+// instead of running it, set at link time like UpgradeLevel: the build of a
+// release whose migration goes wrong, for the rollback test.
+var FailUpgrade = ""
+
 // TraceDenom is the denom whose metadata each upgrade handler writes, so that a
 // test can prove from state (`exampled query bank denom-metadata`) which handlers ran.
 const TraceDenom = "uinvisor"
@@ -57,6 +62,10 @@ func (app *App) registerUpgradeHandlers() {
 func (app *App) traceHandler(name string) upgradetypes.UpgradeHandler {
 	return func(ctx context.Context, plan upgradetypes.Plan, fromVM module.VersionMap) (module.VersionMap, error) {
 		sdkCtx := sdk.UnwrapSDKContext(ctx)
+		if name == FailUpgrade {
+			sdkCtx.Logger().Error("example-app: upgrade handler failing on purpose (built with FailUpgrade)", "upgrade", name, "height", sdkCtx.BlockHeight())
+			return nil, fmt.Errorf("example-app: upgrade handler %s fails in this build (FailUpgrade=%s)", name, FailUpgrade)
+		}
 		app.BankKeeper.SetDenomMetaData(ctx, banktypes.Metadata{
 			Base:        TraceDenom,
 			Display:     TraceDenom,
