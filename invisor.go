@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/spf13/cobra"
 
@@ -149,9 +150,14 @@ type node struct {
 	// rpcLaddr is CometBFT's rpc.laddr: at a halt, its /status says whether the
 	// node is catching up, which decides the halt path (nodeState).
 	rpcLaddr string
-	home     string // set by startReporting; "" before
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// halt is the upgrade scheduled at a height whose height this node halts at
+	// (the halt-height set at boot), due the one whose binary runs the chain's
+	// next block; both set at boot, before the app exists (scheduled.go).
+	halt, due          *home.Scheduled
+	haltWatch, dueDone atomic.Bool
+	home               string // set by startReporting; "" before
+	cancel             context.CancelFunc
+	wg                 sync.WaitGroup
 }
 
 func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
@@ -246,6 +252,9 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		if err := rl.Layout(); err != nil {
 			return nil, fmt.Errorf("invisor: laying out %s: %w", layout.Root(), err)
 		}
+		if err := n.applySchedule(sctx); err != nil {
+			return nil, err
+		}
 		if err := rl.Boot(); err != nil {
 			return nil, err
 		}
@@ -274,8 +283,11 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 // confirm (trusted on the operator's word or by the override).
 func (n *node) reportTrust() {
 	for _, u := range unconfirmedInstalls(n.layout) {
-		n.log.Warn("invisor: a staged binary is trusted on the operator's word, not on the plan's checksum",
-			"upgrade", u.Plan, "source", string(u.Source), "sha256", u.SHA256, "path", u.File)
+		msg := "invisor: a staged binary is trusted on the operator's word, not on the plan's checksum"
+		if u.Source == home.SourceOperatorStarted || u.Source == home.SourceOperatorReplaced {
+			msg = "invisor: a staged binary is a patch release the operator started or put in place; the plan's checksum does not confirm it"
+		}
+		n.log.Warn(msg, "upgrade", u.Plan, "source", string(u.Source), "sha256", u.SHA256, "path", u.File)
 	}
 }
 
@@ -305,6 +317,7 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 		return
 	}
 	n.log.Info("invisor: upgrade plan seen", "block", block, "upgrade", p.Name, "height", p.Height)
+	n.scheduleCollides(p)
 	plan := staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info}
 	if _, err := n.layout.UpgradeDir(p.Name); err != nil {
 		// Said loudly on the day the plan passes, while there is time to act.
@@ -367,7 +380,10 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 
 // Height implements hook.Sink: staging keeps the height (Stager.ObserveHeight),
 // decides from it how fast to stage, and the status reporter publishes it.
-func (n *node) Height(h int64) { n.stager.ObserveHeight(h) }
+func (n *node) Height(h int64) {
+	n.stager.ObserveHeight(h)
+	n.scheduledHeight(h)
+}
 
 // Halted implements hook.Sink.
 func (n *node) Halted(p hook.Plan, height int64) {

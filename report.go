@@ -15,11 +15,16 @@ func (n *node) startReporting(ctx context.Context) {
 	n.home = n.layout.Home()
 	if e, ok, err := history.RecordSwitch(n.layout); err != nil {
 		n.log.Error("invisor: could not record the switch in the history; only `invisor history` is affected", "err", err)
+	} else if ok && e.AfterRollback {
+		n.log.Info("invisor: running the upgrade binary after a rollback", "upgrade", e.Upgrade, "height", e.Height, "sha256", e.SHA256)
 	} else if ok {
 		n.log.Info("invisor: running the upgrade binary", "upgrade", e.Upgrade, "height", e.Height,
 			"seconds_since_halt", fmt.Sprintf("%.3f", e.Seconds), "sha256", e.SHA256)
 	}
 	r := status.NewReporter(n.home, n.stager, n.nameWarnings)
+	if s := n.halt; s != nil {
+		r.SetHaltAt(s.Plan.Name, s.Plan.Height)
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

@@ -1,6 +1,6 @@
 // Package cli is the operator's `invisor` command. invisor.Execute adds it to
 // the chain's root command (unless the root already has a command of that name),
-// and `appd invisor config|status|stage|prepare|verify|history|export|import`
+// and `appd invisor config|status|stage|scheduled|cancel|prepare|verify|history|rollback|export|import`
 // then work on the node home (--home), with the node running or stopped.
 //
 // It reads the same configuration as `start` (app.toml [invisor], environment,
@@ -20,6 +20,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+
+	cmtcfg "github.com/cometbft/cometbft/config"
 
 	"github.com/cosmos/cosmos-sdk/server"
 
@@ -43,9 +45,11 @@ These commands work on the node home (--home) whether the node runs or not.`,
 		configCmd(opts),
 		statusCmd(opts),
 		stageCmd(opts),
+		scheduledCmd(opts), cancelCmd(opts),
 		prepareCmd(opts),
 		verifyCmd(opts),
 		historyCmd(opts),
+		rollbackCmd(opts),
 		exportCmd(opts), importCmd(opts),
 	)
 	for _, c := range cmd.Commands() {
@@ -59,6 +63,7 @@ type env struct {
 	opts    config.Options
 	home    string
 	rpc     string // CometBFT rpc.laddr from config.toml
+	cmt     *cmtcfg.Config
 	cfg     config.Config
 	cfgErr  error
 	log     interface{ Info(string, ...any) }
@@ -96,7 +101,7 @@ func loadEnv(cmd *cobra.Command, opts config.Options) (*env, error) {
 	if e.home == "" {
 		e.home = opts.DefaultHome
 	}
-	e.rpc = sctx.Config.RPC.ListenAddress
+	e.rpc, e.cmt = sctx.Config.RPC.ListenAddress, sctx.Config
 	if f := cmd.Flags().Lookup(flagNode); f != nil && f.Changed {
 		e.rpc = f.Value.String()
 	}

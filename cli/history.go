@@ -20,6 +20,11 @@ type HistoryRow struct {
 	Origin   string     `json:"origin,omitempty"` // the record's source (download, operator-file-checksum, ...)
 	Halted   *time.Time `json:"halted,omitempty"`
 	Switched *time.Time `json:"switched,omitempty"`
+	// RolledBack is when `invisor rollback` last undid the switch to it.
+	RolledBack *time.Time `json:"rolled_back,omitempty"`
+	// AfterRollback: the last switch to it was the boot after a rollback (no halt
+	// to time it from).
+	AfterRollback bool `json:"after_rollback,omitempty"`
 	// Seconds from the halt to the new binary's boot (not the first new block).
 	SwitchSeconds float64 `json:"switch_seconds,omitempty"`
 	Current       bool    `json:"current"` // cosmovisor/current points at it
@@ -49,10 +54,10 @@ func historyCmd(opts config.Options) *cobra.Command {
 			out := make([][]string, 0, len(rows))
 			for _, r := range rows {
 				out = append(out, []string{r.Upgrade, fmt.Sprint(r.Height), short(r.SHA256), ts(r.Staged), ts(r.Switched),
-					map[bool]string{true: fmt.Sprintf("%.2fs", r.SwitchSeconds), false: "-"}[r.Switched != nil],
-					map[bool]string{true: "*", false: ""}[r.Current]})
+					map[bool]string{true: fmt.Sprintf("%.2fs", r.SwitchSeconds), false: "-"}[r.Switched != nil && !r.AfterRollback],
+					ts(r.RolledBack), map[bool]string{true: "*", false: ""}[r.Current]})
 			}
-			return table(e.out, []string{"UPGRADE", "HEIGHT", "SHA256", "STAGED", "SWITCHED", "HALT->BOOT", "CURRENT"}, out)
+			return table(e.out, []string{"UPGRADE", "HEIGHT", "SHA256", "STAGED", "SWITCHED", "HALT->BOOT", "ROLLED BACK", "CURRENT"}, out)
 		},
 	}
 	addOutputFlag(cmd)
@@ -107,7 +112,9 @@ func historyRows(l home.Layout) ([]HistoryRow, error) {
 		case history.EventHalt:
 			r.Halted = &t
 		case history.EventSwitched:
-			r.Switched, r.SwitchSeconds = &t, h.Seconds
+			r.Switched, r.SwitchSeconds, r.AfterRollback = &t, h.Seconds, h.AfterRollback
+		case history.EventRollback:
+			r.RolledBack = &t
 			if h.SHA256 != "" {
 				r.SHA256 = h.SHA256
 			}

@@ -94,8 +94,10 @@ type StatusReport struct {
 	Current     string       `json:"current,omitempty"`
 	UpgradeInfo *home.Plan   `json:"upgrade_info,omitempty"`
 	Staged      []BinaryView `json:"staged"`
-	TempDirs    []string     `json:"temp_dirs"`
-	Problems    []string     `json:"problems"`
+	// Scheduled are the upgrades at a height without governance (stage --height).
+	Scheduled []ScheduledView `json:"scheduled"`
+	TempDirs  []string        `json:"temp_dirs"`
+	Problems  []string        `json:"problems"`
 }
 
 func statusCmd(opts config.Options) *cobra.Command {
@@ -134,7 +136,7 @@ With the node running the plan and height come from its RPC (config.toml rpc.lad
 func gatherStatus(ctx context.Context, e *env) StatusReport {
 	daemon := e.daemon()
 	rep := StatusReport{Home: e.home, Daemon: daemon, Enabled: e.cfgErr != nil || e.cfg.Enabled,
-		Staged: []BinaryView{}, TempDirs: []string{}, Problems: []string{}}
+		Staged: []BinaryView{}, Scheduled: []ScheduledView{}, TempDirs: []string{}, Problems: []string{}}
 	problem := func(format string, a ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...)) }
 	if e.cfgErr != nil {
 		problem("configuration: %v (the node will refuse to start)", e.cfgErr)
@@ -249,6 +251,20 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		problem("the staged binary was refused: %s", rep.Staging.Error)
 	}
 	rep.AtHalt = atHalt(e, rep, problem)
+	if sv, err := scheduledViews(ctx, e); err != nil {
+		problem("the schedule of upgrades at a height: %v", err)
+	} else {
+		rep.Scheduled = sv
+		for _, v := range sv {
+			if !v.Trusted {
+				problem("upgrade %q scheduled at height %d has no verified binary: %s", v.Upgrade, v.Height, v.Problem)
+			}
+			if strings.HasPrefix(v.InForce, "NOT IN FORCE") {
+				problem("upgrade %q scheduled at height %d is not in force in the running node (PID %d, started before it): restart the node before that height",
+					v.Upgrade, v.Height, rep.PID)
+			}
+		}
+	}
 	return rep
 }
 
@@ -427,6 +443,18 @@ func printStatus(e *env, r StatusReport) {
 			fmt.Fprintf(w, "info       %s\n", r.Plan.Info)
 		}
 	}
+	for _, sv := range r.Scheduled {
+		fmt.Fprintf(w, "scheduled  %q at height %d (no governance)", sv.Upgrade, sv.Height)
+		if sv.Trusted {
+			fmt.Fprintf(w, ", binary verified, sha256 %s", short(sv.SHA256))
+		} else {
+			fmt.Fprintf(w, ", binary NOT READY")
+		}
+		if sv.InForce != "" {
+			fmt.Fprintf(w, "; running node: %s", sv.InForce)
+		}
+		fmt.Fprintln(w)
+	}
 	if r.ETA != nil {
 		if r.ETA.Seconds > 0 {
 			fmt.Fprintf(w, "eta        %d blocks, about %s (at %s; %.2fs/block)\n", r.ETA.BlocksLeft,
@@ -471,8 +499,14 @@ func printStatus(e *env, r StatusReport) {
 		fmt.Fprintln(w, "staged:")
 		for _, b := range r.Staged {
 			st := "trusted " + short(b.SHA256)
-			if !b.Trusted {
+			switch {
+			case b.Error != "":
 				st = "NOT trusted: " + b.Error
+			case !b.Trusted:
+				st = "recorded " + short(b.SHA256)
+			}
+			if b.Origin != "" {
+				st += " (" + b.Origin + ")"
 			}
 			fmt.Fprintf(w, "  %-12s %s\n", b.Name, st)
 		}

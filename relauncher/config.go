@@ -73,6 +73,11 @@ type Config struct {
 	Backup bool
 	// BackupDir receives data-backup-<time>-<name> (DAEMON_DATA_BACKUP_DIR); empty means Home.
 	BackupDir string
+	// BackupKeep is how many of invisor's own backups (those with a BackupManifest)
+	// stay in BackupDir after a new one is complete, the newest; older ones are
+	// removed. Anything else in BackupDir is never touched. 0 means
+	// DefaultBackupKeep.
+	BackupKeep int
 
 	// DownloadsEnabled lets Boot fetch a missing binary (OS.Fetch) and changes the
 	// advice printed when a binary is missing.
@@ -105,6 +110,7 @@ func DefaultConfig() Config {
 		MaxExecGeneration: DefaultMaxExecGeneration,
 		MaxSwitchAttempts: DefaultMaxSwitchAttempts,
 		BootFetchTimeout:  DefaultBootFetchTimeout,
+		BackupKeep:        DefaultBackupKeep,
 	}
 }
 
@@ -127,6 +133,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxSwitchAttempts < 0 {
 		return fmt.Errorf("relauncher: MaxSwitchAttempts %d < 0", c.MaxSwitchAttempts)
+	}
+	if c.BackupKeep < 0 {
+		return fmt.Errorf("relauncher: BackupKeep %d < 0 (keep at least 1 backup; 0 means %d)", c.BackupKeep, DefaultBackupKeep)
 	}
 	if c.BackupDir != "" && !filepath.IsAbs(c.BackupDir) {
 		return fmt.Errorf("relauncher: BackupDir %q is not absolute", c.BackupDir)
@@ -155,6 +164,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.BackupDir == "" {
 		c.BackupDir = c.Home
+	}
+	if c.BackupKeep == 0 {
+		c.BackupKeep = DefaultBackupKeep
 	}
 	return c
 }

@@ -13,7 +13,7 @@
 //	<Home>/cosmovisor/upgrades/<dir>/bin/<daemon>            (+ .invisor.json, the completion record)
 //	<Home>/cosmovisor/current -> <root>/genesis | <root>/upgrades/<dir>   (written absolute, as cosmovisor needs; read either way)
 //	<Home>/cosmovisor/.invisor-attempts.json                 (switch attempts per upgrade)
-//	<Home>/data/upgrade-info.json                            (written by x/upgrade; never deleted or moved)
+//	<Home>/data/upgrade-info.json                            (written by x/upgrade, or by the edge for an upgrade scheduled at a height; never deleted or moved)
 //
 // # Wiring
 //
@@ -51,7 +51,17 @@
 //     data/upgrade-info.json (name, height, info): the Verifier's Binary, by
 //     default home.Layout.Open (completion record; stamp unchanged or re-hashed
 //     through the descriptor). A proof for another plan or path is refused
-//     (ErrLayout).
+//     (ErrLayout). The one file Boot lets run without such a proof is the binary
+//     the operator started, which is running already: see the next point.
+//   - Patch releases: when this executable is not the proven binary of the plan
+//     in data/upgrade-info.json, Boot asks it (OS.Handles) whether it carries
+//     that plan's upgrade handler. If it does, it runs as started and becomes the
+//     upgrade's binary: home.Layout.InstallBinary puts a copy with a
+//     home.SourceOperatorStarted record in the upgrade's place (keeping the
+//     binary there before under upgrades/<dir>/previous/), and `current` points
+//     to the upgrade (after backup and pre-upgrade, if no switch prepared it).
+//     If it lacks the handler or cannot tell, it is redirected, and the log says
+//     why. An image re-executed at a halt is not asked.
 //   - No window between check and run: pre-upgrade (sequential and overlapped)
 //     and the exec run the proven descriptor itself (Verified.ExecPath,
 //     /proc/self/fd/N on Linux), each right after Verified.Recheck; `current` is
@@ -107,7 +117,10 @@
 //   - During Layout: either no genesis binary or a complete one (home.CopyFile);
 //     at worst a temp name carrying home.TempMarker that the next Layout removes.
 //   - During the backup: a "<BackupDir>/data-backup-...invisor-tmp-..." directory that
-//     the next Layout removes; a directory under the final name is always complete.
+//     the next Layout removes; a directory under the final name is always complete,
+//     its manifest (.invisor-backup.json, written inside the temp directory before
+//     the rename) included. Retention renames a backup to a temp name before
+//     removing it.
 //     Table files in a backup are hard links: they share the inode with the live
 //     files (LevelDB and Pebble never rewrite tables in place). The attempts
 //     ledger names the backup only once the attempt is noted (right before the
@@ -151,8 +164,10 @@
 // called only after the node's start command returned, with no other goroutine
 // starting processes (they would inherit the lock's descriptor). It does not read
 // the environment or app.toml (the edge maps DAEMON_* onto Config), does not run
-// under cosmovisor's control (see UnderCosmovisor), does not delete old backups,
-// and does not roll back `current` after a failed exec. It does not overlap
+// under cosmovisor's control (see UnderCosmovisor), deletes only its own old
+// backups beyond Config.BackupKeep (those holding a BackupManifestFile), and does
+// not roll back `current` after a failed exec (Rollback, a standalone operation
+// with the node stopped, takes the home lock itself and undoes a whole switch). It does not overlap
 // pre-upgrade for a boot redirect, nor for a binary not marked, and it cannot
 // tell whether an orphaned pre-upgrade of an earlier attempt is still running.
 // The halt waiter's proof stays open until Switch takes it (Close does not close

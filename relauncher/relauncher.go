@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/probe"
 )
 
 // Relauncher owns the chain node's process lifecycle: boot redirect, the halt
@@ -168,10 +169,18 @@ func quoteName(n string) string {
 //     a binary the operator started by hand runs);
 //   - the Verifier proves the plan's binary and this executable is that very file,
 //     or a copy with the recorded size and SHA-256: returns nil;
-//   - a proven binary for the plan exists: unless `current` already points to it,
-//     backs up (first attempt only) and runs pre-upgrade as configured and flips
-//     `current`; then execs it with the same argv, env (plus markers and the home
-//     lock) and working directory. Returns only on failure;
+//   - otherwise this executable is asked whether it carries the plan's upgrade
+//     handler (OS.Handles). If it does, it can run the chain's state (a patch
+//     release of the upgrade): it runs as started and becomes the upgrade's binary
+//     (adopt: a copy with a home.SourceOperatorStarted record in the upgrade's
+//     place, the binary there before kept under home.PreviousDir, `current`
+//     pointed at the upgrade after the backup and pre-upgrade a switch takes, if
+//     they have not run), whether or not a proven binary existed;
+//   - if it lacks the handler (an older release), or cannot tell, and a proven
+//     binary for the plan exists: unless `current` already points to it, backs up
+//     (first attempt only) and runs pre-upgrade as configured and flips `current`;
+//     then execs it with the same argv, env (plus markers and the home lock) and
+//     working directory. Returns only on failure. The log says why;
 //   - no binary, downloads enabled and OS.Fetch set: fetches it (bounded by
 //     BootFetchTimeout), then proceeds as above;
 //   - otherwise: returns a *MissingBinaryError saying what to put where.
@@ -204,11 +213,35 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 		return fmt.Errorf("relauncher: executable: %w", err)
 	}
 	b, verr := r.verify(ctx, p)
+	if verr == nil {
+		if done, err := r.runsProven(ctx, p, b, self); done || err != nil {
+			return err
+		}
+	}
+	// This executable is not the upgrade's proven binary (or there is none):
+	// whether it can run the chain's state is its own answer.
+	can, why := r.canRun(p)
+	if can {
+		var staged *home.Verified
+		if verr == nil {
+			staged = b.Verified
+		}
+		err := r.adopt(ctx, p, self, staged, verr)
+		b.Close()
+		return err
+	}
 	if verr != nil && errors.Is(verr, fs.ErrNotExist) && r.cfg.DownloadsEnabled && r.os.Fetch != nil {
 		b, verr = r.fetchAtBoot(ctx, p, verr)
 		var me *MissingBinaryError
 		if errors.As(verr, &me) {
+			r.log.Warn("invisor: this executable cannot run the chain's state, and the upgrade's binary could not be fetched",
+				"upgrade", p.Name, "height", p.Height, "self", self, "reason", why)
 			return verr
+		}
+		if verr == nil {
+			if done, err := r.runsProven(ctx, p, b, self); done || err != nil {
+				return err
+			}
 		}
 	}
 	if verr != nil {
@@ -216,30 +249,134 @@ func (r *Relauncher) BootContext(ctx context.Context) error {
 		// started by hand): it is running already; say that it is unproven.
 		if bin, err := r.layout.UpgradeBin(p.Name); err == nil && home.SameFile(self, bin) {
 			r.log.Warn("invisor: running the binary at the upgrade's path, which staging has not verified",
-				"upgrade", p.Name, "height", p.Height, "path", self, "reason", verr)
+				"upgrade", p.Name, "height", p.Height, "path", self, "reason", verr, "handler", why)
 			return nil
 		}
+		r.log.Warn("invisor: this executable cannot run the chain's state, and the upgrade's binary is not staged",
+			"upgrade", p.Name, "height", p.Height, "self", self, "reason", why)
 		return r.missing(p, verr)
 	}
-	// After invisor's own exec this is cheap: the stamp is unchanged, nothing is hashed.
+	r.log.Warn("invisor: this executable is not the binary the chain needs; redirecting",
+		"upgrade", p.Name, "height", p.Height, "self", self, "target", b.Verified.Path, "reason", why)
+	return r.switchTo(ctx, p, b, self, true)
+}
+
+// runsProven reports (done) whether this executable self is the proven binary b
+// of plan p, or a copy with its recorded size and SHA-256, and then closes b and
+// says so: this process is the binary the chain needs. Otherwise b stays open.
+// After invisor's own exec this is cheap: the stamp is unchanged, nothing is
+// hashed; a copy elsewhere is compared by size first.
+func (r *Relauncher) runsProven(ctx context.Context, p home.Plan, b Binary, self string) (done bool, err error) {
 	if b.Verified.Is(self) {
 		r.log.Info("invisor: running the binary the chain needs", "upgrade", p.Name, "height", p.Height,
 			"path", self, "rehashed", b.Verified.Rehashed, "execed_from", r.execedBy())
-		return b.Close()
+		return true, b.Close()
 	}
 	same, err := isSameBinary(ctx, self, b.Verified.Record)
 	if err != nil {
 		b.Close()
-		return err
+		return true, err
 	}
 	if same {
 		r.log.Info("invisor: running a copy of the binary the chain needs", "upgrade", p.Name, "height", p.Height,
-			"path", self, "staged", b.Verified.Path)
-		return b.Close()
+			"path", self, "staged", b.Verified.Path, "source", b.Verified.Record.Source)
+		return true, b.Close()
 	}
-	r.log.Warn("invisor: this executable is not the binary the chain needs; redirecting",
-		"upgrade", p.Name, "height", p.Height, "self", self, "target", b.Verified.Path)
-	return r.switchTo(ctx, p, b, self, true)
+	return false, nil
+}
+
+// canRun asks this executable whether it carries the upgrade handler of plan p,
+// which the chain's state needs (OS.Handles: the edge builds the app on an
+// in-memory database and asks its upgrade keeper). why says, for the log, what
+// the answer was when it is not yes. An image that re-executed itself at p's
+// halt is not asked: x/upgrade halted it because it has no handler for p.
+func (r *Relauncher) canRun(p home.Plan) (can bool, why string) {
+	if r.reexecedFor() == strconv.FormatInt(p.Height, 10)+"/"+p.Name {
+		return false, fmt.Sprintf("this executable halted for upgrade %s, so it lacks the upgrade handler %s that the chain's state needs", quoteName(p.Name), quoteName(p.Name))
+	}
+	has, known := r.handles(p.Name)
+	switch {
+	case !known:
+		return false, fmt.Sprintf("this executable could not tell whether it carries the upgrade handler %s that the chain's state needs (the chain gives invisor no app constructor, Options.NewApp, or building the app failed); it is redirected as an older release would be", quoteName(p.Name))
+	case !has:
+		return false, fmt.Sprintf("this executable lacks the upgrade handler %s that the chain's state needs (an older release)", quoteName(p.Name))
+	}
+	return true, ""
+}
+
+// handles is OS.Handles; nil, or a panic in it, is "could not tell".
+func (r *Relauncher) handles(name string) (has, known bool) {
+	if r.os.Handles == nil {
+		return false, false
+	}
+	defer func() {
+		if rec := recover(); rec != nil {
+			r.log.Warn("invisor: asking this executable for its upgrade handlers panicked; treated as unknown", "upgrade", name, "panic", fmt.Sprint(rec))
+			has, known = false, false
+		}
+	}()
+	return r.os.Handles(name)
+}
+
+// adopt makes this executable self, which carries the upgrade handler of plan p
+// (a patch release of the upgrade), the binary of upgrade p, and lets it run as
+// started: a copy with a home.SourceOperatorStarted record goes to the upgrade's
+// place (home.Layout.InstallBinary, which keeps the binary there before, staged
+// or not, under home.PreviousDir), so that a restart of either path runs it (this
+// one as a copy of the recorded binary, an older one by the redirect). When
+// `current` does not point to the upgrade yet (the chain halted for p and no
+// switch prepared it), the new record's proof is run through the preparation a
+// switch takes (backup, pre-upgrade, the flip), and the attempt is noted with
+// its backup. staged is the proven binary it replaces (nil: none, verr says
+// why); it is not closed here.
+func (r *Relauncher) adopt(ctx context.Context, p home.Plan, self string, staged *home.Verified, verr error) error {
+	rec := home.Record{Plan: p.Name, Height: p.Height, InfoHash: p.InfoHash(), Source: home.SourceOperatorStarted, File: self,
+		// What this executable would answer the probe with, since it is the one asking.
+		Probe: &probe.Answer{Probe: probe.Version, InvisorVersion: probe.InvisorVersion(), Protocols: probe.Protocols(),
+			Handlers: map[string]bool{p.Name: true}}}
+	rep, err := r.layout.InstallBinary(ctx, self, rec)
+	if err != nil {
+		return fmt.Errorf("relauncher: this executable %s carries the upgrade handler %s that the chain's state needs, so it would run as started, but recording it as the upgrade's binary failed: %w; fix the cause and start it again, or stage it with `%s invisor stage %s --replace --file %s`",
+			self, quoteName(p.Name), err, r.cfg.DaemonName, p.Name, self)
+	}
+	was, wasSHA := "none", ""
+	switch {
+	case staged != nil:
+		was, wasSHA = staged.Path, staged.Record.SHA256
+	case verr != nil:
+		was = "none proven (" + verr.Error() + ")"
+	}
+	if rep.KeptRecord != nil && wasSHA == "" {
+		wasSHA = rep.KeptRecord.SHA256
+	}
+	r.log.Warn("invisor: this executable carries the upgrade handler the chain's state needs (a patch release of the upgrade): running it as started and recording it as the upgrade's binary",
+		"upgrade", p.Name, "height", p.Height, "self", self, "sha256", rep.Record.SHA256,
+		"replaced", was, "replaced_sha256", wasSHA, "kept_at", rep.Kept, "installed", rep.Path, "source", rep.Record.Source)
+	dir, err := r.layout.UpgradeDir(p.Name)
+	if err != nil {
+		return err
+	}
+	if r.layout.CurrentIs(dir) {
+		return nil
+	}
+	b, err := r.verify(ctx, p)
+	if err != nil {
+		return r.missing(p, fmt.Errorf("recorded at boot, but: %w", err))
+	}
+	v := b.Verified
+	defer v.Close()
+	rel, err := r.layout.CurrentTarget(p.Name)
+	if err != nil {
+		return err
+	}
+	backup, _, err := r.prepare(ctx, p, v, rel, r.layout.Attempts(p), false)
+	if err != nil {
+		return err
+	}
+	if _, err := r.layout.NoteAttempt(p, backup); err != nil {
+		r.log.Warn("invisor: could not note the start of the upgrade's binary in the attempts ledger", "upgrade", p.Name, "err", err)
+	}
+	return nil
 }
 
 // fetchAtBoot runs OS.Fetch for p, bounded by BootFetchTimeout, and verifies
@@ -389,42 +526,13 @@ func (r *Relauncher) switchTo(ctx context.Context, p home.Plan, b Binary, self s
 	}
 	backup := ""
 	if !redirect || !r.layout.CurrentIs(dir) {
-		if r.cfg.Backup {
-			if att.Backup != "" {
-				r.log.Info("invisor: no new data backup: the first attempt's backup stands",
-					"upgrade", p.Name, "attempt", att.Count+1, "backup", att.Backup)
-				if _, err := os.Stat(att.Backup); err != nil {
-					r.log.Warn("invisor: the first attempt's data backup is gone", "backup", att.Backup, "err", err)
-				}
-			} else if backup, err = r.backup(ctx, p.Name); err != nil {
-				return err
-			}
+		if backup, child, err = r.prepare(ctx, p, v, rel, att, !redirect && b.AwaitsPreUpgrade); err != nil {
+			return err
 		}
-		link := r.layout.Current()
-		switch {
-		case r.cfg.RunPreUpgrade && !redirect && b.AwaitsPreUpgrade:
-			if err := v.Recheck(); err != nil {
-				return err
-			}
-			if child, err = r.startPreUpgrade(v, link, rel); err != nil {
-				return err
-			}
+		if child != nil {
 			env = append(env, EnvExecPreUpgrade+"="+encodeMarker(child.marker))
 			r.log.Info("invisor: pre-upgrade started; the new binary waits for it before reading its configuration",
 				"path", v.Path, "pid", child.marker.Pid)
-		case r.cfg.RunPreUpgrade:
-			if err := r.preUpgrade(ctx, v); err != nil {
-				return err
-			}
-		}
-		if child == nil {
-			if err := v.Recheck(); err != nil {
-				return err
-			}
-			if err := home.Symlink(rel, link); err != nil {
-				return fmt.Errorf("relauncher: flip %s: %w", link, err)
-			}
-			r.log.Info("invisor: current link flipped", "target", rel)
 		}
 	}
 	argv := r.os.Args()
@@ -458,6 +566,50 @@ func (r *Relauncher) switchTo(ctx context.Context, p home.Plan, b Binary, self s
 		return nil
 	}
 	return fail(newExecError(v.Path, err))
+}
+
+// prepare takes the steps before upgrade p's proven binary v first runs: a data
+// backup (first attempt only: att is the ledger's entry for p), pre-upgrade as
+// configured, then the flip of `current` to rel, each run of the file and the
+// flip right after a Recheck. With overlap (a Switch into a binary that awaits
+// its pre-upgrade) pre-upgrade is started, not waited for: the child is
+// returned and the flip left to the new binary. backup is the backup taken now
+// ("" if none).
+func (r *Relauncher) prepare(ctx context.Context, p home.Plan, v *home.Verified, rel string, att home.Attempt, overlap bool) (backup string, child *preUpgradeChild, err error) {
+	if r.cfg.Backup {
+		if att.Backup != "" {
+			r.log.Info("invisor: no new data backup: the first attempt's backup stands",
+				"upgrade", p.Name, "attempt", att.Count+1, "backup", att.Backup)
+			if _, err := os.Stat(att.Backup); err != nil {
+				r.log.Warn("invisor: the first attempt's data backup is gone", "backup", att.Backup, "err", err)
+			}
+		} else if backup, err = r.backup(ctx, p.Name); err != nil {
+			return "", nil, err
+		}
+	}
+	link := r.layout.Current()
+	switch {
+	case r.cfg.RunPreUpgrade && overlap:
+		if err := v.Recheck(); err != nil {
+			return "", nil, err
+		}
+		if child, err = r.startPreUpgrade(v, link, rel); err != nil {
+			return "", nil, err
+		}
+		return backup, child, nil
+	case r.cfg.RunPreUpgrade:
+		if err := r.preUpgrade(ctx, v); err != nil {
+			return "", nil, err
+		}
+	}
+	if err := v.Recheck(); err != nil {
+		return "", nil, err
+	}
+	if err := home.Symlink(rel, link); err != nil {
+		return "", nil, fmt.Errorf("relauncher: flip %s: %w", link, err)
+	}
+	r.log.Info("invisor: current link flipped", "target", rel)
+	return backup, nil, nil
 }
 
 // inherit makes what the new image needs survive the exec: the home lock (its

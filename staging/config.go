@@ -93,6 +93,10 @@ type Config struct {
 	// internal/probe); the process group is killed after it. A binary that runs out
 	// of it gave no answer: it is accepted as one that does not answer, not refused.
 	ProbeTimeout time.Duration
+	// NoHandler says the plan is not in the chain's state (an upgrade scheduled at
+	// a height without governance): no upgrade handler runs for it, so the probe
+	// asks the binary about none.
+	NoHandler bool
 
 	// RetryMin and RetryMax bound the exponential backoff (with jitter) between attempts.
 	RetryMin, RetryMax time.Duration

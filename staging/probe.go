@@ -20,10 +20,11 @@ import (
 // Only a plan with a height (one governance passed) is asked about: a check
 // without one (the genesis binary of a bundle, a binary staged ahead of its plan
 // without --height) names no upgrade the binary must carry; the node asks again
-// when the plan is in force.
+// when the plan is in force. Nor is a plan outside the chain's state
+// (Config.NoHandler).
 func (j *job) ask(ctx context.Context, bin, sha256, parent string) (*probe.Answer, error) {
 	var plans []string
-	if j.p.Height > 0 {
+	if j.p.Height > 0 && !j.cfg.NoHandler {
 		plans = []string{j.p.Name}
 	}
 	res, err := runSandboxed(ctx, bin, sandboxRun{
@@ -50,7 +51,7 @@ func (j *job) ask(ctx context.Context, bin, sha256, parent string) (*probe.Answe
 			"plan", j.p.Name, "sha256", sha256, "err", err)
 		return nil, nil
 	}
-	if has, known := ans.HasHandler(j.p.Name); known && !has && j.p.Height > 0 {
+	if has, known := ans.HasHandler(j.p.Name); known && !has && j.p.Height > 0 && !j.cfg.NoHandler {
 		return nil, &MissingHandlerError{Plan: j.p.Name, Height: j.p.Height, Path: j.bin, Placed: bin == j.bin, SHA256: sha256, InvisorVersion: ans.InvisorVersion}
 	}
 	j.log.Info("staging: the binary answered the probe", "plan", j.p.Name, "invisor_version", ans.InvisorVersion, "protocols", ans.Protocols, "handlers", ans.Handlers)

@@ -268,6 +268,18 @@ var settings = []setting{
 	pathSetting("backup-dir", "DAEMON_DATA_BACKUP_DIR", "where data backups go (default: the node home)",
 		"Where data backups go, an absolute path. Empty: the node home.",
 		func(c *Config, v string) { c.Relauncher.BackupDir = v }),
+	{"backup-keep", "INVISOR_BACKUP_KEEP", strconv.Itoa(relauncher.DefaultBackupKeep), "how many of invisor's own data backups to keep, the newest (at least 1)",
+		"How many of invisor's own data backups to keep in backup-dir, the newest; older ones are removed after each new backup, and backups invisor did not take never are. " +
+			"2 keeps the one `<appd> invisor rollback` restores (the last switch's) and the one before it. A backup hard-links the database's table files, so it is cheap when " +
+			"taken, but it keeps every table the live database later compacts away: each grows toward a full copy of data/.", false,
+		func(c *Config, v string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 1 {
+				return fmt.Errorf("want a whole number >= 1 (the newest backups to keep), got %q", v)
+			}
+			c.Relauncher.BackupKeep = n
+			return nil
+		}},
 	boolSetting("disable-recase", "COSMOVISOR_DISABLE_RECASE", "false", "keep the plan name's case in upgrades/<name> (cosmovisor lower-cases it by default)",
 		"Keep the plan name's case in cosmovisor/upgrades/<name>. By default the name is lower-cased and then escaped, exactly as cosmovisor does; set this only where cosmovisor runs with the same setting.",
 		func(c *Config, b bool) { c.Staging.DisableRecase, c.Relauncher.DisableRecase = b, b }),

@@ -2,11 +2,14 @@ package config
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+
+	"github.com/invisor/invisor/relauncher"
 )
 
 // TestSectionReadsBackAsDefaults renders the [invisor] section from the settings
@@ -122,6 +125,34 @@ func TestLoadConfigPrecedenceAndErrors(t *testing.T) {
 		v.Set(tc.key, tc.val)
 		if _, err := LoadConfig(v, t.TempDir(), Options{DaemonName: "appd"}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// backup-keep lands in the relauncher's config from every source, and a value
+// that would keep no backup is refused with the key named.
+func TestBackupKeep(t *testing.T) {
+	c, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Relauncher.BackupKeep != relauncher.DefaultBackupKeep || c.Values["backup-keep"] != strconv.Itoa(relauncher.DefaultBackupKeep) {
+		t.Errorf("default: BackupKeep %d, value %q; want %d", c.Relauncher.BackupKeep, c.Values["backup-keep"], relauncher.DefaultBackupKeep)
+	}
+	v := viper.New()
+	v.Set("invisor.backup-keep", 5)
+	if c, err := LoadConfig(v, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Relauncher.BackupKeep != 5 {
+		t.Errorf("app.toml 5: %d, %v", c.Relauncher.BackupKeep, err)
+	}
+	t.Setenv("INVISOR_BACKUP_KEEP", "1")
+	if c, err := LoadConfig(v, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Relauncher.BackupKeep != 1 || c.Sources["backup-keep"] != "env INVISOR_BACKUP_KEEP" {
+		t.Errorf("env 1 over app.toml: %d from %q, %v", c.Relauncher.BackupKeep, c.Sources["backup-keep"], err)
+	}
+	for _, bad := range []string{"0", "-1", "two"} {
+		t.Setenv("INVISOR_BACKUP_KEEP", bad)
+		if _, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"}); err == nil ||
+			!strings.Contains(err.Error(), "INVISOR_BACKUP_KEEP") || !strings.Contains(err.Error(), ">= 1") {
+			t.Errorf("INVISOR_BACKUP_KEEP=%s: %v, want a refusal naming the variable", bad, err)
 		}
 	}
 }

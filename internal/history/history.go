@@ -1,6 +1,6 @@
-// Package history is the upgrade log of a node home: one JSON line per halt and
-// per switch, under <home>/cosmovisor, that `invisor history` and the
-// last-switch gauge read.
+// Package history is the upgrade log of a node home: one JSON line per halt, per
+// switch and per rollback, under <home>/cosmovisor, that `invisor history` and
+// the last-switch gauge read.
 //
 // Guarantees: each entry is appended and fsynced in one write; readers skip lines
 // that do not parse, so a torn last line (a crash mid-append) costs that line only.
@@ -23,13 +23,15 @@ import (
 
 // File is the JSON-lines log of upgrades under <home>/cosmovisor. The old binary
 // appends a "halt" line after the node stopped at the upgrade height; the new
-// binary appends a "switched" line when it boots after the exec.
+// binary appends a "switched" line when it boots after the exec; `invisor
+// rollback` appends a "rollback" line when it undid a switch.
 const File = "invisor-history.jsonl"
 
 // Events of an Entry.
 const (
 	EventHalt     = "halt"
 	EventSwitched = "switched"
+	EventRollback = "rollback"
 )
 
 // Entry is one line of File.
@@ -39,10 +41,17 @@ type Entry struct {
 	Height  int64     `json:"height"`
 	Time    time.Time `json:"time"`
 	PID     int       `json:"pid"`
-	From    string    `json:"from,omitempty"`    // binary that halted (halt) or exec'd (switched)
-	To      string    `json:"to,omitempty"`      // binary now running (switched)
+	From    string    `json:"from,omitempty"`    // binary that halted (halt), exec'd (switched) or was rolled back (rollback)
+	To      string    `json:"to,omitempty"`      // binary now running (switched), or that runs next (rollback)
 	SHA256  string    `json:"sha256,omitempty"`  // of the binary switched to
 	Seconds float64   `json:"seconds,omitempty"` // switched: halt -> new binary booted
+	// AfterRollback marks a switch whose boot follows a rollback rather than a
+	// halt: it has no halt to measure from (Seconds is 0).
+	AfterRollback bool `json:"after_rollback,omitempty"`
+	// Backup is the data backup a rollback restored; MovedAside where the data it
+	// replaced went.
+	Backup     string `json:"backup,omitempty"`
+	MovedAside string `json:"moved_aside,omitempty"`
 }
 
 // Path returns <home>/cosmovisor/invisor-history.jsonl.
@@ -104,10 +113,30 @@ func RecordHalt(nodeHome, name string, height int64) error {
 	return Append(nodeHome, e)
 }
 
+// Rollback is what `invisor rollback` did, for RecordRollback.
+type Rollback struct {
+	Upgrade    string // the upgrade whose switch was undone
+	Height     int64
+	From       string // the upgrade's binary, which `current` pointed to
+	To         string // the binary `current` points to again (the one that ran before)
+	Backup     string // the data backup restored
+	MovedAside string // where the replaced data directory went
+}
+
+// RecordRollback appends a "rollback" entry. The next boot of another binary than
+// rb.To (the fixed binary, after a boot redirect) is then recorded as a switch
+// (RecordSwitch).
+func RecordRollback(nodeHome string, rb Rollback) error {
+	return Append(nodeHome, Entry{Event: EventRollback, Upgrade: rb.Upgrade, Height: rb.Height, Time: time.Now().UTC(),
+		PID: os.Getpid(), From: rb.From, To: rb.To, Backup: rb.Backup, MovedAside: rb.MovedAside})
+}
+
 // RecordSwitch appends a "switched" entry when the last entry is a halt written
 // by another binary than this one: this boot follows that halt (after invisor's
-// exec, a boot redirect, or cosmovisor's restart). It returns the entry and
-// whether it appended one.
+// exec, a boot redirect, or cosmovisor's restart); or when the last entry is a
+// rollback and this binary is not the one the rollback pointed `current` back
+// to (the node booted into the upgrade again; such an entry has no duration). It
+// returns the entry and whether it appended one.
 func RecordSwitch(l home.Layout) (Entry, bool, error) {
 	nodeHome := l.Home()
 	hist, err := Read(nodeHome)
@@ -116,12 +145,20 @@ func RecordSwitch(l home.Layout) (Entry, bool, error) {
 	}
 	last := hist[len(hist)-1]
 	exe, _ := os.Executable()
-	if last.Event != EventHalt || exe == "" || exe == last.From {
+	now := time.Now().UTC()
+	var e Entry
+	switch {
+	case exe == "":
+		return Entry{}, false, nil
+	case last.Event == EventHalt && exe != last.From:
+		e = Entry{Event: EventSwitched, Upgrade: last.Upgrade, Height: last.Height, Time: now,
+			PID: os.Getpid(), From: last.From, To: exe, Seconds: now.Sub(last.Time).Seconds()}
+	case last.Event == EventRollback && exe != last.To:
+		e = Entry{Event: EventSwitched, Upgrade: last.Upgrade, Height: last.Height, Time: now,
+			PID: os.Getpid(), From: last.To, To: exe, AfterRollback: true}
+	default:
 		return Entry{}, false, nil
 	}
-	now := time.Now().UTC()
-	e := Entry{Event: EventSwitched, Upgrade: last.Upgrade, Height: last.Height, Time: now,
-		PID: os.Getpid(), From: last.From, To: exe, Seconds: now.Sub(last.Time).Seconds()}
 	// The completion record's hash: the switch verified the binary just before
 	// the exec, and hashing it again here would delay the node's start.
 	if rec, err := l.ReadRecord(last.Upgrade); err == nil {
@@ -133,11 +170,12 @@ func RecordSwitch(l home.Layout) (Entry, bool, error) {
 	return e, true, nil
 }
 
-// LastSwitch returns the most recent "switched" entry, if any.
+// LastSwitch returns the most recent "switched" entry that followed a halt (and
+// so has a duration), if any.
 func LastSwitch(nodeHome string) (Entry, bool) {
 	hist, _ := Read(nodeHome)
 	for i := len(hist) - 1; i >= 0; i-- {
-		if hist[i].Event == EventSwitched {
+		if hist[i].Event == EventSwitched && !hist[i].AfterRollback {
 			return hist[i], true
 		}
 	}

@@ -70,3 +70,49 @@ func TestRecordSwitch(t *testing.T) {
 		t.Fatalf("LastSwitch = %+v, %v", last, ok)
 	}
 }
+
+// After a rollback, the boot of another binary than the one the rollback pointed
+// `current` back to is a switch (with no halt to time it from); the rolled-back
+// binary booting is not. LastSwitch keeps reporting the last timed switch.
+func TestRecordSwitchAfterRollback(t *testing.T) {
+	l := testLayout(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now().UTC().Add(-time.Minute)
+	for _, e := range []Entry{
+		{Event: EventHalt, Upgrade: "v2", Height: 30, Time: t0, From: "/old/appd"},
+		{Event: EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), From: "/old/appd", To: "/bad/appd", Seconds: 1},
+	} {
+		if err := Append(l.Home(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The rolled-back-to binary (this one) boots: no switch.
+	if err := RecordRollback(l.Home(), Rollback{Upgrade: "v2", Height: 30, From: "/bad/appd", To: exe, Backup: "/b", MovedAside: "/a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := RecordSwitch(l); ok || err != nil {
+		t.Fatalf("the binary the rollback restored recorded a switch (%v)", err)
+	}
+	hist, err := Read(l.Home())
+	if err != nil || len(hist) != 3 || hist[2].Event != EventRollback || hist[2].Backup != "/b" || hist[2].MovedAside != "/a" || hist[2].PID != os.Getpid() {
+		t.Fatalf("history %+v, %v", hist, err)
+	}
+	// Another binary boots after the rollback: a switch, untimed.
+	if err := RecordRollback(l.Home(), Rollback{Upgrade: "v2", Height: 30, From: "/bad/appd", To: "/old/appd"}); err != nil {
+		t.Fatal(err)
+	}
+	e, ok, err := RecordSwitch(l)
+	if err != nil || !ok || e.Event != EventSwitched || e.Upgrade != "v2" || e.Height != 30 || e.From != "/old/appd" || e.To != exe ||
+		!e.AfterRollback || e.Seconds != 0 {
+		t.Fatalf("RecordSwitch after a rollback = %+v, %v, %v", e, ok, err)
+	}
+	if _, ok, _ := RecordSwitch(l); ok {
+		t.Fatal("the same switch recorded twice")
+	}
+	if last, ok := LastSwitch(l.Home()); !ok || last.To != "/bad/appd" || last.Seconds != 1 {
+		t.Fatalf("LastSwitch = %+v, %v; want the last timed switch", last, ok)
+	}
+}

@@ -10,9 +10,17 @@
 //	<home>/cosmovisor/current -> genesis | upgrades/<dir>
 //	<home>/cosmovisor/.invisor.lock                  the home lock (flock, holder PID)
 //	<home>/cosmovisor/.invisor-attempts.json         switch attempts per upgrade
+//	<home>/cosmovisor/invisor-scheduled.json         upgrades at a height without governance
+//	<home>/cosmovisor/upgrades/<dir>/previous/<UTC time>/<daemon>(.invisor.json)
+//	                                                 binaries InstallBinary replaced, with their records (no proof)
 //
 // # Guarantees
 //
+//   - InstallBinary puts a copy of a file in an upgrade's place with its record,
+//     hashed in place, and keeps the binary it replaces.
+//   - The schedule of upgrades at a height (Schedule, AddScheduled,
+//     RemoveScheduled) is one file written crash-safely; a file that does not
+//     parse is an error, never an empty schedule.
 //   - One plan-name rule (DirName): every name x/upgrade accepts maps to the
 //     directory cosmovisor v1.5.0 uses for it: lower-cased unless
 //     COSMOVISOR_DISABLE_RECASE (Options.DisableRecase), then url.PathEscape. The

@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -275,11 +277,25 @@ func TestLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An exec hands the descriptor to a new image, where a is gone. Here both
+	// live in one process: hand over a duplicate (the same open file, so the
+	// same lock) and close a's own, so no two *os.File own one descriptor
+	// (the second one's finalizer would close a number reused by then).
+	fd := int(a.f.Fd())
+	dup, err := syscall.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv = strings.Replace(kv, "="+strconv.Itoa(fd)+":", "="+strconv.Itoa(dup)+":", 1)
 	b, err := l.Acquire([]string{kv})
 	if err != nil {
 		t.Fatalf("adopt: %v", err)
 	}
 	a.Keep()
+	a.Release()
+	if _, held := l.HolderPID(); !held {
+		t.Fatal("the adopted lock is not held after the original descriptor closed")
+	}
 	// A forged or stale hand-over is not adopted.
 	if _, err := l.Acquire([]string{EnvLock + "=1:2:3"}); !errors.As(err, &le) {
 		t.Fatalf("forged hand-over: %v", err)

@@ -61,20 +61,40 @@ const (
 	// SourceOverride: the operator explicitly told invisor to trust a binary the
 	// plan does not confirm (unsafe-trust-placed-binaries). Logged at every boot.
 	SourceOverride Source = "operator-override"
+	// SourceOperatorStarted: the operator started this binary from a path of
+	// their own (their process manager's ExecStart) while data/upgrade-info.json
+	// named the plan, and it said, in its own process, that it carries the plan's
+	// upgrade handler (a patch release of the upgrade); the boot installed a copy
+	// (InstallBinary). The plan does not confirm the bytes.
+	SourceOperatorStarted Source = "operator-started"
+	// SourceOperatorReplaced: `invisor stage NAME --replace` put it in place of the
+	// binary of an upgrade already applied or staged (a patch release), verified
+	// as a download is (checksum, unpacking, OS/arch, preflight) and carrying the
+	// plan's upgrade handler by its own probe answer. The plan does not confirm the
+	// bytes.
+	SourceOperatorReplaced Source = "operator-replaced"
 )
 
 // Valid reports whether s is one of the sources above.
 func (s Source) Valid() bool {
 	switch s {
-	case SourceDownload, SourcePlanChecksum, SourcePlanArchive, SourceOperatorWord, SourceOverride:
+	case SourceDownload, SourcePlanChecksum, SourcePlanArchive, SourceOperatorWord, SourceOverride,
+		SourceOperatorStarted, SourceOperatorReplaced:
 		return true
 	}
 	return false
 }
 
 // Unconfirmed reports whether the plan itself does not confirm the bytes: the
-// operator's word or override. Status and metrics show such binaries.
-func (s Source) Unconfirmed() bool { return s == SourceOperatorWord || s == SourceOverride }
+// operator's word, override, or a patch release the operator started or put in
+// place. Status and metrics show such binaries.
+func (s Source) Unconfirmed() bool {
+	switch s {
+	case SourceOperatorWord, SourceOverride, SourceOperatorStarted, SourceOperatorReplaced:
+		return true
+	}
+	return false
+}
 
 // RecordFormat is the version of the record layout this package writes.
 const RecordFormat = 2

@@ -23,6 +23,7 @@ const (
 	MetricLastSwitch      = "invisor_last_switch_duration_seconds"
 	MetricNameUnmappable  = "invisor_plan_name_unmappable"
 	MetricUnconfirmed     = "invisor_binary_unconfirmed"
+	MetricScheduledHeight = "invisor_scheduled_upgrade_height"
 )
 
 var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging.StateDownloading,
@@ -33,7 +34,7 @@ var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging
 // (a process runs one node; after the exec the new process registers its own).
 type gauges struct {
 	planHeight, blocksTo, bytes, attempts, failures, sinceReady, lastSwitch prometheus.Gauge
-	unmappable, unconfirmed                                                 prometheus.Gauge
+	unmappable, unconfirmed, scheduled                                      prometheus.Gauge
 	state                                                                   *prometheus.GaugeVec
 }
 
@@ -56,13 +57,14 @@ func registerGauges() *gauges {
 			sinceReady:  g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
 			lastSwitch:  g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
 			unmappable:  g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
+			scheduled:   g(MetricScheduledHeight, "Height of the upgrade scheduled without governance that this node halts at (its halt-height; 0: none)."),
 			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
 			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
 				Help: "1 for the current staging state, 0 for the others."}, []string{"state"}),
 		}
 		for _, c := range []prometheus.Collector{theGauges.planHeight, theGauges.blocksTo, theGauges.bytes,
 			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state,
-			theGauges.unmappable, theGauges.unconfirmed} {
+			theGauges.unmappable, theGauges.unconfirmed, theGauges.scheduled} {
 			// A name clash with another collector leaves that gauge unexported;
 			// the node must not fail for a metric.
 			_ = prometheus.DefaultRegisterer.Register(c)

@@ -51,9 +51,18 @@ type Node struct {
 	Err        string           `json:"error,omitempty"`
 	Install    *staging.Install `json:"install,omitempty"`
 	Since      time.Time        `json:"since"`
+	// HaltAt is the upgrade scheduled at a height without governance that this
+	// node was started to halt for (the SDK's halt-height invisor set); nil if none.
+	HaltAt *Halt `json:"halt_at,omitempty"`
 	// Warnings are problems an operator must act on before the upgrade height:
 	// a plan name no directory can hold, a binary the plan does not confirm.
 	Warnings []string `json:"warnings,omitempty"`
+}
+
+// Halt is a scheduled upgrade's halt in force in the running node.
+type Halt struct {
+	Upgrade string `json:"upgrade"`
+	Height  int64  `json:"height"`
 }
 
 // Read reads the status file a node wrote (ok false when there is none).
@@ -100,6 +109,14 @@ type Reporter struct {
 	lastFail int
 	written  Node
 	wroteAt  time.Time
+	haltAt   *Halt
+}
+
+// SetHaltAt says which scheduled upgrade's height the node halts at (its
+// halt-height); call it before Run.
+func (r *Reporter) SetHaltAt(upgrade string, height int64) {
+	r.haltAt = &Halt{Upgrade: upgrade, Height: height}
+	r.g.scheduled.Set(float64(height))
 }
 
 // NewReporter returns a Reporter for the node at nodeHome whose staging is src.
@@ -173,7 +190,7 @@ func (r *Reporter) Once() {
 
 	ns := Node{Time: time.Now().UTC(), PID: os.Getpid(), Height: h, State: st.State, Plan: st.Plan,
 		BytesDone: st.BytesDone, BytesTotal: st.BytesTotal, Rate: st.Rate, Attempt: st.Attempt, Failures: r.failures,
-		Err: st.Err, Install: st.Install, Since: st.Since}
+		Err: st.Err, Install: st.Install, Since: st.Since, HaltAt: r.haltAt}
 	g.unmappable.Set(0)
 	g.unconfirmed.Set(0)
 	if r.warnings != nil {
