@@ -15,11 +15,8 @@ import (
 	"github.com/spf13/cast"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
-	"github.com/cometbft/cometbft/crypto/ed25519"
 	ctypes "github.com/cometbft/cometbft/rpc/core/types"
 	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
-	sm "github.com/cometbft/cometbft/state"
-	cmttypes "github.com/cometbft/cometbft/types"
 
 	"cosmossdk.io/log/v2"
 
@@ -312,30 +309,6 @@ func TestScheduledUpgradeAppliedLeavesTheSchedule(t *testing.T) {
 	}
 }
 
-// saveCometState writes CometBFT's state store (data/state.db) of cfg's home at
-// last block height, with CometBFT's own store, as a stopped node leaves it.
-func saveCometState(t *testing.T, cfg *cmtcfg.Config, height int64) {
-	t.Helper()
-	db, err := cmtcfg.DefaultDBProvider(&cmtcfg.DBContext{ID: "state", Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := sm.NewStore(db, sm.StoreOptions{})
-	defer store.Close()
-	pk := ed25519.GenPrivKeyFromSecret([]byte("scheduled_test"))
-	st, err := sm.MakeGenesisState(&cmttypes.GenesisDoc{
-		ChainID:    "scheduled-test",
-		Validators: []cmttypes.GenesisValidator{{Address: pk.PubKey().Address(), PubKey: pk.PubKey(), Power: 10, Name: "v0"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.LastBlockHeight, st.LastValidators = height, st.Validators.Copy()
-	if err := store.Save(st); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // applySchedule at boot, against CometBFT's state height: behind the chain is
 // removed, the due upgrade gets data/upgrade-info.json (so the boot redirect runs
 // its binary), and the next one sets the SDK's halt-height on this node.
@@ -388,7 +361,7 @@ func TestApplySchedule(t *testing.T) {
 			}
 			sctx := server.NewDefaultContext()
 			sctx.Config = cmtcfg.DefaultConfig().SetRoot(l.Home())
-			saveCometState(t, sctx.Config, tc.last)
+			comettest.SaveState(t, sctx.Config, tc.last)
 			if tc.operator > 0 {
 				sctx.Viper.Set(server.FlagHaltHeight, tc.operator)
 			}
@@ -447,7 +420,7 @@ func TestApplySchedule(t *testing.T) {
 		}
 		sctx := server.NewDefaultContext()
 		sctx.Config = cmtcfg.DefaultConfig().SetRoot(l.Home())
-		saveCometState(t, sctx.Config, 3)
+		comettest.SaveState(t, sctx.Config, 3)
 		db, err := cmtcfg.DefaultDBProvider(&cmtcfg.DBContext{ID: "state", Config: sctx.Config})
 		if err != nil {
 			t.Fatal(err)

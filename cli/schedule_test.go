@@ -16,9 +16,6 @@ import (
 	"github.com/spf13/viper"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
-	"github.com/cometbft/cometbft/crypto/ed25519"
-	sm "github.com/cometbft/cometbft/state"
-	cmttypes "github.com/cometbft/cometbft/types"
 
 	"github.com/cosmos/cosmos-sdk/client/flags"
 	"github.com/cosmos/cosmos-sdk/server"
@@ -194,31 +191,6 @@ func TestCheckSchedulable(t *testing.T) {
 	}
 }
 
-// saveStateHeight writes CometBFT's state store of nodeHome (data/state.db, with
-// CometBFT's own store) at last block height, as a stopped node leaves it.
-func saveStateHeight(t *testing.T, nodeHome string, height int64) {
-	t.Helper()
-	cfg := cmtcfg.DefaultConfig().SetRoot(nodeHome)
-	db, err := cmtcfg.DefaultDBProvider(&cmtcfg.DBContext{ID: "state", Config: cfg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := sm.NewStore(db, sm.StoreOptions{})
-	defer store.Close()
-	pk := ed25519.GenPrivKeyFromSecret([]byte("schedule_test"))
-	st, err := sm.MakeGenesisState(&cmttypes.GenesisDoc{
-		ChainID:    "schedule-test",
-		Validators: []cmttypes.GenesisValidator{{Address: pk.PubKey().Address(), PubKey: pk.PubKey(), Power: 10, Name: "v0"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.LastBlockHeight, st.LastValidators = height, st.Validators.Copy()
-	if err := store.Save(st); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // invisorCmd runs `appd invisor args...` on nodeHome in this process, through the
 // SDK's config interceptor as a chain's root command runs it (it writes
 // config.toml and app.toml on first use), and returns its output.
@@ -296,7 +268,7 @@ func assertNoUpgradeDir(t *testing.T, l home.Layout, name string) {
 func TestStageAtHeight(t *testing.T) {
 	h := t.TempDir()
 	bin := helperBin(t, "v3.0.0")
-	saveStateHeight(t, h, 50)
+	comettest.SaveState(t, cmtcfg.DefaultConfig().SetRoot(h), 50)
 	l := bundleLayout(t, h)
 	ctx := context.Background()
 
@@ -457,7 +429,7 @@ func TestStageAtHeight(t *testing.T) {
 func TestStageAtHeightWhileANodeRuns(t *testing.T) {
 	h := t.TempDir()
 	bin := helperBin(t, "v3.0.0")
-	saveStateHeight(t, h, 10) // what the store said before the node started: not the chain's height now
+	comettest.SaveState(t, cmtcfg.DefaultConfig().SetRoot(h), 10) // what the store said before the node started: not the chain's height now
 	l := bundleLayout(t, h)
 	if err := os.MkdirAll(l.Root(), 0o755); err != nil {
 		t.Fatal(err)
@@ -545,7 +517,7 @@ func TestStageBatch(t *testing.T) {
 	}
 	t.Run("name:path:height", func(t *testing.T) {
 		h := t.TempDir()
-		saveStateHeight(t, h, 20)
+		comettest.SaveState(t, cmtcfg.DefaultConfig().SetRoot(h), 20)
 		l := bundleLayout(t, h)
 		out, err := invisorCmd(t, h, "stage", "--batch", write(t, "v3:"+v3+":40\nv4:"+v4+":30\n"))
 		if err != nil {
@@ -568,7 +540,7 @@ func TestStageBatch(t *testing.T) {
 	})
 	t.Run("upgrade-info.json.batch", func(t *testing.T) {
 		h := t.TempDir()
-		saveStateHeight(t, h, 20)
+		comettest.SaveState(t, cmtcfg.DefaultConfig().SetRoot(h), 20)
 		l := bundleLayout(t, h)
 		p3, p4 := filePlan(t, "v3", v3, 40), filePlan(t, "v4", v4, 30)
 		b, _ := json.Marshal([]map[string]any{
@@ -591,7 +563,7 @@ func TestStageBatch(t *testing.T) {
 	})
 	for _, tc := range []struct{ name, batch, want string }{
 		{"a height passed", "v3:" + v3 + ":40\nv4:" + v4 + ":20", `"v4" at height 20: the chain is at 20 already`},
-		{"height 0", "v3:" + v3 + ":40\nv4:" + v4 + ":0", `"v4": height 0`},
+		{"height 0", "v3:" + v3 + ":40\nv4:" + v4 + ":0", `height 0: give the height agreed`},
 		{"same height", "v3:" + v3 + ":40\nv4:" + v4 + ":40", "both at height 40"},
 		{"same name", "v3:" + v3 + ":40\nv3:" + v4 + ":50", "listed twice"},
 		{"missing binary", "v3:" + v3 + ":40\nv4:/nonexistent/appd:50", `upgrade "v4"`},
@@ -600,7 +572,7 @@ func TestStageBatch(t *testing.T) {
 	} {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
 			h := t.TempDir()
-			saveStateHeight(t, h, 20)
+			comettest.SaveState(t, cmtcfg.DefaultConfig().SetRoot(h), 20)
 			l := bundleLayout(t, h)
 			out, err := invisorCmd(t, h, "stage", "--batch", write(t, tc.batch))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {

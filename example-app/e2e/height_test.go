@@ -68,7 +68,7 @@ func TestScheduledUpgradeAtHeight(t *testing.T) {
 	h := start.Height + 80
 	var mu sync.Mutex
 	outs := map[string]string{}
-	if err := parallelDo(len(vals), func(i int) error {
+	if err := localnet.Parallel(len(vals), func(i int) error {
 		out, err := vals[i].CLI(ctx, "invisor", "stage", "v3", "--height", strconv.FormatInt(h, 10), "--file", v3)
 		mu.Lock()
 		outs[vals[i].Name] = string(out)
@@ -278,26 +278,6 @@ func scheduledOf(ctx context.Context, t *testing.T, n *localnet.Node) []struct {
 		t.Fatalf("%s: invisor scheduled -o json: %v: %s", n.Name, err, out)
 	}
 	return v
-}
-
-// parallelDo runs f(0..n-1) at once and returns the first error.
-func parallelDo(n int, f func(i int) error) error {
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = f(i)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // keyLines keeps the lines of a node log that say what invisor, consensus and

@@ -75,7 +75,7 @@ func NewTestnet(ctx context.Context, bin, work string, validators, fullNodes int
 
 	// Each node: its home; each validator: its own key in its own keyring.
 	addrs := make([]string, len(vals))
-	if err := parallel(len(vals)+fullNodes, func(i int) error {
+	if err := Parallel(len(vals)+fullNodes, func(i int) error {
 		if i >= len(vals) {
 			_, err := t.FullNodes[i-len(vals)].CLI(ctx, "init", t.FullNodes[i-len(vals)].Name, "--chain-id", s.ChainID)
 			return err
@@ -105,7 +105,7 @@ func NewTestnet(ctx context.Context, bin, work string, validators, fullNodes int
 		return nil, err
 	}
 	// Each validator signs its own gentx; val0 collects them.
-	if err := parallel(len(vals), func(i int) error {
+	if err := Parallel(len(vals), func(i int) error {
 		_, err := vals[i].CLI(ctx, "genesis", "gentx", "val", testnetStake+Denom, "--chain-id", s.ChainID, "--keyring-backend", "test")
 		return err
 	}); err != nil {
@@ -168,7 +168,7 @@ func (t *Testnet) setPeers(ctx context.Context, nodes []*Node) error {
 	all := t.Nodes()
 	addr := make(map[*Node]string, len(all))
 	var mu sync.Mutex
-	if err := parallel(len(all), func(i int) error {
+	if err := Parallel(len(all), func(i int) error {
 		a, err := all[i].P2PAddress(ctx)
 		mu.Lock()
 		addr[all[i]] = a
@@ -231,7 +231,7 @@ func (t *Testnet) AddFullNode(ctx context.Context, name, bin string) (*Node, err
 // group after timeout), all at once, and returns the first error.
 func (t *Testnet) Stop(timeout time.Duration) error {
 	nodes := t.Nodes()
-	return parallel(len(nodes), func(i int) error { return nodes[i].Stop(timeout) })
+	return Parallel(len(nodes), func(i int) error { return nodes[i].Stop(timeout) })
 }
 
 // ScheduleUpgrade serves bin under srv as the binary of upgrade name, has val0
@@ -263,7 +263,7 @@ func (t *Testnet) ScheduleUpgrade(ctx context.Context, srv *FileServer, name, bi
 	if err != nil {
 		return s, 0, err
 	}
-	if err := parallel(len(t.Validators), func(i int) error { return t.Validators[i].Vote(ctx, id) }); err != nil {
+	if err := Parallel(len(t.Validators), func(i int) error { return t.Validators[i].Vote(ctx, id) }); err != nil {
 		return s, id, err
 	}
 	return s, id, proposer.WaitPassed(ctx, id)
@@ -356,8 +356,8 @@ func haltedFor(home string) string {
 	return ui.Name
 }
 
-// parallel runs f(0..n-1) concurrently and returns the first error.
-func parallel(n int, f func(i int) error) error {
+// Parallel runs f(0..n-1) concurrently and returns their errors joined.
+func Parallel(n int, f func(i int) error) error {
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
@@ -615,7 +615,7 @@ func (r *Rehearsal) pollAll(ctx context.Context) poll {
 	p := poll{info: map[*Node]AppInfo{}, ok: map[*Node]bool{}}
 	var mu sync.Mutex
 	nodes := r.Net.Nodes()
-	_ = parallel(len(nodes), func(i int) error {
+	_ = Parallel(len(nodes), func(i int) error {
 		info, err := nodes[i].AppInfo(ctx)
 		mu.Lock()
 		p.info[nodes[i]], p.ok[nodes[i]] = info, err == nil

@@ -9,9 +9,9 @@ import (
 	"testing"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
-	"github.com/cometbft/cometbft/crypto/ed25519"
 	sm "github.com/cometbft/cometbft/state"
-	"github.com/cometbft/cometbft/types"
+
+	"github.com/invisor/invisor/internal/comet/comettest"
 )
 
 // storeConfig is CometBFT's default configuration rooted in a fresh directory.
@@ -31,37 +31,10 @@ func openStateDB(t *testing.T, cfg *cmtcfg.Config) sm.Store {
 	return sm.NewStore(db, sm.StoreOptions{})
 }
 
-// saveState writes, with CometBFT's own state store, the state of a one-validator
-// chain whose last applied block is height (as CometBFT's state tests build it),
-// and closes the store.
-func saveState(t *testing.T, cfg *cmtcfg.Config, height int64) {
-	t.Helper()
-	pk := ed25519.GenPrivKeyFromSecret([]byte("stored_test"))
-	st, err := sm.MakeGenesisState(&types.GenesisDoc{
-		ChainID:    "stored-test",
-		Validators: []types.GenesisValidator{{Address: pk.PubKey().Address(), PubKey: pk.PubKey(), Power: 10, Name: "v0"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := openStateDB(t, cfg)
-	defer store.Close()
-	if err := store.Save(st); err != nil {
-		t.Fatal(err)
-	}
-	if height > 0 {
-		st.LastBlockHeight = height
-		st.LastValidators = st.Validators.Copy()
-		if err := store.Save(st); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func TestStateHeightReadsCometBFTsStateStore(t *testing.T) {
 	for _, h := range []int64{0, 1, 49, 1_234_567} {
 		cfg := storeConfig(t)
-		saveState(t, cfg, h)
+		comettest.SaveState(t, cfg, h)
 		got, err := StateHeight(cfg)
 		if err != nil || got != h {
 			t.Fatalf("state saved at %d: StateHeight = %d, %v", h, got, err)
@@ -107,7 +80,7 @@ func TestStateHeightOfAFreshHome(t *testing.T) {
 func TestStateHeightErrors(t *testing.T) {
 	t.Run("held open", func(t *testing.T) {
 		cfg := storeConfig(t)
-		saveState(t, cfg, 7)
+		comettest.SaveState(t, cfg, 7)
 		s := openStateDB(t, cfg)
 		defer s.Close()
 		h, err := StateHeight(cfg)
