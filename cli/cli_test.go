@@ -210,6 +210,32 @@ func TestHistoryJoin(t *testing.T) {
 	}
 }
 
+// TestHistoryRollback: a rollback is shown on the upgrade's row, and the boot
+// after it is a switch with no halt to time it from.
+func TestHistoryRollback(t *testing.T) {
+	l := testLayout(t)
+	os.MkdirAll(l.Root(), 0o755)
+	t0 := time.Now().UTC().Truncate(time.Second)
+	for _, e := range []history.Entry{
+		{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
+		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "bad"},
+		{Event: history.EventRollback, Upgrade: "v2", Height: 30, Time: t0.Add(time.Minute)},
+		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(2 * time.Minute), SHA256: "good", AfterRollback: true},
+	} {
+		if err := history.Append(l.Home(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := historyRows(l)
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("historyRows = %+v, %v", rows, err)
+	}
+	r := rows[0]
+	if r.RolledBack == nil || !r.RolledBack.Equal(t0.Add(time.Minute)) || !r.AfterRollback || r.SHA256 != "good" {
+		t.Fatalf("row = %+v, want rolled back at %s, then switched to good after the rollback", r, t0.Add(time.Minute))
+	}
+}
+
 // TestFault36PlanOnlyFromOwnState: prepare takes the plan from the node's own
 // state (data/upgrade-info.json, or the status file of the process holding the
 // home lock), never from whatever answers an RPC address.

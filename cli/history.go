@@ -113,11 +113,11 @@ func historyRows(l home.Layout) ([]HistoryRow, error) {
 			r.Halted = &t
 		case history.EventSwitched:
 			r.Switched, r.SwitchSeconds, r.AfterRollback = &t, h.Seconds, h.AfterRollback
-		case history.EventRollback:
-			r.RolledBack = &t
 			if h.SHA256 != "" {
 				r.SHA256 = h.SHA256
 			}
+		case history.EventRollback:
+			r.RolledBack = &t
 		}
 	}
 	out := make([]HistoryRow, 0, len(order))
