@@ -89,7 +89,7 @@ test-fuzz:
 	done
 
 test-e2e: build $(BUILD)/cosmovisor
-	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -race -count=1 -timeout 20m -v ./example-app/...
+	EXAMPLED_BUILD=$(abspath $(BUILD)) COSMOVISOR_BIN=$(abspath $(BUILD))/cosmovisor $(GO) test -race -count=1 -timeout 30m -v ./example-app/...
 
 # Unit benchmarks, then invisor vs cosmovisor v1.5.0 on real chains (about 40 min
 # on 2 cores; writes BENCHMARKS.md). Not part of `make test`.
