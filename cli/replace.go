@@ -288,19 +288,32 @@ func runningPlan(e *env, l home.Layout) *staging.Plan {
 	return &p
 }
 
-// verifyScratch verifies the binary of plan fetch in a scratch home (a staging
-// temp directory under <home>/cosmovisor, on the same filesystem, which the node
-// removes at start if this command is killed), exactly as stageAndRecord does.
-// cleanup removes the scratch home; call it once the binary is in place.
+// verifyScratch verifies the binary of plan fetch in a scratch home
+// (scratchHome), exactly as stageAndRecord does. cleanup removes the scratch
+// home; call it once the binary is in place.
 func verifyScratch(ctx context.Context, e *env, fetch staging.Plan, fileSource bool) (staging.Install, func(), error) {
+	scfg, _, cleanup, err := scratchHome(e, fileSource)
+	if err != nil {
+		return staging.Install{}, cleanup, err
+	}
+	inst, err := staging.Fetch(ctx, scfg, fetch, stagingLog{e})
+	return inst, cleanup, err
+}
+
+// scratchHome makes a scratch home for verifying a binary: a staging temp
+// directory under <home>/cosmovisor (on the same filesystem, so the verified
+// binary is renamed into place; the node removes it at start if this command is
+// killed), with the staging configuration that fetches into it. cleanup removes
+// it and may be called more than once.
+func scratchHome(e *env, fileSource bool) (staging.Config, home.Layout, func(), error) {
 	l := e.layout()
 	nop := func() {}
 	if err := os.MkdirAll(l.UpgradesRoot(), 0o755); err != nil {
-		return staging.Install{}, nop, err
+		return staging.Config{}, home.Layout{}, nop, err
 	}
 	scratch, err := os.MkdirTemp(l.Root(), staging.TempPrefix+"cli-")
 	if err != nil {
-		return staging.Install{}, nop, fmt.Errorf("scratch directory under %s: %w", l.Root(), err)
+		return staging.Config{}, home.Layout{}, nop, fmt.Errorf("scratch directory under %s: %w", l.Root(), err)
 	}
 	cleanup := func() { os.RemoveAll(scratch) }
 	scfg := e.cfg.Staging
@@ -308,6 +321,10 @@ func verifyScratch(ctx context.Context, e *env, fetch staging.Plan, fileSource b
 	if fileSource {
 		scfg.AllowFileURLs = true
 	}
-	inst, err := staging.Fetch(ctx, scfg, fetch, stagingLog{e})
-	return inst, cleanup, err
+	sl, err := scfg.Layout()
+	if err != nil {
+		cleanup()
+		return staging.Config{}, home.Layout{}, nop, err
+	}
+	return scfg, sl, cleanup, nil
 }

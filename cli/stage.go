@@ -312,23 +312,11 @@ func stageAndRecord(ctx context.Context, e *env, plan *staging.Plan, fetch stagi
 		defer lock.Release()
 	}
 
-	if err := os.MkdirAll(l.UpgradesRoot(), 0o755); err != nil {
-		return err
-	}
-	scratch, err := os.MkdirTemp(l.Root(), staging.TempPrefix+"cli-")
-	if err != nil {
-		return fmt.Errorf("scratch directory under %s: %w", l.Root(), err)
-	}
-	defer os.RemoveAll(scratch)
-	scfg := e.cfg.Staging
-	scfg.Home, scfg.AllowDownload = scratch, true
-	if fileSource {
-		scfg.AllowFileURLs = true
-	}
-	sl, err := scfg.Layout()
+	scfg, sl, cleanup, err := scratchHome(e, fileSource)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	fmt.Fprintf(e.out, "verifying the binary for %q ...\n", name)
 	inst, err := staging.Fetch(ctx, scfg, fetch, stagingLog{e})
 	if err != nil {
@@ -352,7 +340,7 @@ func stageAndRecord(ctx context.Context, e *env, plan *staging.Plan, fetch stagi
 	if err := place(l, sl, name); err != nil {
 		return err
 	}
-	os.RemoveAll(scratch)
+	cleanup()
 
 	switch {
 	case locked != nil && plan == nil:
