@@ -440,8 +440,10 @@ type VerifyResult struct {
 	SHA256    string `json:"sha256,omitempty"`
 	Source    string `json:"source,omitempty"` // how the record ties the bytes to the plan
 	Preflight string `json:"preflight,omitempty"`
-	Note      string `json:"note,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// Probe is what the binary answered at staging (its record), in words.
+	Probe string `json:"probe,omitempty"`
+	Note  string `json:"note,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 func verifyCmd(opts config.Options) *cobra.Command {
@@ -488,7 +490,7 @@ sha256, and passes the preflight run (` + "`<bin> version`" + `). Exits non-zero
 					if r.OK && r.Note != "" {
 						fmt.Fprintf(e.out, "ok    %-12s %s; preflight: %s; %s\n", r.Name, r.Path, r.Preflight, r.Note)
 					} else if r.OK {
-						fmt.Fprintf(e.out, "ok    %-12s %s sha256 %s; preflight: %s\n", r.Name, r.Path, r.SHA256, r.Preflight)
+						fmt.Fprintf(e.out, "ok    %-12s %s sha256 %s; preflight: %s; probe: %s\n", r.Name, r.Path, r.SHA256, r.Preflight, r.Probe)
 					} else {
 						fmt.Fprintf(e.out, "FAIL  %-12s %s: %s\n", r.Name, r.Path, r.Error)
 					}
@@ -550,7 +552,7 @@ func verifyOne(ctx context.Context, e *env, name string) VerifyResult {
 		return r
 	}
 	defer v.Close()
-	r.SHA256, r.Source = rec.SHA256, string(rec.Source)
+	r.SHA256, r.Source, r.Probe = rec.SHA256, string(rec.Source), probeText(rec.Probe, name)
 	if !ok {
 		r.Note = "no plan of this name is in force; checked against its record only"
 	}

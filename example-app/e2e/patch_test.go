@@ -130,7 +130,8 @@ func TestPatchRelease(t *testing.T) {
 		}
 	}
 	if out, errOut, err := run(ctx, v201, nil, "invisor", "verify", "v2", "--home", node.Home); err != nil ||
-		!strings.HasPrefix(out, "ok") || !strings.Contains(out, sha201) || !strings.Contains(out, "v2.0.1") {
+		!strings.HasPrefix(out, "ok") || !strings.Contains(out, sha201) || !strings.Contains(out, "v2.0.1") ||
+		!strings.Contains(out, "probe: invisor") || !strings.Contains(out, "has the upgrade handler") {
 		t.Errorf("invisor verify v2 after the patch: %v\n%s%s", err, out, errOut)
 	}
 	st := statusStaged(t, ctx, v201, node.Home)
