@@ -27,6 +27,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -40,6 +41,7 @@ import (
 	"github.com/invisor/invisor/hook"
 	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/notify"
 	"github.com/invisor/invisor/internal/probe"
 	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
@@ -156,8 +158,14 @@ type node struct {
 	halt, due          *home.Scheduled
 	haltWatch, dueDone atomic.Bool
 	home               string // set by startReporting; "" before
-	cancel             context.CancelFunc
-	wg                 sync.WaitGroup
+	// notifier sends the webhook's events (nil: webhook-url not set); watch is
+	// the plan in force as the notifications know it (notify.go).
+	notifier  *notify.Notifier
+	watch     atomic.Pointer[planWatch]
+	haltMu    sync.Mutex
+	haltNoted string // the halt the halted event was sent for, "name@height"
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
@@ -224,18 +232,25 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
+	notifier, err := newNotifier(sctx, cfg, layout.Home(), logger)
+	if err != nil {
+		return nil, err
+	}
 	scfg := cfg.Staging
 	fetch := func(ctx context.Context, p home.Plan) error {
 		_, err := staging.Fetch(ctx, scfg, p, logger)
 		return err
 	}
-	rl, err := relauncher.New(cfg.Relauncher, nil, logger,
-		relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch, Handles: handles})
+	ros := relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch, Handles: handles}
+	if notifier != nil {
+		ros.Exec = execAfterDrain(notifier, logger, syscall.Exec)
+	}
+	rl, err := relauncher.New(cfg.Relauncher, nil, logger, ros)
 	if err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	n := &node{log: logger, rl: rl, layout: layout, stageOnly: relauncher.UnderCosmovisor(),
-		rpcLaddr: sctx.Config.RPC.ListenAddress}
+		rpcLaddr: sctx.Config.RPC.ListenAddress, notifier: notifier}
 	if ui, ok, err := layout.ReadUpgradeInfo(); err == nil && ok && layout.Attempts(ui).Count > 0 {
 		n.switched = &ui
 	}
@@ -291,11 +306,13 @@ func (n *node) reportTrust() {
 	}
 }
 
-// stop ends staging; the relauncher's state stays readable. The home lock stays
-// held: a switch that follows hands it to the next image.
+// stop ends staging and gives the webhook its bounded drain; the relauncher's
+// state stays readable. The home lock stays held: a switch that follows hands it
+// to the next image.
 func (n *node) stop() {
 	n.cancel()
 	n.wg.Wait()
+	closeNotifier(n.notifier, n.log)
 	if err := n.rl.Close(); err != nil {
 		n.log.Error("invisor: stopping the halt coordinator", "err", err)
 	}
@@ -310,6 +327,7 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 		n.waitCancel = nil
 	}
 	n.upgradeDone(p, block)
+	n.notePlan(p, block)
 	if p == nil {
 		n.log.Info("invisor: no upgrade plan in force", "block", block)
 		n.setNameProblem("")
@@ -372,6 +390,7 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 		return
 	}
 	defer bin.Close()
+	n.noteReady(plan, bin.Record.SHA256)
 	ans := bin.Record.Probe
 	n.log.Info("invisor: upgrade binary staged and verified; the switch at the upgrade height needs no download and no hashing",
 		"upgrade", plan.Name, "height", plan.Height, "answered_probe", ans != nil,
@@ -383,6 +402,7 @@ func (n *node) watchReady(ctx context.Context, plan staging.Plan) {
 func (n *node) Height(h int64) {
 	n.stager.ObserveHeight(h)
 	n.scheduledHeight(h)
+	n.nearHeight(h)
 }
 
 // Halted implements hook.Sink.
@@ -393,10 +413,12 @@ func (n *node) Halted(p hook.Plan, height int64) {
 	// The chain is down from here: finishing the binary beats sparing the disk.
 	n.stager.Hurry()
 	if n.stageOnly {
+		n.noteHalted(p, height, haltPath(true, relauncher.NodeStateUnknown), "invisor runs under cosmovisor, which switches the binary")
 		n.log.Info("invisor: cosmovisor will switch the binary", "upgrade", p.Name)
 		return
 	}
 	state, why := n.nodeState()
+	n.noteHalted(p, height, haltPath(false, state), why)
 	// The clean stop returns at once; the re-exec does not return unless it failed.
 	n.rl.Halt(n.runCtx, p.Name, height, state, why)
 }

@@ -15,15 +15,25 @@ func (n *node) startReporting(ctx context.Context) {
 	n.home = n.layout.Home()
 	if e, ok, err := history.RecordSwitch(n.layout); err != nil {
 		n.log.Error("invisor: could not record the switch in the history; only `invisor history` is affected", "err", err)
-	} else if ok && e.AfterRollback {
-		n.log.Info("invisor: running the upgrade binary after a rollback", "upgrade", e.Upgrade, "height", e.Height, "sha256", e.SHA256)
 	} else if ok {
-		n.log.Info("invisor: running the upgrade binary", "upgrade", e.Upgrade, "height", e.Height,
-			"seconds_since_halt", fmt.Sprintf("%.3f", e.Seconds), "sha256", e.SHA256)
+		if e.AfterRollback {
+			n.log.Info("invisor: running the upgrade binary after a rollback", "upgrade", e.Upgrade, "height", e.Height, "sha256", e.SHA256)
+		} else {
+			n.log.Info("invisor: running the upgrade binary", "upgrade", e.Upgrade, "height", e.Height,
+				"seconds_since_halt", fmt.Sprintf("%.3f", e.Seconds), "sha256", e.SHA256)
+		}
+		n.noteSwitched(e)
 	}
-	r := status.NewReporter(n.home, n.stager, n.nameWarnings)
+	var src status.Source = n.stager
+	if n.notifier != nil {
+		src = &stagingWatcher{Stager: n.stager, n: n}
+	}
+	r := status.NewReporter(n.home, src, n.nameWarnings)
 	if s := n.halt; s != nil {
 		r.SetHaltAt(s.Plan.Name, s.Plan.Height)
+	}
+	if nt := n.notifier; nt != nil {
+		r.SetWebhook(func() (uint64, uint64) { s := nt.Stats(); return s.Dropped + s.Lost, s.Failed })
 	}
 	n.wg.Add(1)
 	go func() {

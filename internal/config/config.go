@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/invisor/invisor/internal/home"
+	"github.com/invisor/invisor/internal/notify"
 	"github.com/invisor/invisor/relauncher"
 	"github.com/invisor/invisor/staging"
 )
@@ -50,6 +51,8 @@ type Config struct {
 	Enabled    bool
 	Staging    staging.Config
 	Relauncher relauncher.Config
+	// Notify is the webhook's (URL empty: no notifications).
+	Notify notify.Config
 	// Sources says where each setting came from: "default", "app.toml", "env NAME"
 	// or "flag --invisor.KEY".
 	Sources map[string]string
@@ -91,7 +94,7 @@ func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Option
 	if err != nil {
 		return Config{}, fmt.Errorf("invisor: node home: %w", err)
 	}
-	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(),
+	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Notify: notify.DefaultConfig(),
 		Sources: map[string]string{}, Values: map[string]string{}}
 	c.Staging.Home, c.Relauncher.Home = home, home
 	c.Staging.DaemonName, c.Relauncher.DaemonName = opts.DaemonName, opts.DaemonName
@@ -155,6 +158,9 @@ func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Option
 		return Config{}, fmt.Errorf("invisor: %w", err)
 	}
 	if err := c.Relauncher.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invisor: %w", err)
+	}
+	if err := c.Notify.Validate(); err != nil {
 		return Config{}, fmt.Errorf("invisor: %w", err)
 	}
 	return c, nil
@@ -297,6 +303,22 @@ var settings = []setting{
 				return fmt.Errorf("want a whole number >= 0, got %q", v)
 			}
 			c.Relauncher.PreUpgradeMaxRetries = n
+			return nil
+		}},
+	{"webhook-url", "INVISOR_WEBHOOK_URL", "", "http(s) URL that gets a JSON document for each upgrade event (empty: none)",
+		"http(s) URL that gets a POST of a small JSON document (invisor.event/1) for each upgrade event: plan seen, binary ready or refused, not ready near the height, halted, switched. Never blocks the node; see the operator guide. Empty: no notifications.", true,
+		func(c *Config, v string) error {
+			v = strings.TrimSpace(v)
+			if v != "" {
+				if err := notify.ValidateURL(v); err != nil {
+					return err
+				}
+			}
+			c.Notify.URL = v
+			// `invisor config` shows Values: a token in the URL stays out of it.
+			if v != "" {
+				c.Values["webhook-url"] = staging.Redact(v)
+			}
 			return nil
 		}},
 }

@@ -156,3 +156,33 @@ func TestBackupKeep(t *testing.T) {
 		}
 	}
 }
+
+// webhook-url lands in the notifier's config, is refused unless it is an
+// http(s) URL with a host (without repeating it), and `invisor config` shows it
+// without its credentials or token.
+func TestWebhookURL(t *testing.T) {
+	c, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"})
+	if err != nil || c.Notify.URL != "" || c.Values["webhook-url"] != "" {
+		t.Fatalf("default: %q, %q, %v; want off", c.Notify.URL, c.Values["webhook-url"], err)
+	}
+	const u = "https://bot:hunter2@hooks.example/invisor?token=s3cret"
+	t.Setenv("INVISOR_WEBHOOK_URL", u)
+	c, err = LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"})
+	if err != nil || c.Notify.URL != u || c.Sources["webhook-url"] != "env INVISOR_WEBHOOK_URL" {
+		t.Fatalf("env: %q from %q, %v", c.Notify.URL, c.Sources["webhook-url"], err)
+	}
+	if v := c.Values["webhook-url"]; strings.Contains(v, "hunter2") || strings.Contains(v, "s3cret") || !strings.Contains(v, "hooks.example/invisor") {
+		t.Errorf("the value `invisor config` shows is %q, want it without credentials and token", v)
+	}
+	for _, bad := range []string{"ftp://bot:hunter2@hooks.example/x", "hooks.example/x?token=s3cret", "http://bot:hunter2@/x"} {
+		t.Setenv("INVISOR_WEBHOOK_URL", bad)
+		_, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"})
+		if err == nil || !strings.Contains(err.Error(), "INVISOR_WEBHOOK_URL") || strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("INVISOR_WEBHOOK_URL=%s: %v, want a refusal naming the variable and not the secrets", bad, err)
+		}
+	}
+	t.Setenv("INVISOR_WEBHOOK_URL", "")
+	if c, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Notify.URL != "" {
+		t.Errorf("empty env: %q, %v; want off", c.Notify.URL, err)
+	}
+}

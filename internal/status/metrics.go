@@ -24,6 +24,8 @@ const (
 	MetricNameUnmappable  = "invisor_plan_name_unmappable"
 	MetricUnconfirmed     = "invisor_binary_unconfirmed"
 	MetricScheduledHeight = "invisor_scheduled_upgrade_height"
+	MetricWebhookDropped  = "invisor_webhook_events_dropped"
+	MetricWebhookFailed   = "invisor_webhook_events_failed"
 )
 
 var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging.StateDownloading,
@@ -34,7 +36,7 @@ var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging
 // (a process runs one node; after the exec the new process registers its own).
 type gauges struct {
 	planHeight, blocksTo, bytes, attempts, failures, sinceReady, lastSwitch prometheus.Gauge
-	unmappable, unconfirmed, scheduled                                      prometheus.Gauge
+	unmappable, unconfirmed, scheduled, hookDropped, hookFailed             prometheus.Gauge
 	state                                                                   *prometheus.GaugeVec
 }
 
@@ -57,6 +59,8 @@ func registerGauges() *gauges {
 			sinceReady:  g(MetricSecondsReady, "Seconds since the upgrade binary became ready (-1: not ready)."),
 			lastSwitch:  g(MetricLastSwitch, "Seconds from the last upgrade halt to the new binary's boot on this home (0: none recorded)."),
 			unmappable:  g(MetricNameUnmappable, "1 when the plan in force has a name no upgrades/ directory can hold: invisor will not switch it."),
+			hookDropped: g(MetricWebhookDropped, "Webhook events dropped by this process (queue full, or sent after the notifier closed)."),
+			hookFailed:  g(MetricWebhookFailed, "Webhook events this process gave up on after its retries."),
 			scheduled:   g(MetricScheduledHeight, "Height of the upgrade scheduled without governance that this node halts at (its halt-height; 0: none)."),
 			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
 			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
@@ -64,7 +68,7 @@ func registerGauges() *gauges {
 		}
 		for _, c := range []prometheus.Collector{theGauges.planHeight, theGauges.blocksTo, theGauges.bytes,
 			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state,
-			theGauges.unmappable, theGauges.unconfirmed, theGauges.scheduled} {
+			theGauges.unmappable, theGauges.unconfirmed, theGauges.scheduled, theGauges.hookDropped, theGauges.hookFailed} {
 			// A name clash with another collector leaves that gauge unexported;
 			// the node must not fail for a metric.
 			_ = prometheus.DefaultRegisterer.Register(c)

@@ -110,7 +110,12 @@ type Reporter struct {
 	written  Node
 	wroteAt  time.Time
 	haltAt   *Halt
+	webhook  func() (dropped, failed uint64)
 }
+
+// SetWebhook gives the Reporter the webhook's counters (internal/notify's
+// Stats) for the invisor_webhook_events_* gauges; call it before Run.
+func (r *Reporter) SetWebhook(stats func() (dropped, failed uint64)) { r.webhook = stats }
 
 // SetHaltAt says which scheduled upgrade's height the node halts at (its
 // halt-height); call it before Run.
@@ -179,6 +184,11 @@ func (r *Reporter) Once() {
 		if h > 0 {
 			g.blocksTo.Set(float64(st.Plan.Height - h))
 		}
+	}
+	if r.webhook != nil {
+		d, f := r.webhook()
+		g.hookDropped.Set(float64(d))
+		g.hookFailed.Set(float64(f))
 	}
 	g.bytes.Set(float64(st.BytesDone))
 	g.attempts.Set(float64(st.Attempt))
