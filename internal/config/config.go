@@ -212,6 +212,23 @@ func durationSetting(key, env, def, doc, note string, set func(c *Config, d time
 	}}
 }
 
+// wholeSetting is a whole number of at least min; what, if not empty, says in the
+// error what the number counts.
+func wholeSetting(key, env, def, doc, note string, min int, what string, set func(c *Config, n int)) setting {
+	return setting{key, env, def, doc, note, false, func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < min {
+			counts := ""
+			if what != "" {
+				counts = " (" + what + ")"
+			}
+			return fmt.Errorf("want a whole number >= %d%s, got %q", min, counts, v)
+		}
+		set(c, n)
+		return nil
+	}}
+}
+
 func pathSetting(key, env, doc, note string, set func(c *Config, path string)) setting {
 	return setting{key, env, "", doc, note, true, func(c *Config, v string) error {
 		if v != "" && !filepath.IsAbs(v) {
@@ -274,18 +291,11 @@ var settings = []setting{
 	pathSetting("backup-dir", "DAEMON_DATA_BACKUP_DIR", "where data backups go (default: the node home)",
 		"Where data backups go, an absolute path. Empty: the node home.",
 		func(c *Config, v string) { c.Relauncher.BackupDir = v }),
-	{"backup-keep", "INVISOR_BACKUP_KEEP", strconv.Itoa(relauncher.DefaultBackupKeep), "how many of invisor's own data backups to keep, the newest (at least 1)",
-		"How many of invisor's own data backups to keep in backup-dir, the newest; older ones are removed after each new backup, and backups invisor did not take never are. " +
-			"2 keeps the one `<appd> invisor rollback` restores (the last switch's) and the one before it. A backup hard-links the database's table files, so it is cheap when " +
-			"taken, but it keeps every table the live database later compacts away: each grows toward a full copy of data/.", false,
-		func(c *Config, v string) error {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			if err != nil || n < 1 {
-				return fmt.Errorf("want a whole number >= 1 (the newest backups to keep), got %q", v)
-			}
-			c.Relauncher.BackupKeep = n
-			return nil
-		}},
+	wholeSetting("backup-keep", "INVISOR_BACKUP_KEEP", strconv.Itoa(relauncher.DefaultBackupKeep), "how many of invisor's own data backups to keep, the newest (at least 1)",
+		"How many of invisor's own data backups to keep in backup-dir, the newest; older ones are removed after each new backup, and backups invisor did not take never are. "+
+			"2 keeps the one `<appd> invisor rollback` restores (the last switch's) and the one before it. A backup hard-links the database's table files, so it is cheap when "+
+			"taken, but it keeps every table the live database later compacts away: each grows toward a full copy of data/.",
+		1, "the newest backups to keep", func(c *Config, n int) { c.Relauncher.BackupKeep = n }),
 	boolSetting("disable-recase", "COSMOVISOR_DISABLE_RECASE", "false", "keep the plan name's case in upgrades/<name> (cosmovisor lower-cases it by default)",
 		"Keep the plan name's case in cosmovisor/upgrades/<name>. By default the name is lower-cased and then escaped, exactly as cosmovisor does; set this only where cosmovisor runs with the same setting.",
 		func(c *Config, b bool) { c.Staging.DisableRecase, c.Relauncher.DisableRecase = b, b }),
@@ -295,16 +305,8 @@ var settings = []setting{
 	boolSetting("pre-upgrade", "INVISOR_PRE_UPGRADE", "true", "run `<new binary> pre-upgrade` before the switch",
 		"Run `<new binary> pre-upgrade` before the switch (exit 0 ok, 1 not implemented, 30 fail, 31 retry).",
 		func(c *Config, b bool) { c.Relauncher.RunPreUpgrade = b }),
-	{"pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
-		"Retries of pre-upgrade while it exits 31.", false,
-		func(c *Config, v string) error {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			if err != nil || n < 0 {
-				return fmt.Errorf("want a whole number >= 0, got %q", v)
-			}
-			c.Relauncher.PreUpgradeMaxRetries = n
-			return nil
-		}},
+	wholeSetting("pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
+		"Retries of pre-upgrade while it exits 31.", 0, "", func(c *Config, n int) { c.Relauncher.PreUpgradeMaxRetries = n }),
 	{"webhook-url", "INVISOR_WEBHOOK_URL", "", "http(s) URL that gets a JSON document for each upgrade event (empty: none)",
 		"http(s) URL that gets a POST of a small JSON document (invisor.event/1) for each upgrade event: plan seen, binary ready or refused, not ready near the height, halted, switched. Never blocks the node; see the operator guide. Empty: no notifications.", true,
 		func(c *Config, v string) error {
