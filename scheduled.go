@@ -131,6 +131,13 @@ func (n *node) scheduledHeight(h int64) {
 // watchHalt waits until CometBFT has block s's height in its block store while
 // the app stays below it (the halt-height refused it), then takes the halt path.
 func (n *node) watchHalt(ctx context.Context, s home.Scheduled) {
+	// One client for the whole wait: its connection is kept between the asks.
+	c, err := comet.NewClient(n.rpcLaddr)
+	if err != nil {
+		n.log.Error("invisor: cannot ask CometBFT for the halt at the scheduled height; restart the node at the halt and it switches at boot",
+			"upgrade", s.Plan.Name, "height", s.Plan.Height, "err", err)
+		return
+	}
 	t := time.NewTicker(haltWatchTick)
 	defer t.Stop()
 	for {
@@ -139,8 +146,8 @@ func (n *node) watchHalt(ctx context.Context, s home.Scheduled) {
 			return
 		case <-t.C:
 		}
-		st, err := comet.Status(ctx, n.rpcLaddr)
-		if err == nil && st.LatestHeight >= s.Plan.Height {
+		st, err := c.Status(ctx)
+		if err == nil && st.SyncInfo.LatestBlockHeight >= s.Plan.Height {
 			break
 		}
 	}

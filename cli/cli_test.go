@@ -192,14 +192,9 @@ func TestHistoryJoin(t *testing.T) {
 	l := testLayout(t)
 	os.MkdirAll(l.Root(), 0o755)
 	t0 := time.Now().UTC().Truncate(time.Second)
-	for _, e := range []history.Entry{
-		{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
-		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"},
-	} {
-		if err := history.Append(l.Home(), e); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendHistory(t, l,
+		history.Entry{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
+		history.Entry{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "abc"})
 	rows, err := historyRows(l)
 	if err != nil || len(rows) != 1 {
 		t.Fatalf("historyRows = %+v, %v", rows, err)
@@ -210,22 +205,27 @@ func TestHistoryJoin(t *testing.T) {
 	}
 }
 
+// appendHistory appends entries to l's history, in order.
+func appendHistory(t *testing.T, l home.Layout, entries ...history.Entry) {
+	t.Helper()
+	for _, e := range entries {
+		if err := history.Append(l.Home(), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestHistoryRollback: a rollback is shown on the upgrade's row, and the boot
 // after it is a switch with no halt to time it from.
 func TestHistoryRollback(t *testing.T) {
 	l := testLayout(t)
 	os.MkdirAll(l.Root(), 0o755)
 	t0 := time.Now().UTC().Truncate(time.Second)
-	for _, e := range []history.Entry{
-		{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
-		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "bad"},
-		{Event: history.EventRollback, Upgrade: "v2", Height: 30, Time: t0.Add(time.Minute)},
-		{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(2 * time.Minute), SHA256: "good", AfterRollback: true},
-	} {
-		if err := history.Append(l.Home(), e); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendHistory(t, l,
+		history.Entry{Event: history.EventHalt, Upgrade: "v2", Height: 30, Time: t0},
+		history.Entry{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(time.Second), Seconds: 1, SHA256: "bad"},
+		history.Entry{Event: history.EventRollback, Upgrade: "v2", Height: 30, Time: t0.Add(time.Minute)},
+		history.Entry{Event: history.EventSwitched, Upgrade: "v2", Height: 30, Time: t0.Add(2 * time.Minute), SHA256: "good", AfterRollback: true})
 	rows, err := historyRows(l)
 	if err != nil || len(rows) != 1 {
 		t.Fatalf("historyRows = %+v, %v", rows, err)

@@ -70,15 +70,11 @@ func stageReplace(ctx context.Context, e *env, name, src string, fileSource bool
 	// home until it returns. With one, the running node does not write the
 	// upgrade's directory of an applied upgrade, and a staging of the plan in force
 	// sees either record, each proving its own binary.
-	lock, lerr := l.Acquire(os.Environ())
-	var locked *home.LockedError
-	switch {
-	case errors.As(lerr, &locked):
-	case lerr != nil:
-		return lerr
-	default:
-		defer lock.Release()
+	locked, release, err := lockUnlessRunning(l)
+	if err != nil {
+		return err
 	}
+	defer release()
 
 	fmt.Fprintf(e.out, "verifying the patch release for %q (%s) ...\n", name, tgt.state)
 	inst, cleanup, err := verifyScratch(ctx, e, staging.Plan{Name: name, Height: tgt.plan.Height, Info: planInfo(src)}, fileSource)
@@ -286,6 +282,20 @@ func runningPlan(e *env, l home.Layout) *staging.Plan {
 	}
 	p := *ns.Plan
 	return &p
+}
+
+// lockUnlessRunning takes the home lock when no node runs on l, so the command
+// owns the home until it calls release; when a node holds it, locked names that
+// node (and release does nothing). Any other failure to lock is err.
+func lockUnlessRunning(l home.Layout) (locked *home.LockedError, release func(), err error) {
+	lock, err := l.Acquire(os.Environ())
+	switch {
+	case errors.As(err, &locked):
+		return locked, func() {}, nil
+	case err != nil:
+		return nil, func() {}, err
+	}
+	return nil, func() { lock.Release() }, nil
 }
 
 // verifyScratch verifies the binary of plan fetch in a scratch home

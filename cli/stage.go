@@ -302,15 +302,11 @@ func stageAndRecord(ctx context.Context, e *env, plan *staging.Plan, fetch stagi
 	}
 	// The lock says whether a node runs here; without one, this command owns the
 	// home until it returns.
-	lock, lerr := l.Acquire(os.Environ())
-	var locked *home.LockedError
-	switch {
-	case errors.As(lerr, &locked):
-	case lerr != nil:
-		return lerr
-	default:
-		defer lock.Release()
+	locked, release, err := lockUnlessRunning(l)
+	if err != nil {
+		return err
 	}
+	defer release()
 
 	scfg, sl, cleanup, err := scratchHome(e, fileSource)
 	if err != nil {
