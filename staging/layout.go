@@ -115,23 +115,7 @@ func moveAside(dir string, now time.Time) (string, error) {
 // checkNoSymlinks refuses a planted symlink at upgrades/, upgrades/<dir> or its bin/,
 // so the install can never land outside the home.
 func checkNoSymlinks(l home.Layout, upDir string) error {
-	for _, d := range []string{l.UpgradesRoot(), upDir, filepath.Join(upDir, home.BinDir)} {
-		fi, err := os.Lstat(d)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			return fmt.Errorf("%w: %s is a symlink; staging only installs into real directories under %s, replace it with a directory",
-				ErrNotTrusted, d, l.Root())
-		}
-		if !fi.IsDir() {
-			return fmt.Errorf("%w: %s is not a directory", ErrNotTrusted, d)
-		}
-	}
-	return nil
+	return home.RealDirs(l.UpgradesRoot(), upDir, filepath.Join(upDir, home.BinDir))
 }
 
 // redact removes userinfo and the query (which may hold tokens) from a URL for logs.

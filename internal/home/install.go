@@ -66,7 +66,7 @@ func (l Layout) InstallBinary(ctx context.Context, src string, rec Record) (Repl
 		return Replacement{}, err
 	}
 	dir := filepath.Dir(filepath.Dir(bin))
-	if err := realDirs(l.UpgradesRoot(), dir, filepath.Dir(bin), filepath.Join(dir, PreviousDir)); err != nil {
+	if err := RealDirs(l.UpgradesRoot(), dir, filepath.Dir(bin), filepath.Join(dir, PreviousDir)); err != nil {
 		return Replacement{}, err
 	}
 	if fi, err := os.Stat(src); err != nil {
@@ -218,9 +218,10 @@ func hashAt(ctx context.Context, p string) (Digest, error) {
 	return HashFile(ctx, f)
 }
 
-// realDirs refuses a symlink, or anything but a directory, at any of dirs that
+// RealDirs refuses a symlink, or anything but a directory, at any of dirs that
 // exists, so that nothing is written outside the home through a planted link.
-func realDirs(dirs ...string) error {
+// Staging checks upgrades/, upgrades/<dir> and its bin/ with it before an install.
+func RealDirs(dirs ...string) error {
 	for _, d := range dirs {
 		fi, err := os.Lstat(d)
 		if errors.Is(err, fs.ErrNotExist) {
