@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/invisor/invisor/internal/home"
-	"github.com/invisor/invisor/internal/status"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -273,11 +272,8 @@ func uiText(ui home.Plan, ok bool) string {
 // publishes it (the status file of the process holding the home lock); nil when
 // no node runs or it has none.
 func runningPlan(e *env, l home.Layout) *staging.Plan {
-	ns, ok, _ := status.Read(e.home)
-	if !ok || ns.Plan == nil {
-		return nil
-	}
-	if pid, held := l.HolderPID(); !held || pid != ns.PID {
+	ns, why := runningStatus(e, l)
+	if why != "" || ns.Plan == nil {
 		return nil
 	}
 	p := *ns.Plan

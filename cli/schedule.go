@@ -189,7 +189,7 @@ func chainHeight(ctx context.Context, e *env) (int64, string, error) {
 			return v.Height, fmt.Sprintf("the running node's RPC %s", v.RPC), nil
 		}
 	}
-	if ns, ok, _ := status.Read(e.home); ok && ns.PID == pid && ns.Height > 0 {
+	if ns, why := runningStatus(e, l); why == "" && ns.Height > 0 {
 		return ns.Height, fmt.Sprintf("the running node's status, PID %d", pid), nil
 	}
 	return 0, "", fmt.Errorf("a node runs on this home (PID %d) but neither its RPC (%s) nor its status file says its height; nothing was scheduled", pid, e.rpc)
@@ -354,10 +354,8 @@ func scheduledViews(ctx context.Context, e *env) ([]ScheduledView, error) {
 		return nil, err
 	}
 	var running *status.Node
-	if pid, held := l.HolderPID(); held {
-		if ns, ok, _ := status.Read(e.home); ok && ns.PID == pid {
-			running = &ns
-		}
+	if ns, why := runningStatus(e, l); why == "" {
+		running = &ns
 	}
 	views := make([]ScheduledView, 0, len(sched))
 	for _, s := range sched {

@@ -256,12 +256,11 @@ func ownPlan(e *env) (p *staging.Plan, from string) {
 	if ui, ok, err := l.ReadUpgradeInfo(); err == nil && ok {
 		return &ui, home.UpgradeInfoFile
 	}
-	ns, ok, _ := status.Read(e.home)
-	if !ok {
+	ns, why := runningStatus(e, l)
+	switch why {
+	case noStatus:
 		return nil, "no node status and no data/upgrade-info.json"
-	}
-	pid, held := l.HolderPID()
-	if !held || pid != ns.PID {
+	case notRunning:
 		return nil, "no node runs on this home, and no data/upgrade-info.json"
 	}
 	if ns.Plan == nil {
@@ -269,6 +268,26 @@ func ownPlan(e *env) (p *staging.Plan, from string) {
 	}
 	plan := *ns.Plan
 	return &plan, fmt.Sprintf("the running node, PID %d", ns.PID)
+}
+
+// Why runningStatus has no status to give.
+const (
+	noStatus   = "no node status"
+	notRunning = "no node runs on this home"
+)
+
+// runningStatus is the status the running node publishes: the status file, when
+// the process that wrote it holds the home lock (a stale or forged file is none).
+// why is "" when it has one, else noStatus or notRunning.
+func runningStatus(e *env, l home.Layout) (ns status.Node, why string) {
+	ns, ok, _ := status.Read(e.home)
+	if !ok {
+		return status.Node{}, noStatus
+	}
+	if pid, held := l.HolderPID(); !held || pid != ns.PID {
+		return status.Node{}, notRunning
+	}
+	return ns, ""
 }
 
 // knownPlan returns the plan in force named name, if the node's own state knows it.
