@@ -164,8 +164,11 @@ type node struct {
 	watch     atomic.Pointer[planWatch]
 	haltMu    sync.Mutex
 	haltNoted string // the halt the halted event was sent for, "name@height"
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	// health is the post-upgrade health gate (health.go); nil when not armed.
+	// Set at boot, before the reporter and the hook see the node.
+	health *healthGate
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 func wrapStart(start *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
@@ -287,7 +290,15 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 			logger.Error("invisor: staging stopped", "err", err)
 		}
 	}()
+	n.armHealth(sctx.Config, cfg.Health)
 	n.startReporting(ctx)
+	if cfg.CheckProposals {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.watchProposals(ctx)
+		}()
+	}
 	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
 	logger.Info("invisor: watching upgrade plans", "home", layout.Home(), "daemon", layout.Daemon(),
 		"allow_download", cfg.Staging.AllowDownload, "lock", lock.Path())
@@ -310,6 +321,7 @@ func (n *node) reportTrust() {
 // state stays readable. The home lock stays held: a switch that follows hands it
 // to the next image.
 func (n *node) stop() {
+	n.stopHealth()
 	n.cancel()
 	n.wg.Wait()
 	closeNotifier(n.notifier, n.log)
@@ -327,6 +339,7 @@ func (n *node) PlanChanged(p *hook.Plan, block int64) {
 		n.waitCancel = nil
 	}
 	n.upgradeDone(p, block)
+	n.healthPlan(p, block)
 	n.notePlan(p, block)
 	if p == nil {
 		n.log.Info("invisor: no upgrade plan in force", "block", block)
@@ -403,6 +416,7 @@ func (n *node) Height(h int64) {
 	n.stager.ObserveHeight(h)
 	n.scheduledHeight(h)
 	n.nearHeight(h)
+	n.healthHeight(h)
 }
 
 // Halted implements hook.Sink.
@@ -410,6 +424,7 @@ func (n *node) Halted(p hook.Plan, height int64) {
 	n.log.Info("invisor: the chain halted for the upgrade as planned; the CONSENSUS FAILURE logged by CometBFT at this height is expected",
 		"upgrade", p.Name, "height", height)
 	n.recordHalt(p.Name, height)
+	n.healthHalted(height)
 	// The chain is down from here: finishing the binary beats sparing the disk.
 	n.stager.Hurry()
 	if n.stageOnly {

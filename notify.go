@@ -43,6 +43,7 @@ func newNotifier(sctx *server.Context, cfg config.Config, nodeHome string, logge
 		return nil, nil
 	}
 	nc.Home = nodeHome
+	nc.Journal = notify.JournalPath(nodeHome)
 	nc.ChainID = cast.ToString(sctx.Viper.Get(flags.FlagChainID))
 	if nc.ChainID == "" {
 		if f, err := os.Open(sctx.Config.GenesisFile()); err == nil {

@@ -29,6 +29,7 @@ func (n *node) startReporting(ctx context.Context) {
 		src = &stagingWatcher{Stager: n.stager, n: n}
 	}
 	r := status.NewReporter(n.home, src, n.nameWarnings)
+	r.SetHealth(n.healthReport)
 	if s := n.halt; s != nil {
 		r.SetHaltAt(s.Plan.Name, s.Plan.Height)
 	}

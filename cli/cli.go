@@ -1,6 +1,6 @@
 // Package cli is the operator's `invisor` command. invisor.Execute adds it to
 // the chain's root command (unless the root already has a command of that name),
-// and `appd invisor config|status|stage|scheduled|cancel|prepare|verify|history|rollback|export|import`
+// and `appd invisor config|status|stage|scheduled|cancel|prepare|verify|check-proposal|history|rollback|export|import`
 // then work on the node home (--home), with the node running or stopped.
 //
 // It reads the same configuration as `start` (app.toml [invisor], environment,
@@ -48,6 +48,7 @@ These commands work on the node home (--home) whether the node runs or not.`,
 		scheduledCmd(opts), cancelCmd(opts),
 		prepareCmd(opts),
 		verifyCmd(opts),
+		checkProposalCmd(opts),
 		historyCmd(opts),
 		rollbackCmd(opts),
 		exportCmd(opts), importCmd(opts),

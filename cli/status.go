@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -93,10 +94,15 @@ type StatusReport struct {
 	AtHalt      string       `json:"at_halt"`
 	Current     string       `json:"current,omitempty"`
 	UpgradeInfo *home.Plan   `json:"upgrade_info,omitempty"`
+	// Health is the health gate's report after a switch (see HealthView).
+	Health *HealthView `json:"health,omitempty"`
 	Staged      []BinaryView `json:"staged"`
 	// Scheduled are the upgrades at a height without governance (stage --height).
 	Scheduled []ScheduledView `json:"scheduled"`
-	TempDirs  []string        `json:"temp_dirs"`
+	// Proposals are the running node's checks of the software-upgrade
+	// proposals in their voting period (check-proposals).
+	Proposals []staging.ProposalCheck `json:"proposals"`
+	TempDirs  []string                `json:"temp_dirs"`
 	Problems  []string        `json:"problems"`
 }
 
@@ -136,7 +142,7 @@ With the node running the plan and height come from its RPC (config.toml rpc.lad
 func gatherStatus(ctx context.Context, e *env) StatusReport {
 	daemon := e.daemon()
 	rep := StatusReport{Home: e.home, Daemon: daemon, Enabled: e.cfgErr != nil || e.cfg.Enabled,
-		Staged: []BinaryView{}, Scheduled: []ScheduledView{}, TempDirs: []string{}, Problems: []string{}}
+		Staged: []BinaryView{}, Scheduled: []ScheduledView{}, Proposals: []staging.ProposalCheck{}, TempDirs: []string{}, Problems: []string{}}
 	problem := func(format string, a ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...)) }
 	if e.cfgErr != nil {
 		problem("configuration: %v (the node will refuse to start)", e.cfgErr)
@@ -199,7 +205,10 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		for _, w := range ns.Warnings {
 			problem("%s", w)
 		}
+		rep.Proposals = append(rep.Proposals, ns.Proposals...)
 	}
+
+	rep.Health = healthView(ns, nsOK, live)
 
 	// The plan: node > halted (upgrade-info.json not yet applied) > last seen.
 	if rel, _ := l.CurrentRel(ui.Name); rep.Plan == nil && uiOK && cur != rel {
@@ -455,6 +464,13 @@ func printStatus(e *env, r StatusReport) {
 		}
 		fmt.Fprintln(w)
 	}
+	for _, c := range r.Proposals {
+		fmt.Fprintf(w, "proposal   %s", c.Summary())
+		if left := time.Until(c.VotingEnd); !c.VotingEnd.IsZero() && left > 0 {
+			fmt.Fprintf(w, " (voting ends in %s)", left.Round(time.Second))
+		}
+		fmt.Fprintln(w)
+	}
 	if r.ETA != nil {
 		if r.ETA.Seconds > 0 {
 			fmt.Fprintf(w, "eta        %d blocks, about %s (at %s; %.2fs/block)\n", r.ETA.BlocksLeft,
@@ -492,6 +508,7 @@ func printStatus(e *env, r StatusReport) {
 		}
 	}
 	fmt.Fprintf(w, "at halt    %s\n", r.AtHalt)
+	printHealth(w, r.Health)
 	if r.Current != "" {
 		fmt.Fprintf(w, "current    %s\n", r.Current)
 	}
@@ -540,4 +557,62 @@ func probeText(a *probe.Answer, name string) string {
 		handler = "NO upgrade handler"
 	}
 	return fmt.Sprintf("invisor %s, protocols %s, %s", a.InvisorVersion, strings.Join(a.Protocols, " "), handler)
+}
+
+// HealthView is the health gate's report after a switch (internal/health):
+// from the running node, or the last one a node that stopped wrote (a handler
+// that failed in the handshake ends the process).
+type HealthView struct {
+	status.Health
+	// Live: the running node wrote it; else ReportedAt is when the stopped one did.
+	Live       bool      `json:"live"`
+	ReportedAt time.Time `json:"reported_at"`
+}
+
+func healthView(ns status.Node, ok, live bool) *HealthView {
+	if !ok || ns.Health == nil {
+		return nil
+	}
+	return &HealthView{Health: *ns.Health, Live: live, ReportedAt: ns.Time}
+}
+
+// printHealth prints the health block: the state, the three moments, and for
+// a stall its cause, the online power and what to do.
+func printHealth(w io.Writer, h *HealthView) {
+	if h == nil {
+		return
+	}
+	from := "running node"
+	if !h.Live {
+		from = "last reported at " + h.ReportedAt.Local().Format(time.DateTime) + ", node not running"
+	}
+	fmt.Fprintf(w, "health     %s: upgrade %q at height %d (%s)", strings.ToUpper(string(h.State)), h.Upgrade, h.Height, from)
+	if h.Cause != "" {
+		fmt.Fprintf(w, ", cause %s", h.Cause)
+	}
+	fmt.Fprintln(w)
+	var moments []string
+	switch {
+	case h.AppliedAt != nil:
+		moments = append(moments, "applied "+h.AppliedAt.Local().Format(time.DateTime))
+	case h.AppliedBefore:
+		moments = append(moments, "applied before this boot")
+	}
+	if h.CommittedAt != nil {
+		moments = append(moments, fmt.Sprintf("block %d committed %.1f s after the switch", h.Height+1, h.CommittedSeconds))
+	}
+	if h.SignedHeight > 0 {
+		moments = append(moments, fmt.Sprintf("first signed at %d", h.SignedHeight))
+	}
+	if len(moments) > 0 {
+		fmt.Fprintf(w, "           %s\n", strings.Join(moments, ", "))
+	}
+	if o := h.Online; o != nil {
+		fmt.Fprintf(w, "           online on the new version: %d of %d validators, %.1f%% of the voting power (round %d)\n",
+			o.Validators, o.Of, 100*o.Fraction, o.Round)
+	}
+	fmt.Fprintf(w, "           %s\n", h.Message)
+	if h.Advice != "" {
+		fmt.Fprintf(w, "           what to do: %s\n", h.Advice)
+	}
 }

@@ -6,7 +6,9 @@
 // upgrade plan (one KV read) and tells its Sink when the plan in force appeared,
 // changed or vanished — in the very block whose EndBlocker scheduled it — and
 // when x/upgrade halted the chain at the plan height because this binary has no
-// handler for it.
+// handler for it. A Sink that also implements FailureSink is told when the
+// PreBlocker failed at a due plan's height for another reason (this binary has
+// the handler, and the handler failed): the post-upgrade health gate's input.
 //
 // Guarantees: the block's result is exactly the wrapped PreBlocker's result —
 // same response, same error, no state written, no gas charged to the block;

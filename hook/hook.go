@@ -47,6 +47,16 @@ type Sink interface {
 	Height(h int64)
 }
 
+// FailureSink is a Sink that also hears of a failed upgrade: the PreBlocker of
+// the block at the plan's height returned an error that is not x/upgrade's halt
+// (so this binary has the handler, and the handler, or what x/upgrade does
+// around it, failed). The watcher type-asserts its Sink once, so a Sink without
+// the method keeps working. UpgradeFailed runs in the consensus path, once per
+// plan and watcher, and must return at once; the block's result stays err.
+type FailureSink interface {
+	UpgradeFailed(p Plan, height int64, err error)
+}
+
 // PlanSource is the part of the x/upgrade keeper the watcher reads.
 type PlanSource interface {
 	GetUpgradePlan(ctx context.Context) (upgradetypes.Plan, error)
@@ -63,17 +73,20 @@ type Logger interface {
 type PlanWatcher struct {
 	src  PlanSource
 	sink Sink
+	fail FailureSink // sink, when it is one; nil otherwise
 	log  Logger
 
 	mu      sync.Mutex
 	last    *Plan // plan last reported; nil before the first block or when none
 	started bool
 	halted  string // haltKey of the plan whose halt was reported
+	failed  string // haltKey of the plan whose failure was reported
 }
 
 // NewPlanWatcher returns a watcher that reads plans from src and reports to sink.
 func NewPlanWatcher(src PlanSource, sink Sink, log Logger) *PlanWatcher {
-	return &PlanWatcher{src: src, sink: sink, log: log}
+	fail, _ := sink.(FailureSink)
+	return &PlanWatcher{src: src, sink: sink, fail: fail, log: log}
 }
 
 // Wrap returns a PreBlocker that runs next and then observes the plan. Its
@@ -108,9 +121,18 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 	w.mu.Lock()
 	changed := !w.started || !samePlan(w.last, cur)
 	w.started, w.last = true, cur
-	halt := cur != nil && preErr != nil && isHalt(plan, height, preErr, w.src) && w.halted != haltKey(cur)
-	if halt {
-		w.halted = haltKey(cur)
+	halt, failed := false, false
+	if cur != nil && preErr != nil {
+		// Only a failing block pays for this: the normal path allocates nothing more.
+		isH := isHalt(plan, height, preErr, w.src)
+		halt = isH && w.halted != haltKey(cur)
+		if halt {
+			w.halted = haltKey(cur)
+		}
+		failed = !isH && w.fail != nil && plan.ShouldExecute(height) && !w.src.IsSkipHeight(height) && w.failed != haltKey(cur)
+		if failed {
+			w.failed = haltKey(cur)
+		}
 	}
 	w.mu.Unlock()
 
@@ -119,6 +141,9 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 	}
 	if halt {
 		w.sink.Halted(*cur, height)
+	}
+	if failed {
+		w.fail.UpgradeFailed(*cur, height, preErr)
 	}
 }
 

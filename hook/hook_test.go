@@ -16,6 +16,7 @@ import (
 	storetypes "github.com/cosmos/cosmos-sdk/store/v2/types"
 	"github.com/cosmos/cosmos-sdk/testutil"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+	"github.com/cosmos/cosmos-sdk/types/module"
 	moduletestutil "github.com/cosmos/cosmos-sdk/types/module/testutil"
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
 	govtypes "github.com/cosmos/cosmos-sdk/x/gov/types"
@@ -33,6 +34,19 @@ type recorder struct {
 	blocks  []int64
 	halts   []hook.Plan
 	heights []int64
+	fails   []failure
+}
+
+type failure struct {
+	p      hook.Plan
+	height int64
+	err    error
+}
+
+func (r *recorder) UpgradeFailed(p hook.Plan, h int64, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fails = append(r.fails, failure{p, h, err})
 }
 
 func (r *recorder) PlanChanged(p *hook.Plan, h int64) {
@@ -390,6 +404,90 @@ func TestOtherErrorAtThePlanHeightIsNoHalt(t *testing.T) {
 	w.Observe(ctx, errors.New(`UPGRADE "v2" NEEDED at height: 3: `))
 	if len(rec.halts) != 1 {
 		t.Fatalf("halts %v, want the real one", rec.halts)
+	}
+}
+
+// plainSink is a Sink that knows nothing of failures: it keeps working.
+type plainSink struct{ halts int }
+
+func (*plainSink) PlanChanged(*hook.Plan, int64) {}
+func (s *plainSink) Halted(hook.Plan, int64)     { s.halts++ }
+func (*plainSink) Height(int64)                  {}
+
+// nopFailSink is nopSink that also hears failures.
+type nopFailSink struct{ nopSink }
+
+func (nopFailSink) UpgradeFailed(hook.Plan, int64, error) {}
+
+// A handler that fails at the plan height (this binary has it: no halt) is
+// reported to a FailureSink once, with the plan, the height and the very
+// error, and the block's result is that error, unchanged. An error before the
+// height, at a skip height, or x/upgrade's halt is no failure; a Sink without
+// UpgradeFailed keeps working; the normal path allocates nothing more.
+func TestWatcherReportsAFailedUpgradeHandler(t *testing.T) {
+	broke := errors.New("example-app: upgrade handler v2 fails in this build")
+	c := newChain(t, nil)
+	c.k.SetUpgradeHandler("v2", func(context.Context, upgradetypes.Plan, module.VersionMap) (module.VersionMap, error) {
+		return nil, broke
+	})
+	c.block()
+	c.schedule("v2", 3, "info")
+	c.block() // 2
+	_, err := c.block()
+	if !errors.Is(err, broke) {
+		t.Fatalf("PreBlocker error %v, want the handler's, unchanged", err)
+	}
+	if len(c.rec.fails) != 1 || c.rec.fails[0].p != (hook.Plan{Name: "v2", Height: 3, Info: "info"}) || c.rec.fails[0].height != 3 || !errors.Is(c.rec.fails[0].err, broke) {
+		t.Fatalf("failures %+v, want one for v2 at 3 with the handler's error", c.rec.fails)
+	}
+	if len(c.rec.halts) != 0 {
+		t.Fatalf("a failed handler reported as a halt: %v", c.rec.halts)
+	}
+	c.height-- // the same block again
+	if _, err := c.block(); !errors.Is(err, broke) {
+		t.Fatalf("retried block: %v", err)
+	}
+	if len(c.rec.fails) != 1 {
+		t.Fatalf("failure reported %d times, want once", len(c.rec.fails))
+	}
+
+	// Not due, skipped, or the halt: no failure.
+	rec := &recorder{}
+	src := fixedPlan{upgradetypes.Plan{Name: "v2", Height: 3}}
+	w := hook.NewPlanWatcher(src, rec, &logger{})
+	w.Observe(sdk.Context{}.WithBlockHeight(2), errors.New("BINARY UPDATED BEFORE TRIGGER!"))
+	w.Observe(sdk.Context{}.WithBlockHeight(3), errors.New(`UPGRADE "v2" NEEDED at height: 3: `))
+	if len(rec.fails) != 0 || len(rec.halts) != 1 {
+		t.Fatalf("failures %+v, halts %v; want none and the halt", rec.fails, rec.halts)
+	}
+	skip := newChain(t, map[int64]bool{3: true})
+	skipped := &recorder{}
+	hook.NewPlanWatcher(skip.k, skipped, &logger{}).Observe(func() sdk.Context {
+		skip.schedule("v2", 3, "")
+		return skip.ctx.WithBlockHeight(3)
+	}(), errors.New("another module failed"))
+	if len(skipped.fails) != 0 {
+		t.Fatalf("a failure reported at a skip height: %+v", skipped.fails)
+	}
+
+	plain := &plainSink{}
+	pw := hook.NewPlanWatcher(src, plain, &logger{})
+	pw.Observe(sdk.Context{}.WithBlockHeight(3), broke)
+	pw.Observe(sdk.Context{}.WithBlockHeight(3), errors.New(`UPGRADE "v2" NEEDED at height: 3: `))
+	if plain.halts != 1 {
+		t.Fatalf("a Sink without UpgradeFailed: %d halts, want 1", plain.halts)
+	}
+
+	n := newChain(t, nil)
+	n.schedule("v2", 1<<40, "")
+	ctx := n.ctx.WithBlockHeight(10)
+	without, with := hook.NewPlanWatcher(n.k, nopSink{}, &logger{}), hook.NewPlanWatcher(n.k, nopFailSink{}, &logger{})
+	without.Observe(ctx, nil)
+	with.Observe(ctx, nil)
+	a0 := testing.AllocsPerRun(50, func() { without.Observe(ctx, nil) })
+	a1 := testing.AllocsPerRun(50, func() { with.Observe(ctx, nil) })
+	if a1 > a0 {
+		t.Errorf("a FailureSink costs %v allocations per block more (%v, %v)", a1-a0, a1, a0)
 	}
 }
 

@@ -17,6 +17,11 @@
 // in force (nil when none). The relauncher calls Stager.WaitReady, and
 // home.Layout.Open right before it runs the file. Fetch runs a single attempt
 // synchronously, for CLIs and tests; it too expects the caller to hold the home lock.
+// The chain reader calls Stager.OfferProposals with the software-upgrade
+// proposals in their voting period (the whole list each time), and
+// Status.Proposals says what each check found (ProposalCheck.Summary is one line
+// a validator can vote on); CheckProposal runs one check synchronously, for this
+// node's platform or another.
 //
 // # Guarantees
 //
@@ -91,6 +96,29 @@
 //     plan's download is removed too, unless the current link or
 //     data/upgrade-info.json points at it.
 //   - Symlinks planted at upgrades/, upgrades/<dir>, its bin/ or the binary are refused.
+//   - Proposal checks: each offered proposal is checked once per (ID, plan), in
+//     the background, with the pipeline above (info and info URL, policy,
+//     download, checksum, safe unpacking, header, preflight, probe asking for
+//     the plan's handler), paced by DiskShare (Hurry does not apply), one at a
+//     time in ID order, and only while the plan in force needs nothing (none,
+//     ready or unmappable): an Offer of another plan cancels a running check,
+//     which goes back to CheckQueued and runs again afterwards. Transient faults
+//     (transfer, 5xx, disk) are retried with the staging backoff; a mismatch, a
+//     missing handler, no binary or no checksum for the platform, an unsafe
+//     archive, a wrong OS/arch or a failed preflight are not, until the
+//     proposal's plan changes or the process restarts. Downloads disabled:
+//     CheckSkipped, with how to check by hand.
+//   - A verified check keeps its tree in the proposal area
+//     (<home>/cosmovisor/invisor-proposals/<id>, home.ProposalsDir) with a
+//     home.Record for exactly the proposal's plan (and Record.Proposal). Nothing
+//     runs from there and nothing that lists or proves upgrades sees it. When
+//     that very plan (name, height, info) is in force and nothing is at its
+//     install path, Fetch hashes the kept binary again (a changed one is removed
+//     with a warning) and installs the tree as a download, without a request;
+//     any other plan is downloaded as usual. The area of a proposal no longer
+//     offered is removed a grace period (two minutes) after it left the list,
+//     so a passed proposal whose plan the hook offers a few blocks later is not
+//     downloaded again; an area whose record is for the plan in force stays.
 //
 // # Why a recorded stamp proves the bytes
 //
@@ -158,6 +186,13 @@
 //   - Between the rename into place and the record write: a binary without a
 //     record. It is not trusted; the next attempt verifies it as a placed binary
 //     (the plan's checksum or archive; it is never re-downloaded over).
+//   - During a proposal check: its temp directory (removed by New, as above);
+//     between moving a checked tree into invisor-proposals/<id> and its record,
+//     an area without a record, which New removes. Valid areas stay across a
+//     restart, and a check offered again reports from them without downloading.
+//     While an area is installed into upgrades/, its record is removed first, so
+//     a crash leaves a binary without a record at the install path (verified
+//     as a placed binary on the next attempt) or the area without a record.
 //   - Between moving a replaced plan's install aside and staging the new one:
 //     upgrades/<dir>#replaced-<unix> and no upgrades/<dir>; the next attempt stages
 //     the plan in force.
@@ -172,7 +207,10 @@
 // not exec anything except the preflight and the probe, does not touch the `current` link,
 // data/upgrade-info.json or the genesis binary, does not decide when to upgrade (skip
 // heights, halt detection) and does not back up data: those belong to the hook and
-// the relauncher. It never deletes an operator's file: a replaced plan's is moved
+// the relauncher. It does not read proposals from the chain (the caller offers
+// them), does not vote, and checks another platform's binary only as far as
+// that works without running it (checksum, archive, executable header); a
+// check says nothing about the binaries of other nodes' platforms unless asked. It never deletes an operator's file: a replaced plan's is moved
 // aside, a mismatching one left in place. It does not support go-getter's other
 // schemes (git, s3, gcs), checksum files (checksum=file:...), or X-Terraform-Get. It
 // keeps no mutable package state and never modifies go-getter's package globals.

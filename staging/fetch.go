@@ -68,8 +68,11 @@ func (o *observer) setState(s State) {
 //     or left by a crash between rename and record): verified against what the plan
 //     names for this platform (see doc.go, "Binaries placed by the operator"),
 //     preflighted and recorded; never overwritten or deleted.
-//   - Nothing there: when cfg.AllowDownload, the binary the plan names is
-//     downloaded, verified, unpacked, preflighted, moved into place and recorded.
+//   - Nothing there: the tree a proposal check kept for exactly p, while p was a
+//     proposal in its voting period (home.ProposalsDir), is installed without
+//     downloading again once its binary re-hashes to its record; else, when
+//     cfg.AllowDownload, the binary the plan names is downloaded, verified,
+//     unpacked, preflighted, moved into place and recorded.
 //
 // On any error the upgrade directory is left as it was and the attempt's temp
 // directory is removed. A plan name home.DirName cannot map is an error wrapping
@@ -156,7 +159,11 @@ func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return Install{}, err
 	}
-	// 3. Nothing there.
+	// 3. Nothing there: the binary checked while the plan was a proposal, if it
+	// is exactly this plan's, else a download.
+	if inst, done, err := j.fromProposal(ctx); done || err != nil {
+		return inst, err
+	}
 	if !cfg.AllowDownload {
 		return Install{}, fmt.Errorf("%w: downloads are disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false); place the binary for plan %q at %s",
 			ErrNotFound, p.Name, bin)
@@ -264,32 +271,57 @@ func stillRecorded(ctx context.Context, bin string, rec home.Record) bool {
 
 // resolve turns Plan.Info into the download source for this platform.
 func resolve(ctx context.Context, cfg Config, p Plan, log Logger, bin string) (Source, error) {
+	goos, goarch := hostPlatform()
+	src, _, err := resolveFor(ctx, cfg, p, log, bin, goos, goarch)
+	return src, err
+}
+
+// noBinaryError is resolveFor's answer when the plan names no binary for the
+// platform (no info, free text, or a binaries map without it and without "any").
+// It wraps err, staging's message (ErrNotFound); why says what the plan lacks,
+// for messages that are not about the install path (proposal checks).
+type noBinaryError struct {
+	why string
+	err error
+}
+
+func (e *noBinaryError) Error() string { return e.err.Error() }
+func (e *noBinaryError) Unwrap() error { return e.err }
+
+// resolveFor turns Plan.Info into the download source for goos/goarch (an info
+// URL is fetched) and returns the binaries key it used ("os/arch" or "any"). bin
+// is the install path, for the messages.
+func resolveFor(ctx context.Context, cfg Config, p Plan, log Logger, bin, goos, goarch string) (Source, string, error) {
 	info := strings.TrimSpace(p.Info)
 	if info == "" {
-		return Source{}, fmt.Errorf("%w: plan %q has no info, so there is nothing to download; place the binary at %s",
-			ErrNotFound, p.Name, bin)
+		return Source{}, "", &noBinaryError{why: "the plan has no info", err: fmt.Errorf("%w: plan %q has no info, so there is nothing to download; place the binary at %s",
+			ErrNotFound, p.Name, bin)}
 	}
 	if !strings.HasPrefix(info, "{") {
 		if !looksLikeURL(info) {
-			return Source{}, fmt.Errorf("%w: the info of plan %q is neither a binaries map nor a URL, so there is nothing to download; place the binary at %s",
-				ErrNotFound, p.Name, bin)
+			return Source{}, "", &noBinaryError{why: "the plan info is neither a binaries map nor a URL", err: fmt.Errorf("%w: the info of plan %q is neither a binaries map nor a URL, so there is nothing to download; place the binary at %s",
+				ErrNotFound, p.Name, bin)}
 		}
 		body, err := fetchInfo(ctx, cfg, p, log, info)
 		if err != nil {
-			return Source{}, err
+			return Source{}, "", err
 		}
 		info = body
 	}
 	bins, err := ParseInfo(info)
 	if err != nil {
-		return Source{}, err
+		return Source{}, "", err
 	}
-	goos, goarch := hostPlatform()
 	raw, err := bins.Pick(goos, goarch)
 	if err != nil {
-		return Source{}, err
+		return Source{}, "", &noBinaryError{why: fmt.Sprintf("it names binaries for %v", sortedKeys(bins)), err: err}
 	}
-	return ParseSource(raw, cfg)
+	key := goos + "/" + goarch
+	if _, ok := bins[key]; !ok {
+		key = "any"
+	}
+	src, err := ParseSource(raw, cfg)
+	return src, key, err
 }
 
 // fetchInfo downloads the plan info a URL names (pinned like a binary, capped at
@@ -476,6 +508,13 @@ func (j *job) preflightStaged(ctx context.Context, staged string, d digest) (hom
 // inspect checks the open file f: a regular file under MaxBinaryBytes holding an
 // executable for this platform. It returns the file's stamp.
 func (j *job) inspect(f *os.File, path string) (home.Stamp, error) {
+	goos, goarch := hostPlatform()
+	return j.inspectFor(f, path, goos, goarch)
+}
+
+// inspectFor is inspect for goos/goarch: a proposal check looks at the binary of
+// another platform with it, without running it.
+func (j *job) inspectFor(f *os.File, path, goos, goarch string) (home.Stamp, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return home.Stamp{}, err
@@ -486,7 +525,6 @@ func (j *job) inspect(f *os.File, path string) (home.Stamp, error) {
 	if fi.Size() > j.cfg.MaxBinaryBytes {
 		return home.Stamp{}, &SizeError{What: "binary " + filepath.Base(path), Limit: j.cfg.MaxBinaryBytes, Field: "MaxBinaryBytes"}
 	}
-	goos, goarch := hostPlatform()
 	if err := checkExecutable(f, path, goos, goarch); err != nil {
 		return home.Stamp{}, err
 	}

@@ -52,6 +52,9 @@ type Status struct {
 	Install    *Install
 	Since      time.Time // when State was entered
 	Hurried    bool      // Hurry was called for this plan: writes are not paced
+	// Proposals are the checks of the proposals last offered with
+	// OfferProposals, one per proposal, sorted by ID.
+	Proposals []ProposalCheck
 }
 
 // Stager stages the binary for the latest offered plan in the background. There is
@@ -68,10 +71,15 @@ type Stager struct {
 	// height is the last block height the node observed (ObserveHeight); 0 before the first.
 	height atomic.Int64
 
+	props     atomic.Pointer[[]Proposal] // latest OfferProposals list, sorted by ID; nil before the first
+	work      proposalWork               // Run's goroutine only
+	propGrace time.Duration              // proposalAreaGrace; tests shorten it
+
 	mu      sync.Mutex
 	st      Status
 	changed chan struct{} // closed and replaced on every status change
 	dlStart time.Time
+	checks  map[uint64]ProposalCheck // the worker's proposal checks, by ID (publishChecks)
 }
 
 // New validates cfg (including that Config.CAFile loads), checks that <home>/cosmovisor
@@ -110,6 +118,7 @@ func New(cfg Config, log Logger) (*Stager, error) {
 		wake:    make(chan struct{}, 1),
 		changed: make(chan struct{}),
 		st:      Status{State: StateIdle, Since: time.Now(), BytesTotal: -1},
+		work:    newProposalWork(), propGrace: proposalAreaGrace,
 	}, nil
 }
 
@@ -118,8 +127,11 @@ func (s *Stager) Layout() home.Layout { return s.l }
 
 // removeLeftovers deletes the temp names of attempts that did not finish (crash,
 // SIGKILL): temp directories under <home>/cosmovisor (this release's TempPrefix,
-// and the .staging-tmp-* of earlier ones) and record temps beside binaries. Only a
-// dead process can own them while the caller holds the home lock.
+// and the .staging-tmp-* of earlier ones, proposal checks' included), record
+// temps beside binaries, and proposal areas without a valid record (a check that
+// did not finish). Valid proposal areas stay: the chain reader offers their
+// proposals again. Only a dead process can own them while the caller holds the
+// home lock.
 func removeLeftovers(l home.Layout, log Logger) error {
 	var matches []string
 	for _, prefix := range []string{TempPrefix, legacyTempPrefix} {
@@ -145,6 +157,13 @@ func removeLeftovers(l home.Layout, log Logger) error {
 				return fmt.Errorf("staging: cannot remove leftover temps under %s: %w", u.Name(), err)
 			}
 		}
+	}
+	removed, err := l.RemoveStaleProposalAreas()
+	for _, r := range removed {
+		log.Info("staging: removed a proposal area without a valid record (a check that did not finish)", "path", r)
+	}
+	if err != nil {
+		return fmt.Errorf("staging: cannot clean up the proposal area %s: %w; it must be a directory of the home, remove it (it is only a cache of checked binaries)", l.ProposalsRoot(), err)
 	}
 	return nil
 }
@@ -229,6 +248,7 @@ func (s *Stager) Status() Status {
 	if st.State == StateDownloading && !s.dlStart.IsZero() {
 		st.Rate = float64(st.BytesDone) / max(time.Since(s.dlStart).Seconds(), 1e-3)
 	}
+	st.Proposals = s.proposalChecks()
 	return st
 }
 
@@ -293,7 +313,9 @@ func (s *Stager) WaitReady(ctx context.Context, p Plan) (Install, error) {
 // Run is the worker loop. It retries with exponential backoff and jitter until the
 // plan in force is ready, switches at once when Offer changes the plan (cancelling
 // the attempt and removing its temp directory before starting the next), and returns
-// nil when ctx is done. Only one Run may be active per Stager.
+// nil when ctx is done. While the plan in force needs nothing (none, ready, or an
+// unmappable name) it checks the proposals OfferProposals handed it. Only one Run
+// may be active per Stager.
 func (s *Stager) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("staging: Run is already active on this Stager")
@@ -327,10 +349,30 @@ func (s *Stager) Run(ctx context.Context) error {
 			cur, ready, attempt = p, false, 0
 		}
 		if cur == nil || ready {
+			// The plan in force needs nothing: time for the proposals.
+			ran, next := s.proposalWork(ctx, cur)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if ran {
+				continue
+			}
+			var due <-chan time.Time // nil: nothing falls due
+			var timer *time.Timer
+			if !next.IsZero() {
+				timer = time.NewTimer(max(time.Until(next), 0))
+				due = timer.C
+			}
 			select {
 			case <-ctx.Done():
-				return nil
 			case <-s.wake:
+			case <-due:
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+			if ctx.Err() != nil {
+				return nil
 			}
 			continue
 		}

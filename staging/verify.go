@@ -51,7 +51,7 @@ func checkExecutable(f *os.File, path, goos, goarch string) error {
 		}
 		defer mf.Close()
 		if want, ok := machoCPU[goarch]; ok && mf.Cpu != want {
-			return fmt.Errorf("%w: %s is a Mach-O for %v, this host is %s/%s", ErrNotExecutable, path, mf.Cpu, goos, goarch)
+			return fmt.Errorf("%w: %s is a Mach-O for %v, not for %s/%s", ErrNotExecutable, path, mf.Cpu, goos, goarch)
 		}
 		if mf.Type != macho.TypeExec {
 			return fmt.Errorf("%w: %s is a Mach-O %v, not an executable", ErrNotExecutable, path, mf.Type)
@@ -66,7 +66,7 @@ func checkExecutable(f *os.File, path, goos, goarch string) error {
 	}
 	defer ef.Close()
 	if want, ok := elfMachine[goarch]; ok && ef.Machine != want {
-		return fmt.Errorf("%w: %s is an ELF for %v, this host is %s/%s; the plan info points at the wrong build", ErrNotExecutable, path, ef.Machine, goos, goarch)
+		return fmt.Errorf("%w: %s is an ELF for %v, not for %s/%s; the plan info points at the wrong build", ErrNotExecutable, path, ef.Machine, goos, goarch)
 	}
 	wantClass := elf.ELFCLASS64
 	switch goarch {
@@ -74,7 +74,7 @@ func checkExecutable(f *os.File, path, goos, goarch string) error {
 		wantClass = elf.ELFCLASS32
 	}
 	if ef.Class != wantClass {
-		return fmt.Errorf("%w: %s is %v, this host is %s/%s", ErrNotExecutable, path, ef.Class, goos, goarch)
+		return fmt.Errorf("%w: %s is %v, not right for %s/%s", ErrNotExecutable, path, ef.Class, goos, goarch)
 	}
 	if ef.Type != elf.ET_EXEC && ef.Type != elf.ET_DYN {
 		return fmt.Errorf("%w: %s is an ELF %v, not an executable", ErrNotExecutable, path, ef.Type)

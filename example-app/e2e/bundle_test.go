@@ -19,6 +19,7 @@ import (
 // the file and over HTTP with ?checksum=: the upgrades must be trusted with the
 // right hashes and the genesis binary must be v1. No chain runs.
 func TestBundleExportImport(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

@@ -185,6 +185,7 @@ func TestFaultKilledBetweenHaltAndExec(t *testing.T) {
 
 // The plan is cancelled by governance before its height: no switch.
 func TestFaultPlanCancelled(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
 	pid, exe := c.node.Pid(), c.exe()
 	sc := c.schedule("v2", 45)
@@ -216,6 +217,7 @@ func TestFaultPlanCancelled(t *testing.T) {
 // The plan is replaced by one for a later height: the switch happens at the
 // new height only.
 func TestFaultPlanRescheduled(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
 	pid := c.node.Pid()
 	first := c.schedule("v2", 40)
@@ -244,6 +246,7 @@ func TestFaultPlanRescheduled(t *testing.T) {
 
 // Row 16: the plan height is in the node's skip list: no switch.
 func TestFaultSkipHeight(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	const skip = 40
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"}, "--unsafe-skip-upgrades", itoa(skip))
 	pid, exe := c.node.Pid(), c.exe()

@@ -137,6 +137,7 @@ func invisorStatus(t *testing.T, ctx context.Context, bin, home string) (statusJ
 // their sources, bad values failing at boot with the key's name, status of a
 // stopped node, and `stage --file` / `verify` producing a trusted install.
 func TestOperatorConfigStageStopped(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -30,6 +30,7 @@ const patchLine = "invisor: this executable carries the upgrade handler the chai
 //   - --replace refuses an upgrade neither applied nor staged (v3) and a binary
 //     without the upgrade's handler (v1 for v2), changing nothing.
 func TestPatchRelease(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
 	v1, v2, v201, v3 := filepath.Join(dir, "exampled-v1"), filepath.Join(dir, "exampled-v2"),
 		filepath.Join(dir, "exampled-v2.0.1"), filepath.Join(dir, "exampled-v3")

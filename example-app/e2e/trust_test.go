@@ -61,6 +61,7 @@ func (c *faultChain) pass(name string, delay int64, info string) int64 {
 // and escaping is staged into cosmovisor's directory for it, recognised at the
 // halt and switched in place like any other.
 func TestFault33EscapedNameUpgradesInPlace(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
 	r, err := localnet.RunUpgrade(c.ctx, c.node, localnet.UpgradeSpec{
 		Name: escapedName, Binary: filepath.Join(c.dir, "exampled-v2"), Server: c.srv,
@@ -186,6 +187,7 @@ func TestCosmovisorHomePickedUpUnchanged(t *testing.T) {
 // the wrong build where the plan's binary goes. At the halt it is not run: the
 // node waits and says why; once the operator stages the right file, it switches.
 func TestFault34PlacedBinaryMismatchNeverRuns(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=false"})
 	v1 := filepath.Join(c.dir, "exampled-v1")
 	wrong := c.stagedPath("v2")
@@ -228,6 +230,7 @@ func TestFault34PlacedBinaryMismatchNeverRuns(t *testing.T) {
 // staged. The first binary (a v3 build, which also carries handler v2) must never
 // run; the replacement's is downloaded and runs.
 func TestFault35SameNamePlanReplacedStagedAnew(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
 	infoA, _ := c.serve("a", filepath.Join(c.dir, "exampled-v3"))
 	hA := c.pass("v2", 60, infoA)
@@ -251,6 +254,7 @@ func TestFault35SameNamePlanReplacedStagedAnew(t *testing.T) {
 // at once, naming the holder's PID, and touches nothing; the first node then
 // upgrades normally.
 func TestFault37TwoStartsOnOneHome(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
 	v1 := filepath.Join(c.dir, "exampled-v1")
 	before, _ := os.ReadDir(filepath.Join(c.node.Home, "cosmovisor"))

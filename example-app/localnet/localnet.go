@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -69,8 +70,19 @@ type Node struct {
 	exitErr error
 }
 
-// FreePorts returns n distinct free TCP ports on 127.0.0.1.
+// handedOut holds the ports FreePorts returned in this process: a port freed
+// here is not bound until its node starts, and tests that run in parallel must
+// not get it again meanwhile.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
+// FreePorts returns n distinct free TCP ports on 127.0.0.1, none of them
+// returned before by this process.
 func FreePorts(n int) ([]int, error) {
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -78,13 +90,16 @@ func FreePorts(n int) ([]int, error) {
 		}
 	}()
 	ports := make([]int, 0, n)
-	for range n {
+	for len(ports) < n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		if p := l.Addr().(*net.TCPAddr).Port; !handedOut.ports[p] {
+			handedOut.ports[p] = true
+			ports = append(ports, p)
+		}
 	}
 	return ports, nil
 }
@@ -516,11 +531,22 @@ func (n *Node) TraceDescription(ctx context.Context, denom string) (string, erro
 	return r.Metadata.Description, nil
 }
 
-// FileServer serves a directory on 127.0.0.1 (plain net/http, closed by Close).
+// FileServer serves a directory on 127.0.0.1 (plain net/http, closed by Close)
+// and counts the GET requests per path.
 type FileServer struct {
 	URL string
 	Dir string
 	srv *http.Server
+
+	mu   sync.Mutex
+	hits map[string]int
+}
+
+// Hits is how many GET requests path (such as /v2/exampled) got so far.
+func (s *FileServer) Hits(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[path]
 }
 
 // ServeDir serves dir over HTTP on a free loopback port.
@@ -532,9 +558,18 @@ func ServeDir(dir string) (*FileServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: http.FileServer(http.Dir(dir)), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(l) }()
-	return &FileServer{URL: "http://" + l.Addr().String(), Dir: dir, srv: srv}, nil
+	fs := &FileServer{URL: "http://" + l.Addr().String(), Dir: dir, hits: map[string]int{}}
+	files := http.FileServer(http.Dir(dir))
+	fs.srv = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			fs.mu.Lock()
+			fs.hits[r.URL.Path]++
+			fs.mu.Unlock()
+		}
+		files.ServeHTTP(w, r)
+	})}
+	go func() { _ = fs.srv.Serve(l) }()
+	return fs, nil
 }
 
 // Close stops the server.

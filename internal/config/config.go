@@ -27,6 +27,7 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 
+	"github.com/invisor/invisor/internal/health"
 	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/internal/notify"
 	"github.com/invisor/invisor/relauncher"
@@ -53,6 +54,11 @@ type Config struct {
 	Relauncher relauncher.Config
 	// Notify is the webhook's (URL empty: no notifications).
 	Notify notify.Config
+	// Health is the post-upgrade health gate's (internal/health).
+	Health health.Config
+	// CheckProposals: the node checks the binaries of software-upgrade
+	// proposals in their voting period (staging.Stager.OfferProposals).
+	CheckProposals bool
 	// Sources says where each setting came from: "default", "app.toml", "env NAME"
 	// or "flag --invisor.KEY".
 	Sources map[string]string
@@ -94,7 +100,7 @@ func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Option
 	if err != nil {
 		return Config{}, fmt.Errorf("invisor: node home: %w", err)
 	}
-	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Notify: notify.DefaultConfig(),
+	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Notify: notify.DefaultConfig(), Health: health.DefaultConfig(),
 		Sources: map[string]string{}, Values: map[string]string{}}
 	c.Staging.Home, c.Relauncher.Home = home, home
 	c.Staging.DaemonName, c.Relauncher.DaemonName = opts.DaemonName, opts.DaemonName
@@ -158,6 +164,9 @@ func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Option
 		return Config{}, fmt.Errorf("invisor: %w", err)
 	}
 	if err := c.Relauncher.Validate(); err != nil {
+		return Config{}, fmt.Errorf("invisor: %w", err)
+	}
+	if err := c.Health.Validate(); err != nil {
 		return Config{}, fmt.Errorf("invisor: %w", err)
 	}
 	if err := c.Notify.Validate(); err != nil {
@@ -256,6 +265,9 @@ var settings = []setting{
 	boolSetting("allow-download", "DAEMON_ALLOW_DOWNLOAD_BINARIES", "false", "download the upgrade binary named by the plan's info",
 		"Download the upgrade binary named by the plan's info. When false, place it by hand (`<appd> invisor stage <name> --file PATH`) before the upgrade height.",
 		func(c *Config, b bool) { c.Staging.AllowDownload, c.Relauncher.DownloadsEnabled = b, b }),
+	boolSetting("check-proposals", "INVISOR_CHECK_PROPOSALS", "true", "check the binary of each software-upgrade proposal in its voting period",
+		"Check, in the background, the binary of each software-upgrade proposal while it is in its voting period: download and verify it for this platform (with the settings above; nothing is downloaded when allow-download is false), preflight it and ask it for the plan's handler, so validators know before they vote. Shown by `<appd> invisor status`; a verified binary becomes the staged one if the proposal passes unchanged.",
+		func(c *Config, b bool) { c.CheckProposals = b }),
 	boolSetting("require-checksum", "DAEMON_DOWNLOAD_MUST_HAVE_CHECKSUM", "true", "refuse downloads without a sha256/sha512 checksum",
 		"Refuse downloads whose URL has no ?checksum=sha256:<hex> (or sha512).",
 		func(c *Config, b bool) { c.Staging.RequireChecksum = b }),
@@ -307,8 +319,18 @@ var settings = []setting{
 		func(c *Config, b bool) { c.Relauncher.RunPreUpgrade = b }),
 	wholeSetting("pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
 		"Retries of pre-upgrade while it exits 31.", 0, "", func(c *Config, n int) { c.Relauncher.PreUpgradeMaxRetries = n }),
+	{"health-deadline", "INVISOR_HEALTH_DEADLINE", "60s", "how long after a switch the block after the upgrade height may take before invisor reports the upgrade stalled (0: never)",
+		"How long after the boot of an upgrade binary the block after the upgrade height may take before invisor reports the upgrade stalled, and why (the network, this node), in the log, `<appd> invisor status`, a metric and the webhook. 0: no stall report; a failed upgrade handler is reported at once either way.", true,
+		func(c *Config, v string) error {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d < 0 {
+				return fmt.Errorf("want a duration such as 60s or 5m (0: no stall report), got %q", v)
+			}
+			c.Health.Deadline = d
+			return nil
+		}},
 	{"webhook-url", "INVISOR_WEBHOOK_URL", "", "http(s) URL that gets a JSON document for each upgrade event (empty: none)",
-		"http(s) URL that gets a POST of a small JSON document (invisor.event/1) for each upgrade event: plan seen, binary ready or refused, not ready near the height, halted, switched. Never blocks the node; see the operator guide. Empty: no notifications.", true,
+		"http(s) URL that gets a POST of a small JSON document (invisor.event/1) for each upgrade event: proposal checked, plan seen, binary ready or refused, not ready near the height, halted, switched, healthy or stalled after the switch. Never blocks the node; see the operator guide. Empty: no notifications.", true,
 		func(c *Config, v string) error {
 			v = strings.TrimSpace(v)
 			if v != "" {

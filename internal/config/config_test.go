@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
@@ -184,5 +185,30 @@ func TestWebhookURL(t *testing.T) {
 	t.Setenv("INVISOR_WEBHOOK_URL", "")
 	if c, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Notify.URL != "" {
 		t.Errorf("empty env: %q, %v; want off", c.Notify.URL, err)
+	}
+}
+
+// health-deadline lands in the gate's config from every source; 0 is allowed
+// (no stall report), a negative or malformed value is refused naming the source.
+func TestHealthDeadline(t *testing.T) {
+	c, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"})
+	if err != nil || c.Health.Deadline != time.Minute || c.Values["health-deadline"] != "60s" {
+		t.Fatalf("default: %v (%q), %v; want 1m", c.Health.Deadline, c.Values["health-deadline"], err)
+	}
+	v := viper.New()
+	v.Set("invisor.health-deadline", "0s")
+	if c, err := LoadConfig(v, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Health.Deadline != 0 {
+		t.Errorf("app.toml 0s: %v, %v", c.Health.Deadline, err)
+	}
+	t.Setenv("INVISOR_HEALTH_DEADLINE", "5m")
+	if c, err := LoadConfig(v, t.TempDir(), Options{DaemonName: "appd"}); err != nil || c.Health.Deadline != 5*time.Minute ||
+		c.Sources["health-deadline"] != "env INVISOR_HEALTH_DEADLINE" {
+		t.Errorf("env 5m over app.toml: %v from %q, %v", c.Health.Deadline, c.Sources["health-deadline"], err)
+	}
+	for _, bad := range []string{"-1s", "soon", "60"} {
+		t.Setenv("INVISOR_HEALTH_DEADLINE", bad)
+		if _, err := LoadConfig(nil, t.TempDir(), Options{DaemonName: "appd"}); err == nil || !strings.Contains(err.Error(), "INVISOR_HEALTH_DEADLINE") {
+			t.Errorf("INVISOR_HEALTH_DEADLINE=%s: %v, want a refusal naming the variable", bad, err)
+		}
 	}
 }

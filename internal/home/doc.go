@@ -11,6 +11,8 @@
 //	<home>/cosmovisor/.invisor.lock                  the home lock (flock, holder PID)
 //	<home>/cosmovisor/.invisor-attempts.json         switch attempts per upgrade
 //	<home>/cosmovisor/invisor-scheduled.json         upgrades at a height without governance
+//	<home>/cosmovisor/invisor-proposals/<id>/bin/<daemon>(.invisor.json)   a binary checked while
+//	                                                 proposal <id> was in its voting period (no proof to run)
 //	<home>/cosmovisor/upgrades/<dir>/previous/<UTC time>/<daemon>(.invisor.json)
 //	                                                 binaries InstallBinary replaced, with their records (no proof)
 //

@@ -131,6 +131,10 @@ type Record struct {
 	// assumes only what every binary supports.
 	Probe *probe.Answer `json:"probe,omitempty"`
 	Time  time.Time     `json:"time"`
+	// Proposal is the governance proposal during whose voting period staging
+	// downloaded and checked these bytes (kept in the proposal area, see
+	// ProposalsDir); 0 when they were fetched for the passed plan itself.
+	Proposal uint64 `json:"proposal,omitempty"`
 }
 
 // For reports (wrapping ErrNotTrusted) why r is not the proof for plan p.
@@ -185,6 +189,12 @@ func (l Layout) WriteRecord(rec Record) error {
 	if err != nil {
 		return err
 	}
+	return writeRecordFile(path, rec)
+}
+
+// writeRecordFile writes rec to path crash-safely: the one record writer, for
+// upgrades and the proposal area alike.
+func writeRecordFile(path string, rec Record) error {
 	if rec.Format == 0 {
 		rec.Format = RecordFormat
 	}

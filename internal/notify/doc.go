@@ -33,10 +33,19 @@
 //   - The URL's userinfo and query (a token) never appear in a log line or an
 //     error: they are shown through staging.Redact.
 //
+//   - With Config.Journal set, an event is sent once per home: the keys of the
+//     last JournalKeep events taken off the queue are kept in that file, and an
+//     event with the same kind, upgrade, height, sha256 and reason is not sent
+//     again, by this process or by the next one (a restart, the new binary after
+//     a switch). It is counted (Stats.Repeated) instead.
+//
 // # What is on disk
 //
-// Nothing. The queue lives in memory only: events queued or in flight when the
-// process ends are lost, and are not sent again by the next process.
+// Only the journal, when Config.Journal is set: a small JSON file rewritten
+// atomically (home.WriteFile) before each POST; a crash leaves the last whole
+// file, and a missing or damaged one only means an event may be sent again.
+// The queue lives in memory only: events queued or in flight when the process
+// ends are lost, and are not sent again by the next process.
 //
 // # What it does not do
 //

@@ -12,10 +12,13 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -28,7 +31,7 @@ type Kind string
 
 // The kinds the edge sends today.
 const (
-	// KindPlanSeen: an upgrade plan is in force (sent again by every boot while it is).
+	// KindPlanSeen: an upgrade plan is in force.
 	KindPlanSeen Kind = "plan-seen"
 	// KindPlanGone: the plan in force vanished; Reason is "applied" or "cancelled".
 	KindPlanGone Kind = "plan-gone"
@@ -44,6 +47,16 @@ const (
 	KindHalted Kind = "halted"
 	// KindSwitched: the upgrade binary runs, after a switch (sent by the new binary).
 	KindSwitched Kind = "switched"
+	// KindHealthy: after the switch, the block after the upgrade height was
+	// committed (and this validator signed after it).
+	KindHealthy Kind = "healthy"
+	// KindStalled: after the switch, the block after the upgrade height was not
+	// committed in time; Reason says whether the handler failed here or the node
+	// waits for the network.
+	KindStalled Kind = "stalled"
+	// KindProposalChecked: a software-upgrade proposal in its voting period was
+	// checked for this node's platform (Reason: the failure, if any).
+	KindProposalChecked Kind = "proposal-checked"
 )
 
 // Defaults of Config.
@@ -77,7 +90,21 @@ type Config struct {
 	// BackoffMin is the first wait before a retry; each further wait doubles,
 	// up to BackoffMax. Each wait is jittered down by up to half.
 	BackoffMin, BackoffMax time.Duration
+	// Journal is a file that remembers which events this home has queued
+	// (JournalKeep of them), so that a restart, or the new binary after a
+	// switch, does not send an event it already sent ("" remembers nothing: each
+	// process sends what it sees). The edge puts it under <home>/cosmovisor.
+	Journal string
 }
+
+// JournalKeep is how many event keys the journal keeps.
+const JournalKeep = 512
+
+// JournalFile is the journal's name under <home>/cosmovisor.
+const JournalFile = "invisor-webhook.json"
+
+// JournalPath returns <home>/cosmovisor/invisor-webhook.json.
+func JournalPath(nodeHome string) string { return filepath.Join(nodeHome, home.RootDir, JournalFile) }
 
 // DefaultConfig returns the defaults, with no URL.
 func DefaultConfig() Config {
@@ -122,7 +149,9 @@ func ValidateURL(raw string) error {
 	return nil
 }
 
-// Event is what the edge reports. Time, when zero, is set by Notify.
+// Event is what the edge reports. Time, when zero, is set by Notify. Two events
+// with the same Kind, Upgrade, Height, SHA256 and Reason are the same event: a
+// Notifier with a Journal sends it once.
 type Event struct {
 	Kind    Kind
 	Time    time.Time
@@ -133,6 +162,11 @@ type Event struct {
 	SHA256 string // the binary's sha256
 	Reason string // why (a staging error, how the plan went, how the halt path was chosen)
 	Path   string // the halt path taken
+}
+
+// key identifies ev for the journal.
+func (ev Event) key() string {
+	return fmt.Sprint(ev.Kind, "\x00", ev.Upgrade, "\x00", ev.Height, "\x00", ev.SHA256, "\x00", ev.Reason)
 }
 
 // Document is the JSON POSTed for one event (Version "invisor.event/1").
@@ -150,6 +184,8 @@ type Document struct {
 	SHA256  string    `json:"sha256,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	Path    string    `json:"path,omitempty"`
+
+	key string // Event.key, for the journal
 }
 
 // Stats counts what became of the events Notify took.
@@ -159,6 +195,9 @@ type Stats struct {
 	Dropped uint64 // not queued: the queue was full, or the Notifier closed
 	Failed  uint64 // every attempt failed, or the receiver refused it (4xx)
 	Lost    uint64 // still queued or in flight when Close's context ended
+	// Repeated counts events not sent because the journal says this home sent
+	// them already (a restart, or the new binary after a switch).
+	Repeated uint64
 }
 
 // Notifier sends events to one webhook. One goroutine, started by New, owns
@@ -171,16 +210,20 @@ type Notifier struct {
 	target  string // the URL, redacted, for logs and errors
 	process string
 
-	mu     sync.Mutex // orders seq with the queue; guards closed
+	mu     sync.Mutex // orders seq with the queue; guards closed and seen
 	seq    uint64
 	closed bool
 	queue  chan Document
+	// seen holds the journal's keys (nil without a journal); journal is their
+	// order, oldest first, written by the delivery goroutine only.
+	seen    map[string]bool
+	journal []string
 
 	abort     chan struct{} // closed when Close's context ends: stop sending
 	abortOnce sync.Once
 	done      chan struct{} // closed when the delivery goroutine returned
 
-	sent, dropped, failed, lost atomic.Uint64
+	sent, dropped, failed, lost, repeated atomic.Uint64
 }
 
 // New validates cfg and starts the delivery goroutine; with cfg.URL empty it
@@ -203,6 +246,13 @@ func New(cfg Config, log staging.Logger) (*Notifier, error) {
 			// A webhook that redirects is misconfigured; following it would turn the POST into a GET.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 		queue: make(chan Document, cfg.QueueSize), abort: make(chan struct{}), done: make(chan struct{})}
+	if cfg.Journal != "" {
+		n.journal = readJournal(cfg.Journal, log)
+		n.seen = make(map[string]bool, len(n.journal))
+		for _, k := range n.journal {
+			n.seen[k] = true
+		}
+	}
 	go n.run()
 	return n, nil
 }
@@ -217,14 +267,26 @@ func (n *Notifier) Notify(ev Event) {
 		ev.Time = time.Now()
 	}
 	queued := false
+	var key string
 	n.mu.Lock()
+	if n.seen != nil {
+		key = ev.key()
+		if n.seen[key] {
+			n.mu.Unlock()
+			n.repeated.Add(1)
+			return
+		}
+	}
 	n.seq++
 	if !n.closed {
 		select {
 		case n.queue <- Document{Version: Version, Process: n.process, Seq: n.seq, Kind: ev.Kind, Time: ev.Time.UTC(),
 			Home: n.cfg.Home, ChainID: n.cfg.ChainID, Upgrade: ev.Upgrade, Height: ev.Height, Message: ev.Message,
-			SHA256: ev.SHA256, Reason: ev.Reason, Path: ev.Path}:
+			SHA256: ev.SHA256, Reason: ev.Reason, Path: ev.Path, key: key}:
 			queued = true
+			if n.seen != nil {
+				n.seen[key] = true
+			}
 		default:
 		}
 	}
@@ -239,7 +301,8 @@ func (n *Notifier) Stats() Stats {
 	if n == nil {
 		return Stats{}
 	}
-	return Stats{Queued: len(n.queue), Sent: n.sent.Load(), Dropped: n.dropped.Load(), Failed: n.failed.Load(), Lost: n.lost.Load()}
+	return Stats{Queued: len(n.queue), Sent: n.sent.Load(), Dropped: n.dropped.Load(), Failed: n.failed.Load(),
+		Lost: n.lost.Load(), Repeated: n.repeated.Load()}
 }
 
 // Close stops taking events and waits, until ctx is done, for the queued ones
@@ -286,6 +349,7 @@ func (n *Notifier) run() {
 			n.lost.Add(1)
 			continue
 		}
+		n.remember(doc.key)
 		attempts, err := n.deliver(ctx, doc)
 		switch {
 		case err == nil:
@@ -304,6 +368,51 @@ func (n *Notifier) run() {
 			reported = d
 		}
 	}
+}
+
+// remember adds key to the journal before its event is sent, so a process that
+// follows this one does not send it again; an event queued but never taken off
+// the queue (the process ended) is not remembered and a later process may send
+// it. A journal that cannot be written costs repeats, never an event.
+func (n *Notifier) remember(key string) {
+	if key == "" || n.cfg.Journal == "" {
+		return
+	}
+	n.journal = append(n.journal, key)
+	if len(n.journal) > JournalKeep {
+		n.journal = n.journal[len(n.journal)-JournalKeep:]
+	}
+	b, _ := json.Marshal(journalFile{Version: 1, Keys: n.journal})
+	if err := home.WriteFile(n.cfg.Journal, b, 0o644); err != nil {
+		n.log.Warn("invisor: could not write the webhook journal; a restart may send this event again", "file", n.cfg.Journal, "err", err)
+	}
+}
+
+// journalFile is the content of Config.Journal.
+type journalFile struct {
+	Version int      `json:"version"`
+	Keys    []string `json:"keys"`
+}
+
+// readJournal returns the keys in file (none when it is missing or unreadable:
+// the worst that costs is an event sent again).
+func readJournal(file string, log staging.Logger) []string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			log.Warn("invisor: could not read the webhook journal; events may be sent again", "file", file, "err", err)
+		}
+		return nil
+	}
+	var j journalFile
+	if err := json.Unmarshal(b, &j); err != nil || j.Version != 1 {
+		log.Warn("invisor: the webhook journal is not readable; events may be sent again", "file", file, "err", err)
+		return nil
+	}
+	if len(j.Keys) > JournalKeep {
+		j.Keys = j.Keys[len(j.Keys)-JournalKeep:]
+	}
+	return j.Keys
 }
 
 // errRefused marks an answer a retry cannot change.

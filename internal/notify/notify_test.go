@@ -9,10 +9,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/invisor/invisor/staging"
 )
 
 // receiver is a loopback webhook that records every POST it reads, in order,
@@ -390,4 +394,77 @@ func BenchmarkNotifyReceiverDown(b *testing.B) {
 	b.StopTimer()
 	s := n.Stats()
 	b.ReportMetric(float64(s.Dropped)/float64(b.N), "dropped/op")
+}
+
+// TestJournalSendsOncePerHome: the process after a restart (or the new binary
+// after a switch) does not send what the one before it sent; events that differ
+// in kind, upgrade, height, sha256 or reason are sent; a damaged journal costs
+// repeats only.
+func TestJournalSendsOncePerHome(t *testing.T) {
+	rec := &receiver{}
+	srv := httptest.NewServer(rec)
+	defer srv.Close()
+	c := testConfig(srv.URL)
+	c.Journal = filepath.Join(t.TempDir(), "invisor-webhook.json")
+
+	seen := Event{Kind: KindPlanSeen, Upgrade: "v2", Height: 100, Message: "seen at block 7"}
+	ready := Event{Kind: KindBinaryReady, Upgrade: "v2", Height: 100, SHA256: "ab"}
+	first := newNotifier(t, c, nil)
+	first.Notify(seen)
+	first.Notify(ready)
+	first.Notify(Event{Kind: KindPlanSeen, Upgrade: "v2", Height: 100, Message: "seen at block 9"}) // same event, other words
+	closeNow(t, first)
+	if s := first.Stats(); s.Sent != 2 || s.Repeated != 1 {
+		t.Fatalf("first process: %+v, want 2 sent and 1 repeated", s)
+	}
+
+	// The next process on the home: plan-seen and binary-ready again (its hook
+	// sees the plan at boot), then what only it can say.
+	second := newNotifier(t, c, nil)
+	second.Notify(seen)
+	second.Notify(ready)
+	second.Notify(Event{Kind: KindBinaryReady, Upgrade: "v2", Height: 100, SHA256: "cd"}) // another binary
+	second.Notify(Event{Kind: KindSwitched, Upgrade: "v2", Height: 100})
+	closeNow(t, second)
+	if s := second.Stats(); s.Sent != 2 || s.Repeated != 2 {
+		t.Fatalf("second process: %+v, want 2 sent and 2 repeated", s)
+	}
+	var kinds []string
+	for _, d := range rec.got() {
+		kinds = append(kinds, fmt.Sprintf("%s/%s", d.Kind, d.SHA256))
+	}
+	if got, want := strings.Join(kinds, " "), "plan-seen/ binary-ready/ab binary-ready/cd switched/"; got != want {
+		t.Errorf("receiver got %q, want %q", got, want)
+	}
+	if d := rec.got(); d[2].Seq != 1 || d[3].Seq != 2 {
+		t.Errorf("second process seq %d, %d: a repeat must not take a number (a gap means a loss)", d[2].Seq, d[3].Seq)
+	}
+
+	if err := os.WriteFile(c.Journal, []byte("{not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := &recLog{}
+	third := newNotifier(t, c, log)
+	third.Notify(seen)
+	closeNow(t, third)
+	if s := third.Stats(); s.Sent != 1 || !strings.Contains(log.text(), "journal is not readable") {
+		t.Errorf("damaged journal: %+v, log %q; want the event sent and the damage logged", s, log.text())
+	}
+}
+
+func TestJournalKeepsTheLast(t *testing.T) {
+	srv := httptest.NewServer(&receiver{})
+	defer srv.Close()
+	c := testConfig(srv.URL)
+	c.Journal = filepath.Join(t.TempDir(), "j.json")
+	c.QueueSize = JournalKeep + 10
+	n := newNotifier(t, c, nil)
+	for i := range JournalKeep + 5 {
+		n.Notify(Event{Kind: KindStagingFailed, Upgrade: "v2", Reason: fmt.Sprint("error ", i)})
+	}
+	closeNow(t, n)
+	keys := readJournal(c.Journal, staging.NopLogger{})
+	if len(keys) != JournalKeep || !strings.HasSuffix(keys[0], "error 5") || !strings.HasSuffix(keys[len(keys)-1], fmt.Sprint("error ", JournalKeep+4)) {
+		t.Errorf("journal holds %d keys (%q .. %q), want the newest %d (error 5 .. error %d)", len(keys), keys[0], keys[len(keys)-1], JournalKeep, JournalKeep+4)
+	}
 }

@@ -26,6 +26,9 @@ const (
 	MetricScheduledHeight = "invisor_scheduled_upgrade_height"
 	MetricWebhookDropped  = "invisor_webhook_events_dropped"
 	MetricWebhookFailed   = "invisor_webhook_events_failed"
+	MetricProposalCheck   = "invisor_proposal_check"
+	MetricUpgradeHealth   = "invisor_upgrade_health"
+	MetricOnlinePower     = "invisor_upgrade_online_power_ratio"
 )
 
 var allStates = []staging.State{staging.StateIdle, staging.StatePending, staging.StateDownloading,
@@ -38,6 +41,9 @@ type gauges struct {
 	planHeight, blocksTo, bytes, attempts, failures, sinceReady, lastSwitch prometheus.Gauge
 	unmappable, unconfirmed, scheduled, hookDropped, hookFailed             prometheus.Gauge
 	state                                                                   *prometheus.GaugeVec
+	proposals                                                               *prometheus.GaugeVec
+	health                                                                  *prometheus.GaugeVec // invisor_upgrade_health
+	onlineRatio                                                             prometheus.Gauge
 }
 
 var (
@@ -65,10 +71,17 @@ func registerGauges() *gauges {
 			unconfirmed: g(MetricUnconfirmed, "1 when the plan's staged binary is trusted on the operator's word or by the unsafe override, not on the plan's checksum."),
 			state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricStagingState,
 				Help: "1 for the current staging state, 0 for the others."}, []string{"state"}),
+			proposals: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricProposalCheck,
+				Help: "1 for each software-upgrade proposal in its voting period, labelled with its id, its plan name and the check's state (verified, failed, refused, skipped, queued, checking)."},
+				[]string{"proposal", "upgrade", "state"}),
+			health: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricUpgradeHealth,
+				Help: "1 for the health of the upgrade this process switched to (waiting, healthy, stalled), 0 for the others; all 0 when no switch led to this boot."}, []string{"state"}),
+			onlineRatio: g(MetricOnlinePower, "Fraction of the voting power seen voting at the block after the upgrade height while that block is late (-1: not measured)."),
 		}
 		for _, c := range []prometheus.Collector{theGauges.planHeight, theGauges.blocksTo, theGauges.bytes,
 			theGauges.attempts, theGauges.failures, theGauges.sinceReady, theGauges.lastSwitch, theGauges.state,
-			theGauges.unmappable, theGauges.unconfirmed, theGauges.scheduled, theGauges.hookDropped, theGauges.hookFailed} {
+			theGauges.unmappable, theGauges.unconfirmed, theGauges.scheduled, theGauges.hookDropped, theGauges.hookFailed,
+			theGauges.proposals, theGauges.health, theGauges.onlineRatio} {
 			// A name clash with another collector leaves that gauge unexported;
 			// the node must not fail for a metric.
 			_ = prometheus.DefaultRegisterer.Register(c)

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/invisor/invisor/internal/history"
@@ -54,9 +55,15 @@ type Node struct {
 	// HaltAt is the upgrade scheduled at a height without governance that this
 	// node was started to halt for (the SDK's halt-height invisor set); nil if none.
 	HaltAt *Halt `json:"halt_at,omitempty"`
+	// Proposals are the checks of the software-upgrade proposals in their voting
+	// period (staging.Stager.OfferProposals), by proposal id.
+	Proposals []staging.ProposalCheck `json:"proposals,omitempty"`
 	// Warnings are problems an operator must act on before the upgrade height:
 	// a plan name no directory can hold, a binary the plan does not confirm.
 	Warnings []string `json:"warnings,omitempty"`
+	// Health is the post-upgrade health gate's report in a process that booted
+	// after a switch (waiting, healthy or stalled); nil otherwise.
+	Health *Health `json:"health,omitempty"`
 }
 
 // Halt is a scheduled upgrade's halt in force in the running node.
@@ -111,6 +118,7 @@ type Reporter struct {
 	wroteAt  time.Time
 	haltAt   *Halt
 	webhook  func() (dropped, failed uint64)
+	health   func() *Health
 }
 
 // SetWebhook gives the Reporter the webhook's counters (internal/notify's
@@ -138,7 +146,8 @@ func NewReporter(nodeHome string, src Source, warnings func() []string) *Reporte
 	return r
 }
 
-// Run reports every Interval until ctx is done.
+// Run reports every Interval until ctx is done, and once more then: a node
+// that stops (a failed handshake included) leaves its last state in the file.
 func (r *Reporter) Run(ctx context.Context) {
 	t := time.NewTicker(Interval)
 	defer t.Stop()
@@ -146,6 +155,7 @@ func (r *Reporter) Run(ctx context.Context) {
 		r.Once()
 		select {
 		case <-ctx.Done():
+			r.Once()
 			return
 		case <-t.C:
 		}
@@ -200,7 +210,11 @@ func (r *Reporter) Once() {
 
 	ns := Node{Time: time.Now().UTC(), PID: os.Getpid(), Height: h, State: st.State, Plan: st.Plan,
 		BytesDone: st.BytesDone, BytesTotal: st.BytesTotal, Rate: st.Rate, Attempt: st.Attempt, Failures: r.failures,
-		Err: st.Err, Install: st.Install, Since: st.Since, HaltAt: r.haltAt}
+		Err: st.Err, Install: st.Install, Since: st.Since, HaltAt: r.haltAt, Proposals: st.Proposals}
+	g.proposals.Reset()
+	for _, c := range st.Proposals {
+		g.proposals.WithLabelValues(strconv.FormatUint(c.ID, 10), c.Plan.Name, string(c.State)).Set(1)
+	}
 	g.unmappable.Set(0)
 	g.unconfirmed.Set(0)
 	if r.warnings != nil {
@@ -218,6 +232,11 @@ func (r *Reporter) Once() {
 		nr := st.NextRetry
 		ns.NextRetry = &nr
 	}
+	var hr *Health
+	if r.health != nil {
+		hr = r.health()
+	}
+	r.setHealth(&ns, hr)
 	if r.changed(ns) || time.Since(r.wroteAt) > rewriteAfter {
 		if writeJSON(Path(r.home), ns) == nil {
 			r.written, r.wroteAt = ns, time.Now()
