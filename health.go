@@ -132,10 +132,14 @@ func (n *node) healthReport() *status.Health {
 	return nil
 }
 
-// healthHeight is Height's part: block h > H runs only once the network
-// committed it. It allocates nothing.
+// healthHeight is Height's part: block h >= H+2 runs only once the network
+// committed H+1. Not H+1 itself: with optimistic execution BaseApp runs a
+// proposed block from ProcessProposal, before (and whether or not) the network
+// commits it, so a PreBlocker at H+1 proves nothing; a proposal for H+2 exists
+// only on top of a committed H+1. (CometBFT's block store, asked in ask, usually
+// says it a block earlier.) It allocates nothing.
 func (n *node) healthHeight(h int64) {
-	if hg := n.health; hg != nil && h > hg.arm.Height && hg.committedAt.Load() == 0 && hg.committedAt.CompareAndSwap(0, hg.now().UnixNano()) {
+	if hg := n.health; hg != nil && h > hg.arm.Height+1 && hg.committedAt.Load() == 0 && hg.committedAt.CompareAndSwap(0, hg.now().UnixNano()) {
 		hg.poke()
 	}
 }
@@ -234,6 +238,11 @@ func (hg *healthGate) ask(ctx context.Context, g *health.Gate, now time.Time) {
 		return
 	}
 	g.Polled(health.Node{CatchingUp: st.SyncInfo.CatchingUp, LatestHeight: st.SyncInfo.LatestBlockHeight, Validator: st.ValidatorInfo.VotingPower > 0})
+	if st.SyncInfo.LatestBlockHeight > hg.arm.Height {
+		// CometBFT stores a block once +2/3 precommitted it: H+1 is committed
+		// (seen now, at the answer; within one poll of the commit).
+		g.Committed(hg.now())
+	}
 	hg.address = st.ValidatorInfo.Address
 	if from, ok := g.NeedsSignature(); ok {
 		for h := from; h <= st.SyncInfo.LatestBlockHeight && h < from+commitsPerStep; h++ {

@@ -220,9 +220,10 @@ func TestHealthyValidatorSigned(t *testing.T) {
 	hn.clock.after(2 * time.Second)
 	hn.healthPlan(nil, upgradeH) // x/upgrade applied the plan in block H
 	hn.until(t, "applied", func(r health.Report) bool { return r.AppliedAt != nil })
-	hn.comet.set(func(c *healthComet) { c.latest, c.signed[upgradeH+1] = upgradeH+2, true })
+	hn.healthHeight(upgradeH + 1) // a PreBlocker at H+1 (optimistic execution of a proposal): proves nothing
 	hn.clock.after(5 * time.Second)
-	hn.healthHeight(upgradeH + 1) // FinalizeBlock of H+1: the network committed it
+	hn.comet.set(func(c *healthComet) { c.latest, c.signed[upgradeH+1] = upgradeH+2, true })
+	hn.healthHeight(upgradeH + 2) // FinalizeBlock of H+2: the network committed H+1
 	r := hn.until(t, "healthy", isState(health.StateHealthy))
 	if !r.Validator || r.SignedHeight != upgradeH+1 || r.SignedAt == nil || !r.SignedAt.Equal(signedAt(upgradeH+1)) ||
 		r.CommittedAt == nil || !r.CommittedAt.Equal(bootTime.Add(5*time.Second)) || r.CommittedSeconds != 5 ||
@@ -257,7 +258,7 @@ func TestHealthyValidatorSigned(t *testing.T) {
 func TestHealthyNonValidator(t *testing.T) {
 	hn := newHealthNode(t, time.Minute, 0)
 	hn.until(t, "a status poll", func(r health.Report) bool { return r.State == health.StateWaiting })
-	hn.healthHeight(upgradeH + 1)
+	hn.healthHeight(upgradeH + 2)
 	r := hn.until(t, "healthy", isState(health.StateHealthy))
 	if r.Validator || r.SignedHeight != 0 || !strings.Contains(r.Message, "not a validator") {
 		t.Fatalf("report %+v", r)
@@ -307,9 +308,9 @@ func TestStalledNetworkThenHealthy(t *testing.T) {
 	hn.until(t, "the third validator", func(r health.Report) bool { return r.Online != nil && r.Online.Validators == 3 })
 	hn.logs.wait(t, `"message":"invisor: upgrade still stalled"`)
 
-	hn.comet.set(func(c *healthComet) { c.latest, c.signed[upgradeH+1] = upgradeH+2, true })
 	hn.clock.after(70 * time.Second)
-	hn.healthHeight(upgradeH + 1)
+	hn.comet.set(func(c *healthComet) { c.latest, c.signed[upgradeH+1] = upgradeH+2, true })
+	hn.healthHeight(upgradeH + 2)
 	r = hn.until(t, "healthy", isState(health.StateHealthy))
 	if r.Cause != "" || r.Online != nil || r.CommittedSeconds != 70 {
 		t.Fatalf("healthy report %+v", r)
@@ -374,7 +375,7 @@ func TestHealthDeadlineZeroDisablesTheStall(t *testing.T) {
 	if hn.logs.has("stalled") {
 		t.Fatal("a stall logged with the deadline off")
 	}
-	hn.healthHeight(upgradeH + 1)
+	hn.healthHeight(upgradeH + 2)
 	hn.until(t, "healthy", isState(health.StateHealthy))
 	if d := next(t, hn.docs); d.Kind != notify.KindHealthy {
 		t.Fatalf("event %+v, want only healthy", d)

@@ -143,7 +143,8 @@ func TestHealthGateAfterSwitch(t *testing.T) {
 			t.Errorf("%s: message %q advice %q, want the online validators named and what to do", name, r.Message, r.Advice)
 		}
 	}
-	if out, err := vals[0].CLI(ctx, "invisor", "status"); err != nil || !strings.Contains(string(out), "stalled") {
+	if out, err := vals[0].CLI(ctx, "invisor", "status"); err != nil || !strings.Contains(string(out), "STALLED") ||
+		!strings.Contains(string(out), "2 of 4 validators, 50.0% of the voting power") {
 		t.Errorf("invisor status on val0 while stalled: %v\n%s", err, out)
 	}
 	stage(vals[2], "v3", v3)

@@ -5,7 +5,9 @@
 // A Gate is a state machine fed by events and a clock, with no I/O of its own:
 // the process edge tells it that this binary applied block H (Applied), that
 // the upgrade handler failed (Failed), that the network committed H+1
-// (Committed: FinalizeBlock of H+1 runs only once it did), what the node's
+// (Committed: CometBFT's block store holds H+1, or the
+// node runs H+2; not a PreBlocker at H+1, which optimistic execution runs for a
+// mere proposal), what the node's
 // CometBFT says (Polled, Signed, Checked, Votes), and asks it at each step
 // (Step) what changed. The edge logs, publishes and sends what Step returns.
 //

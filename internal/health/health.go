@@ -96,7 +96,8 @@ type Report struct {
 	// this boot: AppliedBefore).
 	AppliedAt     *time.Time `json:"applied_at,omitempty"`
 	AppliedBefore bool       `json:"applied_before_boot,omitempty"`
-	// CommittedAt is when block H+1 was committed (its FinalizeBlock ran here);
+	// CommittedAt is when block H+1 was seen committed (CometBFT stored it, or
+	// this node ran H+2);
 	// CommittedSeconds is that, in seconds after the boot.
 	CommittedAt      *time.Time `json:"committed_at,omitempty"`
 	CommittedSeconds float64    `json:"committed_seconds_after_switch,omitempty"`

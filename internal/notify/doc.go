@@ -17,6 +17,7 @@
 //     Notifier is closed, the event is dropped and counted (Stats.Dropped). A
 //     receiver that is down or hangs costs the node one queue slot per event,
 //     never a wait.
+//
 //   - One goroutine drains the queue, so documents are POSTed one at a time, in
 //     the order Notify numbered them. Each POST is bounded by Config.Timeout; a
 //     failed one (a transport error, 408, 429 or 5xx) is retried up to
@@ -25,11 +26,13 @@
 //     (the receiver refuses the document; retrying cannot change its mind). An
 //     event that exhausts its attempts is counted (Stats.Failed) and logged,
 //     and the next one is sent.
+//
 //   - Every document carries Seq, numbered from 1 per process in Notify's order,
 //     and Process, an id drawn once per process. A receiver de-duplicates on
 //     (process, seq): a retried POST whose first try reached it (the response was
 //     lost, or came after the timeout) arrives twice with the same pair. A gap in
 //     seq means events were dropped (queue full) or lost at shutdown.
+//
 //   - The URL's userinfo and query (a token) never appear in a log line or an
 //     error: they are shown through staging.Redact.
 //
