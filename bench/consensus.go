@@ -35,11 +35,20 @@ func (r consensusResult) label() string {
 }
 
 func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (consensusResult, error) {
+	name := fmt.Sprintf("s4-%s-%d", consensusResult{Staging: staging}.label(), idx)
+	r, _, err := e.intervalRun(ctx, name, staging, nil)
+	return r, err
+}
+
+// intervalRun is one run of scenarios 4 and 5: a fresh chain under invisor
+// (with extraEnv on top of the supervisor settings), a far-future plan passed,
+// and the intervals of the o.blocks blocks that follow. It also returns the
+// node's stamped log up to the end of the window.
+func (e *benchEnv) intervalRun(ctx context.Context, name string, staging bool, extraEnv []string) (consensusResult, []logLine, error) {
 	r := consensusResult{Staging: staging}
-	name := fmt.Sprintf("s4-%s-%d", r.label(), idx)
 	dir, done, err := e.runDir(name)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	defer done()
 	home := filepath.Join(dir, "home")
@@ -49,20 +58,21 @@ func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (con
 	n, err := localnet.NewSingle(ictx, e.o.v1, home, localnet.Settings{TimeoutCommit: 300 * time.Millisecond})
 	cancel()
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	// Same chain, same plan; only whether invisor may download differs. Idle:
 	// invisor sees the plan and waits for a hand-placed binary.
 	env := append(cleanEnv(), "DAEMON_NAME="+daemon, "DAEMON_HOME="+home,
 		"DAEMON_ALLOW_DOWNLOAD_BINARIES="+fmt.Sprint(staging))
+	env = append(env, extraEnv...)
 	p, err := startProc(e.o.v1, []string{"start", "--home", home, "--log_no_color"}, env, logPath)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	defer p.stop(20 * time.Second)
 	cur, err := waitHeight(ctx, n, p, 3, 90*time.Second)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	url := e.bigURL
 	if e.o.s4slow {
@@ -73,17 +83,17 @@ func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (con
 	err = n.PassUpgrade(pctx, "big", cur+1_000_000, info)
 	cancel()
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	now, _ := n.AppInfo(ctx)
 	h0 := now.Height
 	last := h0 + int64(e.o.blocks)
 	if _, err := waitHeight(ctx, n, p, last, time.Duration(e.o.blocks)*2*time.Second+time.Minute); err != nil {
-		return r, err
+		return r, nil, err
 	}
 	times, err := blockTimes(ctx, n.RPCPort, h0, last)
 	if err != nil {
-		return r, err
+		return r, nil, err
 	}
 	for i := 1; i < len(times); i++ {
 		r.Intervals = append(r.Intervals, times[i].Sub(times[i-1]))
@@ -103,7 +113,7 @@ func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (con
 	case !staging:
 		r.Note = "no download"
 	case r.StageStart.IsZero():
-		return r, fmt.Errorf("invisor did not start staging the archive; see %s", logPath)
+		return r, lines, fmt.Errorf("invisor did not start staging the archive; see %s", logPath)
 	case r.StageReady.IsZero():
 		r.Note = fmt.Sprintf("staging started %s into the window, not ready at its end",
 			r.StageStart.Sub(r.WindowStart).Round(100*time.Millisecond))
@@ -114,7 +124,7 @@ func (e *benchEnv) consensusRun(ctx context.Context, staging bool, idx int) (con
 			r.WindowEnd.Sub(r.WindowStart).Round(100*time.Millisecond))
 	}
 	r.Note += "; slowest: " + slowest(times, lines, r.StageStart, 3)
-	return r, nil
+	return r, lines, nil
 }
 
 // pct is the nearest-rank percentile of sorted s.

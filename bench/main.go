@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +30,7 @@ type options struct {
 	rate      float64
 	keep      bool
 	s4slow    bool
+	s5hooks   []webhookVariant
 	extraEnv  string
 	cmdline   string
 	binInfo   []string
@@ -37,17 +39,18 @@ type options struct {
 
 func main() {
 	var o options
-	var scen string
+	var scen, hooks string
 	flag.IntVar(&o.runs, "runs", 5, "runs per supervisor and scenario")
-	flag.StringVar(&scen, "scenarios", "1,2,3,4", "scenarios to run (comma-separated)")
+	flag.StringVar(&scen, "scenarios", "1,2,3,4", "scenarios to run (comma-separated; 5, the webhook receiver that is down, runs only when named)")
 	flag.StringVar(&o.v1, "v1", "../build/exampled-v1", "exampled v1 binary (make build)")
 	flag.StringVar(&o.v2, "v2", "../build/exampled-v2", "exampled v2 binary (make build)")
 	flag.StringVar(&o.work, "work", "work", "scratch directory (homes, cosmovisor binary, served files, logs)")
 	flag.StringVar(&o.out, "out", "../BENCHMARKS.md", "where to write the results (empty: do not write)")
-	flag.IntVar(&o.blocks, "blocks", 200, "scenario 4: blocks measured per run")
+	flag.IntVar(&o.blocks, "blocks", 200, "scenarios 4 and 5: blocks measured per run")
 	flag.Int64Var(&o.delay, "delay", 80, "plan height = height at proposal + delay (room to stage a 20 MB/s download)")
 	flag.Float64Var(&o.rate, "rate", 20e6, "throttled server rate, bytes/s")
-	flag.BoolVar(&o.s4slow, "s4-throttled", false, "scenario 4: serve the archive at -rate instead of full loopback speed")
+	flag.BoolVar(&o.s4slow, "s4-throttled", false, "scenarios 4 and 5: serve the archive at -rate instead of full loopback speed")
+	flag.StringVar(&hooks, "s5-webhooks", "none,hang,refused", "scenario 5: webhook variants per round (none: no webhook; hang: accepts, never answers; refused: nothing listens)")
 	flag.StringVar(&o.extraEnv, "invisor-env", "", "extra KEY=VALUE settings for the invisor runs (comma-separated), e.g. INVISOR_PRE_UPGRADE=false for a what-if")
 	flag.BoolVar(&o.keep, "keep", false, "keep node homes after each run")
 	flag.Parse()
@@ -57,6 +60,14 @@ func main() {
 		if n, err := strconv.Atoi(strings.TrimSpace(s)); err == nil {
 			o.scenarios[n] = true
 		}
+	}
+	for _, h := range strings.Split(hooks, ",") {
+		v := webhookVariant(strings.TrimSpace(h))
+		if !slices.Contains(webhookVariants, v) {
+			fmt.Fprintf(os.Stderr, "bench: -s5-webhooks: unknown variant %q; want none, hang or refused\n", v)
+			os.Exit(2)
+		}
+		o.s5hooks = append(o.s5hooks, v)
 	}
 	if err := run(context.Background(), o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -106,7 +117,7 @@ func run(ctx context.Context, o options) error {
 	}
 	defer env.close()
 
-	res := &results{opts: o, start: time.Now()}
+	res := &results{opts: o, start: time.Now(), loadStart: loadavg()}
 	for _, sc := range upgradeScenarios {
 		if !o.scenarios[sc.ID] {
 			continue
@@ -145,11 +156,32 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
-	res.end = time.Now()
-	table := res.table()
-	fmt.Println()
-	fmt.Println(table)
-	fmt.Println(res.breakdown())
+	if o.scenarios[5] {
+		for i := 1; i <= o.runs; i++ {
+			// Rotate the order round by round, so each variant takes each place alike.
+			k := (i - 1) % len(o.s5hooks)
+			for _, v := range slices.Concat(o.s5hooks[k:], o.s5hooks[:k]) {
+				r, err := env.webhookRun(ctx, v, i)
+				if err != nil {
+					return fmt.Errorf("scenario 5 round %d (webhook %s): %w", i, v, err)
+				}
+				say("scenario 5 %-10s run %d: block interval p50 %s p99 %s max %s (%s)", v, i,
+					r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.activity())
+				res.addWebhook(r)
+			}
+		}
+	}
+	res.end, res.loadEnd = time.Now(), loadavg()
+	if len(res.up) > 0 || len(res.cons) > 0 {
+		fmt.Println()
+		fmt.Println(res.table())
+		fmt.Println(res.breakdown())
+	}
+	if len(res.hooks) > 0 {
+		fmt.Println()
+		fmt.Println(res.webhookTable())
+		fmt.Println(res.webhookRuns())
+	}
 	if o.out != "" {
 		if err := res.writeMarkdown(o.out); err != nil {
 			return err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -139,6 +140,10 @@ type results struct {
 	start, end time.Time
 	up         map[int]map[string][]upgradeResult
 	cons       []consensusResult
+	hooks      []webhookResult // scenario 5 (webhook.go)
+	// loadStart and loadEnd are the machine's load averages (1, 5, 15 min)
+	// when the runs began and ended: other work on a shared machine shows here.
+	loadStart, loadEnd string
 }
 
 func (r *results) add(id int, sup string, u upgradeResult) {
@@ -295,6 +300,15 @@ func (r *results) breakdown() string {
 	return b.String()
 }
 
+// loadavg is the 1, 5 and 15 minute load averages ("?" when unknown).
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "?"
+}
+
 func machine() string {
 	mem := "?"
 	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
@@ -319,32 +333,59 @@ func machine() string {
 	return fmt.Sprintf("nproc %d, memory %s, %s, %s/%s, %s", runtime.NumCPU(), mem, cpu, runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
 
-// writeMarkdown writes the results section of BENCHMARKS.md: everything
-// between the generated-results markers is replaced, the rest of the file
-// (the analysis) is kept.
+// writeMarkdown writes the sections of BENCHMARKS.md that this invocation
+// measured: the results section (scenarios 1-4) and scenario 5's section each
+// replace only what lies between their own markers, so a run of scenario 5
+// alone leaves the results of the others, and the analysis, as they were.
 func (r *results) writeMarkdown(path string) error {
 	const begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n", begin)
-	fmt.Fprintf(&b, "Command: `%s` (also `make bench`)  \n", r.opts.cmdline)
-	fmt.Fprintf(&b, "Date: %s to %s  \n", r.start.UTC().Format("2006-01-02 15:04 MST"), r.end.UTC().Format("15:04 MST"))
-	fmt.Fprintf(&b, "Machine: %s  \n", machine())
-	fmt.Fprintf(&b, "Binaries (snapshotted at start): %s, built from %s; cosmovisor v1.5.0 built from the module proxy  \n",
-		strings.Join(r.opts.binInfo, ", "), r.opts.commit)
-	fmt.Fprintf(&b, "Chain: one validator, timeout_commit 300 ms, plan height = proposal height + %d; runs alternate invisor and cosmovisor (and who goes first) run by run.\n\n", r.opts.delay)
-	b.WriteString(r.table())
-	b.WriteString("\n")
-	b.WriteString(r.breakdown())
-	fmt.Fprintf(&b, "%s\n", end)
+	if len(r.up) > 0 || len(r.cons) > 0 {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%s\n", begin)
+		fmt.Fprintf(&b, "Command: `%s` (also `make bench`)  \n", r.opts.cmdline)
+		fmt.Fprintf(&b, "Date: %s to %s  \n", r.start.UTC().Format("2006-01-02 15:04 MST"), r.end.UTC().Format("15:04 MST"))
+		fmt.Fprintf(&b, "Machine: %s  \n", machine())
+		fmt.Fprintf(&b, "Binaries (snapshotted at start): %s, built from %s; cosmovisor v1.5.0 built from the module proxy  \n",
+			strings.Join(r.opts.binInfo, ", "), r.opts.commit)
+		fmt.Fprintf(&b, "Chain: one validator, timeout_commit 300 ms, plan height = proposal height + %d; runs alternate invisor and cosmovisor (and who goes first) run by run.\n\n", r.opts.delay)
+		b.WriteString(r.table())
+		b.WriteString("\n")
+		b.WriteString(r.breakdown())
+		fmt.Fprintf(&b, "%s\n", end)
+		if err := replaceSection(path, begin, end, b.String()); err != nil {
+			return err
+		}
+	}
+	if len(r.hooks) > 0 {
+		if err := replaceSection(path, webhookBegin, webhookEnd,
+			"## Scenario 5: a webhook receiver that is down\n\n"+r.webhookSection()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replaceSection puts section (which starts with its heading or begin and ends
+// with end) in the file at path: it replaces what lies between begin and end
+// when the file has both markers, and is appended to the file otherwise (a new
+// file gets the title first). Text before begin in section (a heading) is used
+// only when the section is appended.
+func replaceSection(path, begin, end, section string) error {
+	const title = "# Benchmarks: invisor vs cosmovisor v1.5.0\n\n"
 	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	s := string(old)
 	var out string
+	i, j := strings.Index(s, begin), strings.Index(s, end)
 	switch {
-	case err == nil && strings.Contains(string(old), begin) && strings.Contains(string(old), end):
-		s := string(old)
-		i, j := strings.Index(s, begin), strings.Index(s, end)+len(end)
-		out = s[:i] + strings.TrimSuffix(b.String(), "\n") + s[j:]
+	case i >= 0 && j > i:
+		out = s[:i] + strings.TrimSuffix(section[strings.Index(section, begin):], "\n") + s[j+len(end):]
+	case len(s) == 0:
+		out = title + section
 	default:
-		out = "# Benchmarks: invisor vs cosmovisor v1.5.0\n\n" + b.String()
+		out = strings.TrimRight(s, "\n") + "\n\n" + section
 	}
 	return os.WriteFile(path, []byte(out), 0o644)
 }

@@ -52,10 +52,12 @@ type benchEnv struct {
 
 func newEnv(ctx context.Context, o options) (*benchEnv, error) {
 	e := &benchEnv{o: o, srvDir: filepath.Join(o.work, "srv")}
-	say("building cosmovisor v1.5.0 (bench/cosmovisor/go.mod)")
 	var err error
-	if e.cosmovisor, err = buildCosmovisor(ctx, o.work); err != nil {
-		return nil, err
+	if o.scenarios[1] || o.scenarios[2] || o.scenarios[3] {
+		say("building cosmovisor v1.5.0 (bench/cosmovisor/go.mod)")
+		if e.cosmovisor, err = buildCosmovisor(ctx, o.work); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(e.srvDir, upgradeName), 0o755); err != nil {
 		return nil, err
@@ -79,7 +81,7 @@ func newEnv(ctx context.Context, o options) (*benchEnv, error) {
 			return nil, err
 		}
 	}
-	if o.scenarios[4] {
+	if o.scenarios[4] || o.scenarios[5] {
 		p := filepath.Join(e.srvDir, "big", "exampled-big.tar.gz")
 		sum, size, err := makeBigArchive(p, o.v2, 1<<30)
 		if err != nil {

@@ -78,16 +78,7 @@ func TestHealthGateAfterSwitch(t *testing.T) {
 		n.Env = []string{"UNSAFE_SKIP_BACKUP=true", "INVISOR_HEALTH_DEADLINE=5s",
 			fmt.Sprintf("DAEMON_ALLOW_DOWNLOAD_BINARIES=%v", i < 2)}
 	}
-	t.Cleanup(func() {
-		if err := net.Stop(15 * time.Second); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			for _, n := range vals {
-				t.Logf("---- %s: invisor's lines and errors ----\n%s", n.Name, keyLines(n.LogTail(8<<20), 120))
-			}
-		}
-	})
+	stopOnCleanup(t, net)
 	srv, err := localnet.ServeDir(filepath.Join(work, "www"))
 	if err != nil {
 		t.Fatal(err)

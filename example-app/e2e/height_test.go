@@ -44,16 +44,7 @@ func TestScheduledUpgradeAtHeight(t *testing.T) {
 	for _, n := range vals {
 		n.Env = []string{"UNSAFE_SKIP_BACKUP=true"}
 	}
-	t.Cleanup(func() {
-		if err := net.Stop(15 * time.Second); err != nil {
-			t.Error(err)
-		}
-		if t.Failed() {
-			for _, n := range vals {
-				t.Logf("---- %s: invisor's lines and errors ----\n%s", n.Name, keyLines(n.LogTail(8<<20), 120))
-			}
-		}
-	})
+	stopOnCleanup(t, net)
 	for _, n := range vals {
 		if err := n.Start(); err != nil {
 			t.Fatal(err)
@@ -282,6 +273,21 @@ func scheduledOf(ctx context.Context, t *testing.T, n *localnet.Node) []struct {
 
 // keyLines keeps the lines of a node log that say what invisor, consensus and
 // the node did (invisor's lines, errors, panics, starts), the last max of them.
+// stopOnCleanup stops every node of net when the test ends, and on failure logs
+// each validator's invisor lines and errors.
+func stopOnCleanup(t *testing.T, net *localnet.Testnet) {
+	t.Cleanup(func() {
+		if err := net.Stop(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			for _, n := range net.Validators {
+				t.Logf("---- %s: invisor's lines and errors ----\n%s", n.Name, keyLines(n.LogTail(8<<20), 120))
+			}
+		}
+	})
+}
+
 func keyLines(log string, max int) string {
 	var keep []string
 	for _, l := range strings.Split(log, "\n") {
