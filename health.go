@@ -24,7 +24,8 @@ import (
 // (state below H-1: block sync of history) arms nothing. One goroutine owns the
 // gate; the hook feeds it from the block's path through atomics and a one-slot
 // wake channel, without allocating: applied (PlanChanged(nil, H)), failed
-// (hook.FailureSink), committed (Height(H+1)), and the old binary's halt at H
+// (hook.FailureSink), committed (Height(H+2), or CometBFT's block store past H
+// in the poll), and the old binary's halt at H
 // (this process is not the upgrade's binary: the gate disarms). While armed it
 // asks the node's CometBFT every healthPoll with one client: /status (validator
 // or not), /commit of the heights after H (this validator's first signature),

@@ -138,7 +138,7 @@ func checkPlatforms(p staging.Plan, flag string) ([]string, error) {
 	case "all":
 		bins, err := staging.ParseInfo(p.Info)
 		if err != nil {
-			return nil, fmt.Errorf("--platform all needs the platforms from the plan's info: %w; name them with --platform linux/amd64,...", err)
+			return nil, fmt.Errorf("--platform all needs the platforms from the plan's info: %w; name them instead, e.g. --platform linux/amd64,linux/arm64", err)
 		}
 		// "any" is what a platform without its own key gets: checked as this
 		// machine's platform when this machine has no key of its own.

@@ -181,7 +181,8 @@ func planOf(m *gogoany.Any) *upgradetypes.Plan {
 		if msg.Unmarshal(m.Value) != nil || msg.Content == nil || msg.Content.TypeUrl != typeLegacyProposal {
 			return nil
 		}
-		var lp upgradetypes.SoftwareUpgradeProposal //nolint:staticcheck // the legacy content chains may still carry
+		//lint:ignore SA1019 the legacy content a chain's old proposals may still carry
+		var lp upgradetypes.SoftwareUpgradeProposal
 		if lp.Unmarshal(msg.Content.Value) != nil {
 			return nil
 		}

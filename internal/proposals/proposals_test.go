@@ -90,7 +90,8 @@ func TestVotingAndGet(t *testing.T) {
 		return anyOf(t, typeMsgSoftwareUpgrade, &upgradetypes.MsgSoftwareUpgrade{Authority: "gov",
 			Plan: upgradetypes.Plan{Name: name, Height: h, Info: info}})
 	}
-	legacyContent := anyOf(t, typeLegacyProposal, &upgradetypes.SoftwareUpgradeProposal{Title: "old", //nolint:staticcheck // legacy content
+	//lint:ignore SA1019 the legacy content old proposals carry
+	legacyContent := anyOf(t, typeLegacyProposal, &upgradetypes.SoftwareUpgradeProposal{Title: "old",
 		Plan: upgradetypes.Plan{Name: "v4", Height: 400, Info: "legacy"}})
 	c := &chain{props: []*govv1.Proposal{
 		{Id: 1, Status: govv1.StatusPassed, Title: "done", Messages: []*gogoany.Any{upgrade("v1", 10, "")}},
