@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,7 +168,17 @@ type Event struct {
 
 // key identifies ev for the journal.
 func (ev Event) key() string {
-	return fmt.Sprint(ev.Kind, "\x00", ev.Upgrade, "\x00", ev.Height, "\x00", ev.SHA256, "\x00", ev.Reason)
+	var h [20]byte
+	height := strconv.AppendInt(h[:0], ev.Height, 10)
+	var b strings.Builder
+	b.Grow(len(ev.Kind) + len(ev.Upgrade) + len(height) + len(ev.SHA256) + len(ev.Reason) + 4)
+	for i, part := range [...]string{string(ev.Kind), ev.Upgrade, string(height), ev.SHA256, ev.Reason} {
+		if i > 0 {
+			b.WriteByte(0)
+		}
+		b.WriteString(part)
+	}
+	return b.String()
 }
 
 // Document is the JSON POSTed for one event (Version "invisor.event/1").
@@ -379,8 +391,14 @@ func (n *Notifier) remember(key string) {
 		return
 	}
 	n.journal = append(n.journal, key)
-	if len(n.journal) > JournalKeep {
-		n.journal = n.journal[len(n.journal)-JournalKeep:]
+	if drop := len(n.journal) - JournalKeep; drop > 0 {
+		// What the journal forgets, this process forgets too: seen stays bounded.
+		n.mu.Lock()
+		for _, k := range n.journal[:drop] {
+			delete(n.seen, k)
+		}
+		n.mu.Unlock()
+		n.journal = append([]string(nil), n.journal[drop:]...)
 	}
 	b, _ := json.Marshal(journalFile{Version: 1, Keys: n.journal})
 	if err := home.WriteFile(n.cfg.Journal, b, 0o644); err != nil {

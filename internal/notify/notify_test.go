@@ -368,6 +368,12 @@ func TestConfigValidate(t *testing.T) {
 // the delivery goroutine is busy failing to connect, the queue is full, and
 // every call is a numbered drop.
 func BenchmarkNotifyReceiverDown(b *testing.B) {
+	b.Run("no-journal", func(b *testing.B) { benchNotifyDown(b, "") })
+	// As the node runs it: every event is keyed for the journal.
+	b.Run("journal", func(b *testing.B) { benchNotifyDown(b, filepath.Join(b.TempDir(), JournalFile)) })
+}
+
+func benchNotifyDown(b *testing.B, journal string) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -376,6 +382,7 @@ func BenchmarkNotifyReceiverDown(b *testing.B) {
 	ln.Close()
 	c := DefaultConfig()
 	c.URL = "http://" + addr + "/hook"
+	c.Journal = journal
 	n, err := New(c, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -463,6 +470,9 @@ func TestJournalKeepsTheLast(t *testing.T) {
 		n.Notify(Event{Kind: KindStagingFailed, Upgrade: "v2", Reason: fmt.Sprint("error ", i)})
 	}
 	closeNow(t, n)
+	if len(n.seen) != JournalKeep {
+		t.Errorf("the process remembers %d events, want the journal's %d: what the journal forgets, it must forget", len(n.seen), JournalKeep)
+	}
 	keys := readJournal(c.Journal, staging.NopLogger{})
 	if len(keys) != JournalKeep || !strings.HasSuffix(keys[0], "error 5") || !strings.HasSuffix(keys[len(keys)-1], fmt.Sprint("error ", JournalKeep+4)) {
 		t.Errorf("journal holds %d keys (%q .. %q), want the newest %d (error 5 .. error %d)", len(keys), keys[0], keys[len(keys)-1], JournalKeep, JournalKeep+4)
