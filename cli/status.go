@@ -81,29 +81,29 @@ type BinaryView struct {
 
 // StatusReport is `invisor status -o json`.
 type StatusReport struct {
-	Home        string       `json:"home"`
-	Daemon      string       `json:"daemon"`
-	Enabled     bool         `json:"enabled"`
-	Running     bool         `json:"running"` // a node process holds the staging lock on this home
-	PID         int          `json:"pid,omitempty"`
-	Node        NodeView     `json:"node"`
-	Plan        *PlanView    `json:"plan"`
-	ETA         *ETAView     `json:"eta,omitempty"`
-	Staging     StagingView  `json:"staging"`
-	Binary      *BinaryView  `json:"binary,omitempty"`
-	AtHalt      string       `json:"at_halt"`
-	Current     string       `json:"current,omitempty"`
-	UpgradeInfo *home.Plan   `json:"upgrade_info,omitempty"`
+	Home        string      `json:"home"`
+	Daemon      string      `json:"daemon"`
+	Enabled     bool        `json:"enabled"`
+	Running     bool        `json:"running"` // a node process holds the staging lock on this home
+	PID         int         `json:"pid,omitempty"`
+	Node        NodeView    `json:"node"`
+	Plan        *PlanView   `json:"plan"`
+	ETA         *ETAView    `json:"eta,omitempty"`
+	Staging     StagingView `json:"staging"`
+	Binary      *BinaryView `json:"binary,omitempty"`
+	AtHalt      string      `json:"at_halt"`
+	Current     string      `json:"current,omitempty"`
+	UpgradeInfo *home.Plan  `json:"upgrade_info,omitempty"`
 	// Health is the health gate's report after a switch (see HealthView).
-	Health *HealthView `json:"health,omitempty"`
-	Staged      []BinaryView `json:"staged"`
+	Health *HealthView  `json:"health,omitempty"`
+	Staged []BinaryView `json:"staged"`
 	// Scheduled are the upgrades at a height without governance (stage --height).
 	Scheduled []ScheduledView `json:"scheduled"`
 	// Proposals are the running node's checks of the software-upgrade
 	// proposals in their voting period (check-proposals).
 	Proposals []staging.ProposalCheck `json:"proposals"`
 	TempDirs  []string                `json:"temp_dirs"`
-	Problems  []string        `json:"problems"`
+	Problems  []string                `json:"problems"`
 }
 
 func statusCmd(opts config.Options) *cobra.Command {
