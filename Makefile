@@ -6,8 +6,9 @@ MOD     := github.com/invisor/invisor
 SDKV    := github.com/cosmos/cosmos-sdk/version
 # One source, three builds: only the link-time upgrade level and version differ.
 # $(1) is the upgrade level; $(2), if given, the version (default v<level>.0.0);
-# $(3) more -X flags.
-ldflags = -X $(SDKV).Name=example -X $(SDKV).AppName=exampled -X $(SDKV).Version=$(if $(2),$(2),v$(1).0.0) \
+# $(3) more -X flags. Stripped (-s -w) as chains release them: 120 MB instead of
+# 170, and each link takes about 16 s instead of 25 here.
+ldflags = -s -w -X $(SDKV).Name=example -X $(SDKV).AppName=exampled -X $(SDKV).Version=$(if $(2),$(2),v$(1).0.0) \
           -X $(MOD)/example-app/app.UpgradeLevel=$(1) $(3)
 
 .PHONY: build demo testnet test test-unit test-fuzz test-e2e bench clean FORCE
@@ -57,7 +58,8 @@ CROSS := . ./cli/... ./hook/... ./internal/... ./staging/... ./relauncher/... $(
 # libraries, the edge, the CLI and exampled for darwin/arm64 and linux/arm64, unit
 # tests under the race detector (the packages that link the SDK too: the first run
 # on a machine builds the SDK instrumented, about 15 CPU-minutes, cached after
-# that), short fuzz runs (FUZZ, bounded by run counts; minimization bounded to 100
+# that), the 1 GiB staging memory bound without the race detector (whose shadow
+# memory would make the figure meaningless), short fuzz runs (FUZZ, bounded by run counts; minimization bounded to 100
 # runs), then the end-to-end tests against real exampled
 # processes, their harness (example-app/localnet) under the race detector.
 # Fuzz targets as name@package@budget. The budget is a number of runs, not a
@@ -80,6 +82,7 @@ test-unit: $(BUILD)/staticcheck
 	GOOS=darwin GOARCH=arm64 $(GO) build $(CROSS)
 	GOOS=linux GOARCH=arm64 $(GO) build $(CROSS)
 	$(GO) test -race -count=1 -timeout 15m ./internal/... ./staging/... ./relauncher/... ./hook/... ./cli/... .
+	$(GO) test -count=1 -run '^TestStage1GiBRSS$$' -v ./staging/
 
 test-fuzz:
 	@set -e; for t in $(FUZZ); do \

@@ -136,7 +136,7 @@ func TestFaultKilledBetweenHaltAndExec(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "pre-upgrade-ran")
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true",
 		"EXAMPLED_PRE_UPGRADE_MARKER=" + marker, "EXAMPLED_PRE_UPGRADE_SLEEP=60s"})
-	sc := c.schedule("v2", 30)
+	sc := c.schedule("v2", 40)
 	c.waitStaged("v2", sc.Height)
 	// pre-upgrade runs after the node stopped cleanly and before `current` is
 	// flipped; overlapped, the PID may already be the new binary waiting for it.
@@ -268,8 +268,9 @@ func TestFaultSkipHeight(t *testing.T) {
 // Row 28: the staged binary is modified after verification: it is never
 // execed; the node stays halted and says why.
 func TestFaultStagedBinaryModified(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true"})
-	sc := c.schedule("v2", 30)
+	sc := c.schedule("v2", 40)
 	c.waitStaged("v2", sc.Height)
 	f, err := os.OpenFile(c.stagedPath("v2"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -301,6 +302,7 @@ func TestFaultStagedBinaryModified(t *testing.T) {
 // The binary is not ready at the halt (downloads off); the operator places it
 // by hand; invisor verifies it and switches right after.
 func TestFaultBinaryPlacedAfterHalt(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, nil)
 	pid := c.node.Pid()
 	sc := c.schedule("v2", 25)
@@ -355,7 +357,7 @@ func TestPreUpgradeOverlapsStart(t *testing.T) {
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true",
 		"EXAMPLED_PRE_UPGRADE_MARKER=" + marker, "EXAMPLED_PRE_UPGRADE_SLEEP=" + sleep.String()})
 	pid := c.node.Pid()
-	sc := c.schedule("v2", 30)
+	sc := c.schedule("v2", 40)
 	c.waitStaged("v2", sc.Height)
 	var fi os.FileInfo
 	for {
@@ -412,8 +414,9 @@ func TestPreUpgradeOverlapsStart(t *testing.T) {
 // node exits non-zero without starting, and `current` still points to the old
 // binary, so a restart goes through the boot redirect.
 func TestPreUpgradeFailsWhileNewBinaryWaits(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "EXAMPLED_PRE_UPGRADE_EXIT=30"})
-	sc := c.schedule("v2", 30)
+	sc := c.schedule("v2", 40)
 	c.waitStaged("v2", sc.Height)
 	var exitErr error
 	for {
@@ -459,7 +462,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // switch and catch up.
 func TestBlockSyncWaitEndsOnSIGTERM(t *testing.T) {
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true"})
-	sc := c.schedule("v2", 30)
+	sc := c.schedule("v2", 40)
 	c.waitStaged("v2", sc.Height)
 	if _, err := c.node.WaitHeight(c.ctx, sc.Height+3); err != nil {
 		t.Fatal(err)

@@ -65,6 +65,7 @@ func assertHaltPath(t *testing.T, who, log, path, state string, count int) {
 // leave its stores open: invisor re-execs, and the new image's boot backs up,
 // runs pre-upgrade and switches with no store open. The PID stays.
 func TestHaltReplayedAtHandshake(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	report, reportEnv := storesReport(t)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=false", "EXAMPLED_OPTIMISTIC_EXECUTION=false", reportEnv})
 	sc := c.schedule("v2", 25)
@@ -126,6 +127,7 @@ func TestHaltReplayedAtHandshake(t *testing.T) {
 // halts and waits for a good binary instead of switching into one that would
 // halt again. The operator puts the right release in place and the node switches.
 func TestStagedBinaryWithoutHandlerRefused(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=true", "UNSAFE_SKIP_BACKUP=true"})
 	now, err := c.node.AppInfo(c.ctx)
 	if err != nil {

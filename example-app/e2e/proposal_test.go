@@ -77,13 +77,16 @@ func otherArch() string {
 func TestProposalChecksDuringVoting(t *testing.T) {
 	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
+	ph := newPhases(t)
 	v1, v2, v3 := filepath.Join(dir, "exampled-v1"), filepath.Join(dir, "exampled-v2"), filepath.Join(dir, "exampled-v3")
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	work := t.TempDir()
 	hook := newWebhook(t)
 
-	const voting = 24 * time.Second
+	// Four checks (download, preflight and probe each) must end within it on a
+	// loaded 2-core CI machine, beside another test.
+	const voting = 40 * time.Second
 	node, err := localnet.NewSingle(ctx, v1, filepath.Join(work, "node0"),
 		localnet.Settings{ChainID: "invisor-proposals-1", VotingPeriod: voting})
 	if err != nil {
@@ -152,6 +155,7 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 		{name: "v2", what: "no handler", height: h, info: info(map[string]string{here: srv.URL + p3Path + "?checksum=sha256:" + v1SHA})},
 		{name: "v3", what: "rejected", height: h + 200, info: info(map[string]string{here: srv.URL + p4Path + "?checksum=sha256:" + v3SHA})},
 	}
+	ph.step(t, "submitting %d proposals (voting period %s)", len(props), voting)
 	submitted := time.Now()
 	for _, p := range props {
 		if p.id, err = node.ProposeUpgrade(ctx, p.name, p.height, p.info); err != nil {
@@ -165,6 +169,7 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 	}
 
 	// During the vote: every proposal checked, from the status file the node writes.
+	ph.step(t, "waiting for every proposal to be checked before %s", votesEnd.Format("15:04:05.0"))
 	var checks map[uint64]staging.ProposalCheck
 	for {
 		checks = map[uint64]staging.ProposalCheck{}
@@ -212,6 +217,7 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 	}
 
 	// The same on demand, for every platform the plan names.
+	ph.step(t, "invisor check-proposal on demand")
 	node2 := fmt.Sprintf("tcp://127.0.0.1:%d", node.RPCPort)
 	out, err := node.CLI(ctx, "invisor", "check-proposal", fmt.Sprint(props[0].id), "--platform", "all", "--node", node2)
 	if err == nil || !strings.Contains(string(out)+err.Error(), here+" binary verified") || !strings.Contains(string(out)+err.Error(), otherArch()) {
@@ -224,6 +230,7 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 	hitsBeforePass := srv.Hits(p1Path)
 
 	// The vote ends: P1 passes, the others fail.
+	ph.step(t, "waiting for the votes to end and the upgrade at %d", h)
 	if err := node.WaitPassed(ctx, props[0].id); err != nil {
 		t.Fatal(err)
 	}
@@ -251,8 +258,9 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 	}
 
 	// The webhook: the proposals' checks, then the upgrade's sequence, once each.
+	ph.step(t, "waiting for the webhook's sequence to end with healthy")
 	var seq []string
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	for {
 		seq = seq[:0]
 		for _, d := range hook.got() {
@@ -288,6 +296,7 @@ func TestProposalChecksDuringVoting(t *testing.T) {
 	}
 	// The rejected proposal's verified binary is removed once the node's reader
 	// saw its vote end (after staging's short grace).
+	ph.step(t, "waiting for the proposal areas to be removed")
 	for end := time.Now().Add(60 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		areas, _ := os.ReadDir(localnet.Layout(node.Home).ProposalsRoot())
 		if len(areas) == 0 {

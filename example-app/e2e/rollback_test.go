@@ -34,7 +34,9 @@ const failLine = "example-app: upgrade handler failing on purpose"
 // the history has the rollback, and the restored data carries the live
 // priv_validator_state.json, not the backup's.
 func TestRollbackFailedUpgrade(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
+	ph := newPhases(t)
 	v1, v2, bad := filepath.Join(dir, "exampled-v1"), filepath.Join(dir, "exampled-v2"), filepath.Join(dir, "exampled-v2-bad")
 	if _, err := os.Stat(bad); err != nil {
 		t.Fatalf("missing %s: %v (run make build)", bad, err)
@@ -74,6 +76,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	}
 	defer srv.Close()
 
+	ph.step(t, "starting the validator and the by-hand full node")
 	if err := node.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -85,12 +88,14 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	}
 
 	// Plan v2 names the bad build (its checksum): invisor stages it before H.
-	sc, err := node.ScheduleUpgrade(ctx, srv, "v2", bad, 30)
+	ph.step(t, "passing plan v2 (naming exampled-v2-bad)")
+	sc, err := node.ScheduleUpgrade(ctx, srv, "v2", bad, 45)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := sc.Height
 	t.Logf("plan v2 at height %d names exampled-v2-bad (sha256 %.12s...)", h, sc.SHA256)
+	ph.step(t, "waiting for exampled-v2-bad to be staged before height %d", h)
 	for {
 		if rec, _, ok := localnet.Staged(node.Home, "v2"); ok && rec.SHA256 == sc.SHA256 {
 			break
@@ -99,6 +104,9 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 		if err == nil && info.Height >= h-1 {
 			t.Fatalf("exampled-v2-bad not staged before height %d (at %d)", h, info.Height)
 		}
+		if done, exitErr := node.Exited(); done {
+			t.Fatalf("the validator exited before exampled-v2-bad was staged: %v", exitErr)
+		}
 		if ctx.Err() != nil {
 			t.Fatal(ctx.Err())
 		}
@@ -106,7 +114,11 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	}
 
 	// At H invisor switches to the bad build; its handler fails and the chain stops at H-1.
+	ph.step(t, "waiting for the switch to exampled-v2-bad at %d and its handler's failure", h)
 	for !strings.Contains(node.LogTail(1<<20), failLine) {
+		if done, exitErr := node.Exited(); done && !strings.Contains(node.LogTail(1<<20), failLine) {
+			t.Fatalf("the validator exited without running the bad build's handler: %v", exitErr)
+		}
 		if ctx.Err() != nil {
 			t.Fatalf("the bad build's handler never ran: %v", ctx.Err())
 		}
@@ -117,6 +129,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	if info, err := node.AppInfo(ctx); err == nil && info.Height >= h {
 		t.Fatalf("the chain got past the failed upgrade: app at %d (%s)", info.Height, info.Version)
 	}
+	ph.step(t, "stopping the validator after the failed handler")
 	if err := node.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +151,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	ph.step(t, "invisor rollback")
 	out, err := node.CLI(ctx, "invisor", "rollback")
 	t.Logf("invisor rollback:\n%s", out)
 	if err != nil {
@@ -166,6 +180,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 		t.Errorf("current -> %s after the rollback, want genesis", cur)
 	}
 
+	ph.step(t, "invisor stage v2 --replace --file exampled-v2")
 	out, err = node.CLI(ctx, "invisor", "stage", "v2", "--replace", "--file", v2)
 	t.Logf("invisor stage v2 --replace:\n%s", out)
 	if err != nil {
@@ -173,6 +188,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	}
 
 	// The v1 path again: redirected to the good v2, which applies the upgrade at H.
+	ph.step(t, "restarting the validator from v1: the good v2 must apply the upgrade at %d and reach %d", h, h+3)
 	if err := node.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +204,7 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 	}
 
 	// The node that never ran the bad build: v1, then the good v2 by hand at its halt.
+	ph.step(t, "the by-hand node reaching %d on v1", h-1)
 	if _, err := byHand.WaitHeight(ctx, h-1); err != nil {
 		if done, _ := byHand.Exited(); !done {
 			t.Fatalf("by-hand node: %v", err)
@@ -197,12 +214,14 @@ func TestRollbackFailedUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	byHand.Bin = v2
+	ph.step(t, "the by-hand node on the good v2 following past %d", h)
 	if err := byHand.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if info, err := byHand.WaitHeight(ctx, h+2); err != nil || info.Version != "v2.0.0" {
 		t.Fatalf("the node upgraded by hand did not follow past %d (app hash mismatch?): %+v %v", h, info, err)
 	}
+	ph.step(t, "comparing app hashes and the history")
 	a, errA := appHashAfter(ctx, node, h)
 	b, errB := appHashAfter(ctx, byHand, h)
 	if errA != nil || errB != nil || a == "" || a != b {

@@ -103,6 +103,7 @@ func cosmovisorBin(t *testing.T) string {
 // the halt. Then the operator moves back: `cosmovisor run start` on the same home
 // runs the upgraded binary and the chain goes on.
 func TestCosmovisorHomePickedUpUnchanged(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	cv := cosmovisorBin(t)
 	dir := builds(t)
 	v1, v2 := filepath.Join(dir, "exampled-v1"), filepath.Join(dir, "exampled-v2")
@@ -284,6 +285,7 @@ func TestFault37TwoStartsOnOneHome(t *testing.T) {
 // The boot fetches the binary (with the usual checks), then switches to it, and
 // the chain goes on.
 func TestFault38RestartAtHaltFetches(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	c := newFaultChain(t, []string{"DAEMON_ALLOW_DOWNLOAD_BINARIES=false"})
 	sc := c.schedule("v2", 25)
 	c.waitHalted()

@@ -37,6 +37,7 @@ func builds(t *testing.T) string {
 // syncs from genesis (block sync) and crosses both upgrades on its own, in one
 // process.
 func TestUpgradeTwiceInPlace(t *testing.T) {
+	t.Parallel() // a one-node chain that mostly waits for blocks: runs beside another (make test-e2e: -parallel 2)
 	dir := builds(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
