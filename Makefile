@@ -71,7 +71,8 @@ FUZZ := FuzzDirName@./internal/home/@5000x FuzzParseUpgradeInfo@./internal/home/
         FuzzBootUpgradeInfo@./relauncher/@1000x FuzzDecodeMarker@./relauncher/@100000x \
         FuzzParseInfo@./staging/@5000x FuzzPlanName@./staging/@500x FuzzExtract@./staging/@1000x \
         FuzzWalkTar@./staging/@1000x FuzzNameRuleAgrees@.@300x FuzzParse@./internal/probe/@100000x \
-        FuzzReadBundle@./cli/@300x FuzzParseManifest@./cli/@2000x FuzzParseBatch@./cli/@5000x
+        FuzzReadBundle@./cli/@300x FuzzParseManifest@./cli/@2000x FuzzParseBatch@./cli/@5000x \
+        FuzzDecodeProposal@./internal/wire/@5000x
 
 test: test-unit test-fuzz test-e2e
 

@@ -5,9 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
-
 	"github.com/invisor/invisor/internal/comet"
+	"github.com/invisor/invisor/internal/wire"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -112,23 +111,20 @@ func averageBlockSeconds(pts []blockPoint) (float64, error) {
 
 // currentPlan asks x/upgrade for the plan in force (nil when none) over an ABCI query.
 func (n *nodeClient) currentPlan(ctx context.Context) (*staging.Plan, error) {
-	req, err := (&upgradetypes.QueryCurrentPlanRequest{}).Marshal()
-	if err != nil {
-		return nil, fmt.Errorf("query CurrentPlan: %w", err)
-	}
-	r, err := n.c.ABCIQuery(ctx, "/cosmos.upgrade.v1beta1.Query/CurrentPlan", req)
+	// QueryCurrentPlanRequest has no fields: its encoding is empty.
+	r, err := n.c.ABCIQuery(ctx, wire.PathCurrentPlan, nil)
 	if err != nil {
 		return nil, err
 	}
 	if r.Response.Code != 0 {
 		return nil, fmt.Errorf("query CurrentPlan: code %d: %s", r.Response.Code, r.Response.Log)
 	}
-	var resp upgradetypes.QueryCurrentPlanResponse
-	if err := resp.Unmarshal(r.Response.Value); err != nil {
+	p, err := wire.DecodeCurrentPlanResponse(r.Response.Value)
+	if err != nil {
 		return nil, fmt.Errorf("query CurrentPlan: %w", err)
 	}
-	if resp.Plan == nil || resp.Plan.Name == "" {
+	if p == nil || p.Name == "" {
 		return nil, nil
 	}
-	return &staging.Plan{Name: resp.Plan.Name, Height: resp.Plan.Height, Info: resp.Plan.Info}, nil
+	return &staging.Plan{Name: p.Name, Height: p.Height, Info: p.Info}, nil
 }

@@ -15,26 +15,9 @@ import (
 	"time"
 
 	ctypes "github.com/cometbft/cometbft/rpc/core/types"
-	gogoany "github.com/cosmos/gogoproto/types/any"
 
-	"github.com/cosmos/cosmos-sdk/types/query"
-	govv1 "github.com/cosmos/cosmos-sdk/x/gov/types/v1"
-	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
-
+	"github.com/invisor/invisor/internal/wire"
 	"github.com/invisor/invisor/staging"
-)
-
-// The gRPC methods of x/gov asked over ABCI query.
-const (
-	pathProposals = "/cosmos.gov.v1.Query/Proposals"
-	pathProposal  = "/cosmos.gov.v1.Query/Proposal"
-)
-
-// Type URLs of the messages that schedule an upgrade.
-const (
-	typeMsgSoftwareUpgrade = "/cosmos.upgrade.v1beta1.MsgSoftwareUpgrade"
-	typeExecLegacyContent  = "/cosmos.gov.v1.MsgExecLegacyContent"
-	typeLegacyProposal     = "/cosmos.upgrade.v1beta1.SoftwareUpgradeProposal"
 )
 
 // ErrNotUpgrade is returned by Get for a proposal that schedules no upgrade.
@@ -58,23 +41,23 @@ func Voting(ctx context.Context, c Querier) ([]staging.Proposal, error) {
 	var out []staging.Proposal
 	var key []byte
 	for range maxPages {
-		req := govv1.QueryProposalsRequest{
-			ProposalStatus: govv1.StatusVotingPeriod,
-			Pagination:     &query.PageRequest{Key: key, Limit: pageLimit},
-		}
-		var res govv1.QueryProposalsResponse
-		if err := ask(ctx, c, pathProposals, &req, &res); err != nil {
+		b, err := ask(ctx, c, wire.PathProposals, wire.EncodeProposalsRequest(wire.StatusVotingPeriod, key, pageLimit))
+		if err != nil {
 			return nil, err
 		}
-		for _, p := range res.Proposals {
+		props, next, err := wire.DecodeProposalsResponse(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: decoding the answer: %w", wire.PathProposals, err)
+		}
+		for _, p := range props {
 			if sp, ok := upgradeOf(p); ok {
 				out = append(out, sp)
 			}
 		}
-		if res.Pagination == nil || len(res.Pagination.NextKey) == 0 {
+		if len(next) == 0 {
 			return out, nil
 		}
-		key = res.Pagination.NextKey
+		key = next
 	}
 	return out, nil
 }
@@ -85,68 +68,58 @@ type Status string
 // Get returns proposal id's upgrade and its status. A proposal that schedules
 // no upgrade is ErrNotUpgrade; one that does not exist is an error that says so.
 func Get(ctx context.Context, c Querier, id uint64) (staging.Proposal, Status, error) {
-	req := govv1.QueryProposalRequest{ProposalId: id}
-	var res govv1.QueryProposalResponse
-	if err := ask(ctx, c, pathProposal, &req, &res); err != nil {
+	b, err := ask(ctx, c, wire.PathProposal, wire.EncodeProposalRequest(id))
+	if err != nil {
 		return staging.Proposal{}, "", err
 	}
-	if res.Proposal == nil {
+	p, err := wire.DecodeProposalResponse(b)
+	if err != nil {
+		return staging.Proposal{}, "", fmt.Errorf("%s: decoding the answer: %w", wire.PathProposal, err)
+	}
+	if p == nil {
 		return staging.Proposal{}, "", fmt.Errorf("proposal %d: the node returned no proposal", id)
 	}
-	st := statusOf(res.Proposal.Status)
-	sp, ok := upgradeOf(res.Proposal)
+	st := statusOf(p.Status)
+	sp, ok := upgradeOf(*p)
 	if !ok {
-		return staging.Proposal{}, st, fmt.Errorf("proposal %d (%q): %w", id, res.Proposal.Title, ErrNotUpgrade)
+		return staging.Proposal{}, st, fmt.Errorf("proposal %d (%q): %w", id, p.Title, ErrNotUpgrade)
 	}
 	return sp, st, nil
 }
 
-func statusOf(s govv1.ProposalStatus) Status {
+func statusOf(s wire.ProposalStatus) Status {
 	switch s {
-	case govv1.StatusDepositPeriod:
+	case wire.StatusDepositPeriod:
 		return "deposit period"
-	case govv1.StatusVotingPeriod:
+	case wire.StatusVotingPeriod:
 		return "voting period"
-	case govv1.StatusPassed:
+	case wire.StatusPassed:
 		return "passed"
-	case govv1.StatusRejected:
+	case wire.StatusRejected:
 		return "rejected"
-	case govv1.StatusFailed:
+	case wire.StatusFailed:
 		return "failed"
 	}
-	return Status(s.String())
+	return Status(fmt.Sprintf("status %d", s))
 }
 
-// message is a proto message of the gogoproto kind the SDK's types are.
-type message interface {
-	Marshal() ([]byte, error)
-	Unmarshal([]byte) error
-}
-
-// ask runs one gRPC method over ABCI query.
-func ask(ctx context.Context, c Querier, path string, req, res message) error {
-	data, err := req.Marshal()
+// ask runs one gRPC method over ABCI query and returns the answer's bytes.
+func ask(ctx context.Context, c Querier, path string, req []byte) ([]byte, error) {
+	r, err := c.ABCIQuery(ctx, path, req)
 	if err != nil {
-		return err
-	}
-	r, err := c.ABCIQuery(ctx, path, data)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	if q := r.Response; q.Code != 0 {
-		return fmt.Errorf("%s: the app answered code %d: %s", path, q.Code, q.Log)
+		return nil, fmt.Errorf("%s: the app answered code %d: %s", path, q.Code, q.Log)
 	}
-	if err := res.Unmarshal(r.Response.Value); err != nil {
-		return fmt.Errorf("%s: decoding the answer: %w", path, err)
-	}
-	return nil
+	return r.Response.Value, nil
 }
 
 // upgradeOf is the upgrade proposal p schedules, if it schedules one. With more
 // than one upgrade message the last one is what the chain would keep (a plan
 // overwrites the plan before it).
-func upgradeOf(p *govv1.Proposal) (staging.Proposal, bool) {
-	var plan *upgradetypes.Plan
+func upgradeOf(p wire.Proposal) (staging.Proposal, bool) {
+	var plan *wire.Plan
 	for _, m := range p.Messages {
 		if pl := planOf(m); pl != nil {
 			plan = pl
@@ -155,38 +128,30 @@ func upgradeOf(p *govv1.Proposal) (staging.Proposal, bool) {
 	if plan == nil {
 		return staging.Proposal{}, false
 	}
-	sp := staging.Proposal{ID: p.Id, Title: p.Title,
-		Plan: staging.Plan{Name: plan.Name, Height: plan.Height, Info: plan.Info}}
-	if p.VotingEndTime != nil {
-		sp.VotingEnd = p.VotingEndTime.UTC()
-	}
-	return sp, true
+	return staging.Proposal{ID: p.ID, Title: p.Title, VotingEnd: p.VotingEnd,
+		Plan: staging.Plan{Name: plan.Name, Height: plan.Height, Info: plan.Info}}, true
 }
 
 // planOf decodes the plan of an upgrade message (nil for any other message, or
 // one that does not decode: that proposal's check would have nothing to check).
-func planOf(m *gogoany.Any) *upgradetypes.Plan {
-	if m == nil {
-		return nil
-	}
-	switch m.TypeUrl {
-	case typeMsgSoftwareUpgrade:
-		var msg upgradetypes.MsgSoftwareUpgrade
-		if msg.Unmarshal(m.Value) != nil {
+func planOf(m wire.Any) *wire.Plan {
+	switch m.TypeURL {
+	case wire.TypeMsgSoftwareUpgrade:
+		p, err := wire.DecodeMsgSoftwareUpgrade(m.Value)
+		if err != nil || p == nil {
 			return nil
 		}
-		return &msg.Plan
-	case typeExecLegacyContent:
-		var msg govv1.MsgExecLegacyContent
-		if msg.Unmarshal(m.Value) != nil || msg.Content == nil || msg.Content.TypeUrl != typeLegacyProposal {
+		return p
+	case wire.TypeExecLegacyContent:
+		c, err := wire.DecodeMsgExecLegacyContent(m.Value)
+		if err != nil || c == nil || c.TypeURL != wire.TypeLegacyProposal {
 			return nil
 		}
-		//lint:ignore SA1019 the legacy content a chain's old proposals may still carry
-		var lp upgradetypes.SoftwareUpgradeProposal
-		if lp.Unmarshal(msg.Content.Value) != nil {
+		p, err := wire.DecodeSoftwareUpgradeProposal(c.Value)
+		if err != nil || p == nil {
 			return nil
 		}
-		return &lp.Plan
+		return p
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	govv1 "github.com/cosmos/cosmos-sdk/x/gov/types/v1"
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
 
+	"github.com/invisor/invisor/internal/wire"
 	"github.com/invisor/invisor/staging"
 )
 
@@ -35,7 +36,7 @@ func (c *chain) ABCIQuery(_ context.Context, path string, data []byte) (*ctypes.
 	var val []byte
 	var err error
 	switch path {
-	case pathProposals:
+	case wire.PathProposals:
 		var req govv1.QueryProposalsRequest
 		if err := req.Unmarshal(data); err != nil {
 			return nil, err
@@ -58,7 +59,7 @@ func (c *chain) ABCIQuery(_ context.Context, path string, data []byte) (*ctypes.
 			}
 		}
 		val, err = res.Marshal()
-	case pathProposal:
+	case wire.PathProposal:
 		var req govv1.QueryProposalRequest
 		if err := req.Unmarshal(data); err != nil {
 			return nil, err
@@ -87,11 +88,11 @@ func anyOf(t *testing.T, url string, m interface{ Marshal() ([]byte, error) }) *
 func TestVotingAndGet(t *testing.T) {
 	end := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 	upgrade := func(name string, h int64, info string) *gogoany.Any {
-		return anyOf(t, typeMsgSoftwareUpgrade, &upgradetypes.MsgSoftwareUpgrade{Authority: "gov",
+		return anyOf(t, wire.TypeMsgSoftwareUpgrade, &upgradetypes.MsgSoftwareUpgrade{Authority: "gov",
 			Plan: upgradetypes.Plan{Name: name, Height: h, Info: info}})
 	}
 	//lint:ignore SA1019 the legacy content old proposals carry
-	legacyContent := anyOf(t, typeLegacyProposal, &upgradetypes.SoftwareUpgradeProposal{Title: "old",
+	legacyContent := anyOf(t, wire.TypeLegacyProposal, &upgradetypes.SoftwareUpgradeProposal{Title: "old",
 		Plan: upgradetypes.Plan{Name: "v4", Height: 400, Info: "legacy"}})
 	c := &chain{props: []*govv1.Proposal{
 		{Id: 1, Status: govv1.StatusPassed, Title: "done", Messages: []*gogoany.Any{upgrade("v1", 10, "")}},
@@ -101,8 +102,8 @@ func TestVotingAndGet(t *testing.T) {
 			anyOf(t, "/cosmos.bank.v1beta1.MsgSend", &banktypes.MsgSend{FromAddress: "a", ToAddress: "b"})}},
 		{Id: 4, Status: govv1.StatusVotingPeriod, Title: "Two", Messages: []*gogoany.Any{upgrade("v6", 200, "a"), upgrade("v6", 210, "b")}},
 		{Id: 5, Status: govv1.StatusVotingPeriod, Title: "Legacy", Messages: []*gogoany.Any{
-			anyOf(t, typeExecLegacyContent, &govv1.MsgExecLegacyContent{Content: legacyContent, Authority: "gov"})}},
-		{Id: 6, Status: govv1.StatusVotingPeriod, Title: "Garbled", Messages: []*gogoany.Any{{TypeUrl: typeMsgSoftwareUpgrade, Value: []byte{0xff, 0xff}}}},
+			anyOf(t, wire.TypeExecLegacyContent, &govv1.MsgExecLegacyContent{Content: legacyContent, Authority: "gov"})}},
+		{Id: 6, Status: govv1.StatusVotingPeriod, Title: "Garbled", Messages: []*gogoany.Any{{TypeUrl: wire.TypeMsgSoftwareUpgrade, Value: []byte{0xff, 0xff}}}},
 	}}
 	got, err := Voting(context.Background(), c)
 	if err != nil {
@@ -121,7 +122,7 @@ func TestVotingAndGet(t *testing.T) {
 	if p := got[2]; p.ID != 5 || p.Plan.Name != "v4" || p.Plan.Info != "legacy" {
 		t.Errorf("proposal 5 (legacy content) = %+v", p)
 	}
-	if n := strings.Count(strings.Join(c.asked, " "), pathProposals); n != 5 {
+	if n := strings.Count(strings.Join(c.asked, " "), wire.PathProposals); n != 5 {
 		t.Errorf("asked %d pages, want 5 (one proposal a page, every page read)", n)
 	}
 
