@@ -297,7 +297,7 @@ func decodeTimestamp(b []byte) (time.Time, error) {
 		return time.Time{}, err
 	}
 	if nsec < 0 || nsec >= 1e9 {
-		return time.Time{}, fmt.Errorf("Timestamp: nanos %d out of range", nsec)
+		return time.Time{}, fmt.Errorf("timestamp: nanos %d out of range", nsec)
 	}
 	return time.Unix(sec, nsec).UTC(), nil
 }
