@@ -98,7 +98,7 @@ test-e2e: build $(BUILD)/cosmovisor
 # Unit benchmarks, then invisor vs cosmovisor v1.5.0 on real chains (about 40 min
 # on 2 cores; writes BENCHMARKS.md). Not part of `make test`.
 bench: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
-	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./staging/ ./relauncher/ ./internal/home/
+	$(GO) test -run '^$$' -bench . -benchmem ./hook/ ./internal/planwatch/ ./staging/ ./relauncher/ ./internal/home/
 	cd bench && $(GO) run . -runs 5 -v1 $(abspath $(BUILD))/exampled-v1 -v2 $(abspath $(BUILD))/exampled-v2
 
 # Scenario 5 alone (issue 14: a webhook receiver that is down never slows block

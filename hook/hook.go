@@ -3,9 +3,7 @@ package hook
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
-	"sync"
 
 	abci "github.com/cometbft/cometbft/abci/types"
 
@@ -13,6 +11,8 @@ import (
 	sdk "github.com/cosmos/cosmos-sdk/types"
 	"github.com/cosmos/cosmos-sdk/x/upgrade"
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
+
+	"github.com/invisor/invisor/internal/planwatch"
 )
 
 // SinkKey is the app-options key under which the process edge (the invisor
@@ -20,42 +20,18 @@ import (
 const SinkKey = "invisor.sink"
 
 // Plan is the part of an upgrade plan invisor acts on.
-type Plan struct {
-	Name   string
-	Height int64
-	Info   string
-}
+type Plan = planwatch.Plan
 
-// Sink receives what the watcher sees. Its methods run in the consensus path
-// and must return at once, with one exception: Halted may hold the halted block
-// when the process could not survive its halt error (block sync), until it
-// replaces the process image (syscall.Exec); the block cannot go on anyway.
-type Sink interface {
-	// PlanChanged is called when the plan in force appears or changes (p != nil)
-	// or vanishes (p == nil: cancelled or applied); height is the block in which
-	// the watcher noticed it.
-	PlanChanged(p *Plan, height int64)
-	// Halted is called when x/upgrade stopped the chain at height for plan p
-	// because this binary has no handler for it. It may not return (see above);
-	// when it returns, the block's result is x/upgrade's error, unchanged.
-	Halted(p Plan, height int64)
-	// Height is called with the height of every block the watcher observes
-	// (from the PreBlocker, and again from the EndBlocker when Install wired
-	// both), before the plan is read, so the node knows how near the plan is
-	// without asking CometBFT. It must return at once and must not allocate:
-	// it runs in every block.
-	Height(h int64)
-}
+// Sink receives what the watcher sees (see planwatch.Sink): plan changes,
+// x/upgrade's halt, and every block's height, in the consensus path.
+type Sink = planwatch.Sink
 
-// FailureSink is a Sink that also hears of a failed upgrade: the PreBlocker of
-// the block at the plan's height returned an error that is not x/upgrade's halt
-// (so this binary has the handler, and the handler, or what x/upgrade does
-// around it, failed). The watcher type-asserts its Sink once, so a Sink without
-// the method keeps working. UpgradeFailed runs in the consensus path, once per
-// plan and watcher, and must return at once; the block's result stays err.
-type FailureSink interface {
-	UpgradeFailed(p Plan, height int64, err error)
-}
+// FailureSink is a Sink that also hears of a failed upgrade (see
+// planwatch.FailureSink): the post-upgrade health gate's input.
+type FailureSink = planwatch.FailureSink
+
+// Logger is satisfied by the SDK's logger.
+type Logger = planwatch.Logger
 
 // PlanSource is the part of the x/upgrade keeper the watcher reads.
 type PlanSource interface {
@@ -63,30 +39,19 @@ type PlanSource interface {
 	IsSkipHeight(height int64) bool
 }
 
-// Logger is satisfied by the SDK's logger.
-type Logger interface {
-	Info(msg string, keyVals ...any)
-	Error(msg string, keyVals ...any)
-}
-
-// PlanWatcher wraps a PreBlocker and reports the upgrade plan to a Sink.
+// PlanWatcher wraps a PreBlocker and reports the upgrade plan to a Sink. The
+// rules of what is reported and when are planwatch's (the same on every SDK
+// line); this type reads the plan from SDK v0.55's x/upgrade and asks x/upgrade
+// whether an error is its halt.
 type PlanWatcher struct {
 	src  PlanSource
-	sink Sink
-	fail FailureSink // sink, when it is one; nil otherwise
+	core *planwatch.Watcher
 	log  Logger
-
-	mu      sync.Mutex
-	last    *Plan // plan last reported; nil before the first block or when none
-	started bool
-	halted  string // haltKey of the plan whose halt was reported
-	failed  string // haltKey of the plan whose failure was reported
 }
 
 // NewPlanWatcher returns a watcher that reads plans from src and reports to sink.
 func NewPlanWatcher(src PlanSource, sink Sink, log Logger) *PlanWatcher {
-	fail, _ := sink.(FailureSink)
-	return &PlanWatcher{src: src, sink: sink, fail: fail, log: log}
+	return &PlanWatcher{src: src, core: planwatch.New(sink, log), log: log}
 }
 
 // Wrap returns a PreBlocker that runs next and then observes the plan. Its
@@ -102,8 +67,9 @@ func (w *PlanWatcher) Wrap(next sdk.PreBlocker) sdk.PreBlocker {
 // Observe passes the block's height on and reads the plan after the block's
 // PreBlocker ran with result preErr. It never panics and never writes state.
 func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
-	w.observeHeight(ctx.BlockHeight())
-	defer w.recoverPanic()
+	height := ctx.BlockHeight()
+	w.core.Height(height)
+	defer w.core.Recover()
 	// A private gas meter: reading the plan must not change what the block consumed.
 	readCtx := ctx.WithGasMeter(storetypes.NewInfiniteGasMeter())
 	plan, err := w.src.GetUpgradePlan(readCtx)
@@ -113,70 +79,21 @@ func (w *PlanWatcher) Observe(ctx sdk.Context, preErr error) {
 		cur = &Plan{Name: plan.Name, Height: plan.Height, Info: plan.Info}
 	case errors.Is(err, upgradetypes.ErrNoUpgradePlanFound):
 	default:
-		w.log.Error("invisor: cannot read the upgrade plan", "height", ctx.BlockHeight(), "err", err)
+		w.log.Error("invisor: cannot read the upgrade plan", "height", height, "err", err)
 		return
 	}
-	height := ctx.BlockHeight()
-
-	w.mu.Lock()
-	changed := !w.started || !samePlan(w.last, cur)
-	w.started, w.last = true, cur
-	halt, failed := false, false
-	if cur != nil && preErr != nil {
-		// Only a failing block pays for this: the normal path allocates nothing more.
-		isH := isHalt(plan, height, preErr, w.src)
-		halt = isH && w.halted != haltKey(cur)
-		if halt {
-			w.halted = haltKey(cur)
-		}
-		failed = !isH && w.fail != nil && plan.ShouldExecute(height) && !w.src.IsSkipHeight(height) && w.failed != haltKey(cur)
-		if failed {
-			w.failed = haltKey(cur)
-		}
-	}
-	w.mu.Unlock()
-
-	if changed {
-		w.sink.PlanChanged(cur, height)
-	}
-	if halt {
-		w.sink.Halted(*cur, height)
-	}
-	if failed {
-		w.fail.UpgradeFailed(*cur, height, preErr)
-	}
+	w.core.Observe(height, cur, preErr, func() planwatch.Verdict { return judge(plan, height, preErr, w.src) })
 }
 
-// observeHeight hands h to the sink, with its own recovery: a failing Height
-// must not keep the plan from being read.
-func (w *PlanWatcher) observeHeight(h int64) {
-	defer w.recoverPanic()
-	w.sink.Height(h)
-}
-
-func (w *PlanWatcher) recoverPanic() {
-	if r := recover(); r != nil {
-		w.log.Error("invisor: recovered from a panic in the plan watcher; the block is unaffected", "panic", fmt.Sprint(r))
-	}
-}
-
-// isHalt reports whether preErr is x/upgrade's halt for plan at height: the plan is
-// due (Plan.ShouldExecute), the height is not skipped, and the error carries the
-// very message x/upgrade builds for it (upgrade.BuildUpgradeNeededMsg), so every
-// name governance can pass is recognised, whatever quotes, escapes or invisible
+// judge asks x/upgrade about a block at height that failed with preErr while
+// plan was in force: whether the plan is due there (Plan.ShouldExecute, and the
+// height is not skipped), and whether the error carries the very message
+// x/upgrade builds for its halt (upgrade.BuildUpgradeNeededMsg), so every name
+// governance can pass is recognised, whatever quotes, escapes or invisible
 // characters it holds.
-func isHalt(plan upgradetypes.Plan, height int64, preErr error, src PlanSource) bool {
-	return plan.ShouldExecute(height) && !src.IsSkipHeight(height) &&
-		strings.Contains(preErr.Error(), upgrade.BuildUpgradeNeededMsg(plan))
-}
-
-func haltKey(p *Plan) string { return fmt.Sprintf("%d/%s", p.Height, p.Name) }
-
-func samePlan(a, b *Plan) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return *a == *b
+func judge(plan upgradetypes.Plan, height int64, preErr error, src PlanSource) planwatch.Verdict {
+	due := plan.ShouldExecute(height) && !src.IsSkipHeight(height)
+	return planwatch.Verdict{Due: due, Halt: due && strings.Contains(preErr.Error(), upgrade.BuildUpgradeNeededMsg(plan))}
 }
 
 // AppOptions is the SDK's servertypes.AppOptions.
