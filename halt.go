@@ -2,11 +2,16 @@ package invisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/invisor/invisor/hook"
 	"github.com/invisor/invisor/internal/comet"
+	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/relauncher"
 )
 
@@ -33,4 +38,116 @@ func (n *node) nodeState() (relauncher.NodeState, string) {
 	default:
 		return relauncher.NodeStateUnknown, fmt.Sprintf("cannot ask CometBFT (%v); taking the path that is safe in every state", err)
 	}
+}
+
+// ExitUpgradeHalt is the exit code of a node that stopped at an upgrade halt
+// for an orchestrator to swap the binary (on-halt = "exit" or "exit-always");
+// see relauncher.ExitUpgradeHalt.
+const ExitUpgradeHalt = relauncher.ExitUpgradeHalt
+
+// HaltReport is what a node leaving an upgrade halt with ExitUpgradeHalt
+// writes to <home>/cosmovisor/invisor-halt.json (relauncher.HaltReportFile)
+// before it exits: what an orchestrator needs to start the upgrade's binary,
+// and whether invisor has that binary verified on the volume (the one a
+// restart of an older binary is redirected to, unless on-halt is
+// "exit-always"). It is rewritten at every such exit and never removed:
+// compare Height with the chain's before acting on it.
+type HaltReport struct {
+	Upgrade  string    `json:"upgrade"`
+	Height   int64     `json:"height"`
+	Info     string    `json:"info,omitempty"`
+	ExitCode int       `json:"exit_code"`
+	Time     time.Time `json:"time"`
+	PID      int       `json:"pid"`
+	// Executable is the binary that halted (the one to replace).
+	Executable string `json:"executable,omitempty"`
+	// NodeState is what CometBFT said at the halt (relauncher.NodeState), and
+	// Stop how the process left: "clean-stop" (CometBFT stopped, stores
+	// closed) or "exit-in-block" (block sync or the handshake held the block:
+	// the process exited from it, as a crash would, with the block unapplied).
+	NodeState string `json:"node_state"`
+	Stop      string `json:"stop"`
+	// Binary is the upgrade's binary staged and verified in the node home for
+	// exactly this plan (home.Layout.Open); nil when there is none, and
+	// BinaryMissing says why.
+	Binary        *HaltBinary `json:"binary,omitempty"`
+	BinaryMissing string      `json:"binary_missing,omitempty"`
+}
+
+// HaltBinary is the verified upgrade binary a HaltReport names.
+type HaltBinary struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+	Source string `json:"source"` // its completion record's source (home.Source*)
+}
+
+// haltReportTimeout bounds the proof of the staged binary for the report; a
+// stamp unchanged since staging makes it a stat.
+const haltReportTimeout = 30 * time.Second
+
+// exitAtHalt is Halted for on-halt = "exit"/"exit-always": it writes the halt
+// report and leaves the process with ExitUpgradeHalt, without waiting for any
+// binary (the orchestrator brings its own). In consensus the node stops
+// cleanly (SIGTERM, as the switch does) and `start`'s wrapper exits once every
+// store is closed; in every other state, where CometBFT cannot stop while the
+// halting block is held, the process exits from the block, as the re-exec path
+// execs from it: the block was not applied and earlier writes are in the
+// kernel. It runs once per process; later calls (x/upgrade refusing the block
+// again) do nothing.
+func (n *node) exitAtHalt(p hook.Plan, height int64, state relauncher.NodeState, why string) {
+	if !n.exiting.CompareAndSwap(false, true) {
+		return
+	}
+	path := relauncher.PathFor(state)
+	rep := n.haltReport(p, height, state, path)
+	file := filepath.Join(n.layout.Root(), relauncher.HaltReportFile)
+	if err := writeHaltReport(file, rep); err != nil {
+		n.log.Error("invisor: could not write the halt report; the orchestrator has the exit code and data/upgrade-info.json", "file", file, "err", err)
+	}
+	kv := []any{"upgrade", p.Name, "height", height, "exit_code", ExitUpgradeHalt, "report", file, "node_state", state.String(), "why", why}
+	if rep.Binary != nil {
+		kv = append(kv, "verified_binary", rep.Binary.Path, "sha256", rep.Binary.SHA256)
+	} else {
+		kv = append(kv, "verified_binary", "none", "binary_missing", rep.BinaryMissing)
+	}
+	if path == relauncher.PathCleanStop {
+		n.log.Info("invisor: on-halt is "+string(n.onHalt)+": stopping the node cleanly; it exits for the orchestrator to start the upgrade's binary", kv...)
+		if err := n.stopSelf(); err != nil {
+			n.log.Error("invisor: could not stop the node; stop it (SIGTERM) and start the upgrade's binary", "err", err)
+		}
+		return
+	}
+	n.log.Info("invisor: on-halt is "+string(n.onHalt)+": CometBFT cannot stop cleanly while it holds the halting block; exiting from it for the orchestrator to start the upgrade's binary", kv...)
+	n.exit(ExitUpgradeHalt)
+}
+
+// haltReport is the report of the halt of upgrade p at height.
+func (n *node) haltReport(p hook.Plan, height int64, state relauncher.NodeState, path relauncher.HaltPath) HaltReport {
+	rep := HaltReport{Upgrade: p.Name, Height: height, Info: p.Info, ExitCode: ExitUpgradeHalt, Time: time.Now().UTC(),
+		PID: os.Getpid(), NodeState: state.String(), Stop: "clean-stop"}
+	if path != relauncher.PathCleanStop {
+		rep.Stop = "exit-in-block"
+	}
+	rep.Executable, _ = os.Executable()
+	ctx, cancel := context.WithTimeout(context.Background(), haltReportTimeout)
+	defer cancel()
+	v, err := n.layout.Open(ctx, home.Plan{Name: p.Name, Height: p.Height, Info: p.Info})
+	if err != nil {
+		rep.BinaryMissing = err.Error()
+		return rep
+	}
+	defer v.Close()
+	rep.Binary = &HaltBinary{Path: v.Path, SHA256: v.Record.SHA256, Size: v.Record.Size, Source: string(v.Record.Source)}
+	return rep
+}
+
+// writeHaltReport writes rep to file crash-safely (home.WriteFile): the
+// orchestrator reads a whole report or the previous one.
+func writeHaltReport(file string, rep HaltReport) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return home.WriteFile(file, append(b, '\n'), 0o644)
 }

@@ -164,6 +164,14 @@ type node struct {
 	watch     atomic.Pointer[planWatch]
 	haltMu    sync.Mutex
 	haltNoted string // the halt the halted event was sent for, "name@height"
+	// onHalt is who swaps the binary at an upgrade halt (the on-halt setting);
+	// exiting is set once the node leaves a halt with ExitUpgradeHalt for an
+	// orchestrator (halt.go); stopSelf and exit are how (SIGTERM to this
+	// process, os.Exit), fields so that a test can catch them.
+	onHalt   config.OnHalt
+	exiting  atomic.Bool
+	stopSelf func() error
+	exit     func(code int)
 	// health is the post-upgrade health gate (health.go); nil when not armed.
 	// Set at boot, before the reporter and the hook see the node.
 	health *healthGate
@@ -196,6 +204,12 @@ func wrapStart(start *cobra.Command, opts config.Options, environ []string, awai
 			return err
 		}
 		n.stop()
+		if n.exiting.Load() {
+			// on-halt = exit: the node stopped cleanly at the halt; the
+			// orchestrator swaps the binary (halt.go, exitAtHalt).
+			n.log.Info("invisor: the node stopped at the upgrade halt; exiting for the orchestrator", "exit_code", ExitUpgradeHalt, "start_err", err)
+			n.exit(ExitUpgradeHalt)
+		}
 		name, armed := n.rl.Armed()
 		if !armed || err != nil {
 			return err
@@ -227,8 +241,19 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
 		return nil, awaited.Report(logger)
 	}
+	// As PID 1 (a container's init, a PID namespace's first process) the node
+	// reaps the orphans the kernel hands it, for the life of the process: an
+	// exec ends it, and the next image starts its own here.
+	if relauncher.IsInit(os.Getpid()) {
+		reaper := relauncher.NewReaper(logger, 0)
+		go func() { _ = reaper.Run(context.Background()) }()
+		logger.Info("invisor: this node is PID 1 of its PID namespace; reaping orphaned child processes", "grace", relauncher.DefaultReapGrace)
+	}
 	layout, err := cfg.Layout()
 	if err != nil {
+		return nil, fmt.Errorf("invisor: %w", err)
+	}
+	if err := staging.CheckImageDir(cfg.Staging); err != nil {
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	lock, err := layout.Acquire(environ)
@@ -253,7 +278,8 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	n := &node{log: logger, rl: rl, layout: layout, stageOnly: relauncher.UnderCosmovisor(),
-		rpcLaddr: sctx.Config.RPC.ListenAddress, notifier: notifier}
+		rpcLaddr: sctx.Config.RPC.ListenAddress, notifier: notifier, onHalt: cfg.OnHalt,
+		stopSelf: func() error { return syscall.Kill(os.Getpid(), syscall.SIGTERM) }, exit: os.Exit}
 	if ui, ok, err := layout.ReadUpgradeInfo(); err == nil && ok && layout.Attempts(ui).Count > 0 {
 		n.switched = &ui
 	}
@@ -273,7 +299,11 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		if err := n.applySchedule(sctx); err != nil {
 			return nil, err
 		}
-		if err := rl.Boot(); err != nil {
+		if cfg.OnHalt == config.OnHaltExitAlways {
+			// The orchestrator owns every swap: an older binary is not redirected;
+			// it replays to the halt and exits there again (exitAtHalt).
+			logger.Info("invisor: on-halt is exit-always: no boot redirect; the orchestrator starts the binary the chain needs")
+		} else if err := rl.Boot(); err != nil {
 			return nil, err
 		}
 	}
@@ -291,7 +321,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		}
 	}()
 	n.armHealth(sctx.Config, cfg.Health)
-	n.startReporting(ctx)
+	n.startReporting(ctx, publishedSettings(cfg)...)
 	if cfg.CheckProposals {
 		n.wg.Add(1)
 		go func() {
@@ -301,7 +331,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 	}
 	sctx.Viper.Set(hook.SinkKey, hook.Sink(n))
 	logger.Info("invisor: watching upgrade plans", "home", layout.Home(), "daemon", layout.Daemon(),
-		"allow_download", cfg.Staging.AllowDownload, "lock", lock.Path())
+		"allow_download", cfg.Staging.AllowDownload, "image_dir", cfg.Staging.ImageDir, "on_halt", string(cfg.OnHalt), "lock", lock.Path())
 	return n, nil
 }
 
@@ -433,6 +463,11 @@ func (n *node) Halted(p hook.Plan, height int64) {
 		return
 	}
 	state, why := n.nodeState()
+	if n.onHalt.Exits() {
+		n.noteHalted(p, height, "exit", why+"; on-halt is "+string(n.onHalt)+": the node exits for an orchestrator to swap the binary")
+		n.exitAtHalt(p, height, state, why)
+		return
+	}
 	n.noteHalted(p, height, haltPath(false, state), why)
 	// The clean stop returns at once; the re-exec does not return unless it failed.
 	n.rl.Halt(n.runCtx, p.Name, height, state, why)

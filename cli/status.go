@@ -95,8 +95,11 @@ type StatusReport struct {
 	Current     string      `json:"current,omitempty"`
 	UpgradeInfo *home.Plan  `json:"upgrade_info,omitempty"`
 	// Health is the health gate's report after a switch (see HealthView).
-	Health *HealthView  `json:"health,omitempty"`
-	Staged []BinaryView `json:"staged"`
+	Health *HealthView `json:"health,omitempty"`
+	// Settings says whose settings the report decides with (the running
+	// node's or this shell's) and where the two differ.
+	Settings SettingsView `json:"settings"`
+	Staged   []BinaryView `json:"staged"`
 	// Scheduled are the upgrades at a height without governance (stage --height).
 	Scheduled []ScheduledView `json:"scheduled"`
 	// Proposals are the running node's checks of the software-upgrade
@@ -116,7 +119,12 @@ will happen at the upgrade height, and anything wrong with the setup.
 
 With the node running the plan and height come from its RPC (config.toml rpc.laddr or
 --node) and the staging state from the status file the node keeps under
-<home>/cosmovisor; with the node stopped, from the home directory alone.`,
+<home>/cosmovisor; with the node stopped, from the home directory alone.
+
+What depends on a setting (downloads, backups, pre-upgrade) is told with the settings
+the running node publishes in that file, which need not be this shell's (a service
+unit's environment); the settings where this shell differs are listed. With no node
+running, this shell's settings are used, and the output says so.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			e, err := loadEnv(cmd, opts)
@@ -139,20 +147,33 @@ With the node running the plan and height come from its RPC (config.toml rpc.lad
 	return cmd
 }
 
-func gatherStatus(ctx context.Context, e *env) StatusReport {
+// gatherStatus builds the report. Every decision that depends on a setting
+// (downloads, backups, pre-upgrade, the home's layout) is taken with the
+// running node's settings when its status file publishes them (nodeSettings),
+// else with shell's.
+func gatherStatus(ctx context.Context, shell *env) StatusReport {
+	// What the running node published: the status file of the home lock's holder.
+	pid, running := shell.layout().HolderPID()
+	ns, nsOK, nsErr := status.Read(shell.home)
+	live := nsOK && running && ns.PID == pid
+	e, sv := nodeSettings(shell, ns, live)
+
 	daemon := e.daemon()
-	rep := StatusReport{Home: e.home, Daemon: daemon, Enabled: e.cfgErr != nil || e.cfg.Enabled,
+	rep := StatusReport{Home: e.home, Daemon: daemon, Enabled: e.cfgErr != nil || e.cfg.Enabled, Settings: sv,
 		Staged: []BinaryView{}, Scheduled: []ScheduledView{}, Proposals: []staging.ProposalCheck{}, TempDirs: []string{}, Problems: []string{}}
 	problem := func(format string, a ...any) { rep.Problems = append(rep.Problems, fmt.Sprintf(format, a...)) }
-	if e.cfgErr != nil {
-		problem("configuration: %v (the node will refuse to start)", e.cfgErr)
+	switch {
+	case shell.cfgErr != nil && sv.From == "node":
+		problem("configuration in this shell: %v (the commands run from it refuse it, and so would a node started with it; the running node's settings are shown)", shell.cfgErr)
+	case shell.cfgErr != nil:
+		problem("configuration: %v (the node will refuse to start)", shell.cfgErr)
 	}
 	if _, err := os.Stat(filepath.Join(e.home, "config", "config.toml")); err != nil {
 		problem("%s is not an initialised node home: %v", e.home, err)
 	}
 
 	l := e.layout()
-	rep.PID, rep.Running = l.HolderPID()
+	rep.PID, rep.Running = pid, running
 
 	// The node, over RPC.
 	if nc, err := newNodeClient(e.rpc); err != nil {
@@ -195,12 +216,9 @@ func gatherStatus(ctx context.Context, e *env) StatusReport {
 		}
 	}
 
-	// What the running node published.
-	ns, nsOK, nsErr := status.Read(e.home)
 	if nsErr != nil {
 		problem("%v", nsErr)
 	}
-	live := nsOK && rep.Running && ns.PID == rep.PID
 	if live {
 		for _, w := range ns.Warnings {
 			problem("%s", w)
@@ -433,6 +451,7 @@ func atHalt(e *env, rep StatusReport, problem func(string, ...any)) string {
 func printStatus(e *env, r StatusReport) {
 	w := e.out
 	fmt.Fprintf(w, "home       %s (daemon %s, invisor %s)\n", r.Home, r.Daemon, map[bool]string{true: "enabled", false: "disabled"}[r.Enabled])
+	printSettings(w, r.Settings)
 	if r.Node.Reachable {
 		fmt.Fprintf(w, "node       running, height %d, %s, app %s", r.Node.Height, r.Node.Network, r.Node.AppVersion)
 		if r.Node.CatchingUp {
@@ -535,6 +554,22 @@ func printStatus(e *env, r StatusReport) {
 		for _, p := range r.Problems {
 			fmt.Fprintf(w, "  - %s\n", p)
 		}
+	}
+}
+
+// printSettings says whose settings the report decides with and, for the
+// running node's, each one this shell has another value for.
+func printSettings(w io.Writer, sv SettingsView) {
+	fmt.Fprintf(w, "settings   %s\n", sv.Note)
+	switch {
+	case sv.From != "node":
+	case len(sv.Differences) == 0:
+		fmt.Fprintln(w, "           this shell's are the same")
+	default:
+		for _, d := range sv.Differences {
+			fmt.Fprintf(w, "           %s\n", d)
+		}
+		fmt.Fprintln(w, "           commands run from this shell (stage, check-proposal) use the shell's")
 	}
 }
 

@@ -78,6 +78,19 @@ func PathFor(s NodeState) HaltPath {
 	return PathReexec
 }
 
+// ExitUpgradeHalt is the exit code of a node that stopped at an upgrade halt
+// so that an orchestrator swaps the binary (the edge's on-halt = "exit" or
+// "exit-always"): the process manager, or the orchestrator watching the
+// container, tells it from a crash (1), a Go panic or usage error (2), the
+// pre-upgrade codes (30, 31), a shell's 126/127 and a death by signal (128+n).
+// The edge writes HaltReportFile before it exits with it.
+const ExitUpgradeHalt = 10
+
+// HaltReportFile is the file, under <home>/cosmovisor, that a node leaving an
+// upgrade halt with ExitUpgradeHalt writes first: the upgrade, its height and
+// the verified binary (path, sha256), for the orchestrator that swaps it.
+const HaltReportFile = "invisor-halt.json"
+
 // EnvReexecHalt is set by the re-exec at a halt to "<height>/<name>"; Boot logs
 // that it switches for that halt, and no later exec carries it.
 const EnvReexecHalt = "INVISOR_REEXEC_HALT"

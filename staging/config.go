@@ -118,6 +118,14 @@ type Config struct {
 	// verified against instead of the system roots (a private mirror). Empty uses
 	// the system roots. Certificates are always verified.
 	CAFile string
+	// ImageDir, when set, is a read-only directory of binaries baked into the
+	// node's container image, laid out as cosmovisor's upgrades/ tree:
+	// <ImageDir>/upgrades/<dir>/bin/<DaemonName>, <dir> mapped from the plan
+	// name as for the home (home.DirName). When the plan in force has nothing at
+	// its install path, a binary there is the source instead of a download:
+	// copied into the attempt's temp dir and verified and installed like one
+	// (see image.go). Nothing in ImageDir is ever written or executed.
+	ImageDir string
 }
 
 // DefaultConfig returns the documented defaults. Home and DaemonName are left empty.
@@ -208,6 +216,9 @@ func (c Config) Validate() error {
 	}
 	if c.CAFile != "" && !filepath.IsAbs(c.CAFile) {
 		return bad("CAFile", fmt.Sprintf("%q must be an absolute path", c.CAFile))
+	}
+	if c.ImageDir != "" && !filepath.IsAbs(c.ImageDir) {
+		return bad("ImageDir", fmt.Sprintf("%q must be an absolute path", c.ImageDir))
 	}
 	if len(c.PreflightArgs) == 0 {
 		return bad("PreflightArgs", `is empty (default {"version"})`)

@@ -70,9 +70,13 @@ func (o *observer) setState(s State) {
 //     preflighted and recorded; never overwritten or deleted.
 //   - Nothing there: the tree a proposal check kept for exactly p, while p was a
 //     proposal in its voting period (home.ProposalsDir), is installed without
-//     downloading again once its binary re-hashes to its record; else, when
-//     cfg.AllowDownload, the binary the plan names is downloaded, verified,
-//     unpacked, preflighted, moved into place and recorded.
+//     downloading again once its binary re-hashes to its record; else the
+//     binary cfg.ImageDir holds for p (a container image's pre-staged
+//     binaries) is copied, verified as a placed binary is, installed and
+//     recorded (home.SourceImage; see image.go); else, when cfg.AllowDownload,
+//     the binary the plan names is downloaded, verified, unpacked, preflighted,
+//     moved into place and recorded. An image binary the plan does not confirm
+//     falls through to the download, or, without downloads, is an *ImageError.
 //
 // On any error the upgrade directory is left as it was and the attempt's temp
 // directory is removed. A plan name home.DirName cannot map is an error wrapping
@@ -100,6 +104,9 @@ type job struct {
 	tmp  string // the attempt's temp dir, made by temp
 	// answer is the probe answer of the binary preflight ran (nil: none), for its record.
 	answer *probe.Answer
+	// image is set while the attempt verifies a copy of an image directory's
+	// binary (fromImage): record installs that copy before it writes the record.
+	image *imageCopy
 }
 
 // temp returns the attempt's private temp directory under <home>/cosmovisor (same
@@ -160,9 +167,16 @@ func fetch(ctx context.Context, cfg Config, p Plan, log Logger, obs *observer) (
 		return Install{}, err
 	}
 	// 3. Nothing there: the binary checked while the plan was a proposal, if it
-	// is exactly this plan's, else a download.
+	// is exactly this plan's, else the image directory's copy, else a download.
 	if inst, done, err := j.fromProposal(ctx); done || err != nil {
 		return inst, err
+	}
+	if inst, done, err := j.fromImage(ctx); done && err == nil {
+		return inst, nil
+	} else if done && (!cfg.AllowDownload || ctx.Err() != nil) {
+		return Install{}, err
+	} else if done {
+		log.Warn("staging: the image directory's binary is not used; downloading the binary the plan names instead", "plan", p.Name, "err", err)
 	}
 	if !cfg.AllowDownload {
 		return Install{}, fmt.Errorf("%w: downloads are disabled (DAEMON_ALLOW_DOWNLOAD_BINARIES=false); place the binary for plan %q at %s",
@@ -656,6 +670,9 @@ func (j *job) install(ctx context.Context, root string, d digest, pre home.Stamp
 // record writes rec and returns the install as the one proof (home.Layout.Open)
 // sees it. On failure the record is removed again and undo (if any) runs.
 func (j *job) record(ctx context.Context, rec home.Record, undo func()) (Install, error) {
+	if j.image != nil {
+		return j.installImage(ctx, rec)
+	}
 	if err := j.l.WriteRecord(rec); err != nil {
 		if undo != nil {
 			undo()

@@ -328,7 +328,11 @@ func TestOperatorRunningNode(t *testing.T) {
 			t.Logf("---- node log tail ----\n%s", node.LogTail(6000))
 		}
 	})
-	if err := node.Start("--invisor.allow-download"); err != nil {
+	// Downloads are on only in the node's environment (as a service unit's
+	// Environment= has it): status and config run from this test's shell, which
+	// lacks it, must report the node's value, not the shell's.
+	node.Env = append(node.Env, "DAEMON_ALLOW_DOWNLOAD_BINARIES=true")
+	if err := node.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := node.WaitHeight(ctx, 2); err != nil {
@@ -344,12 +348,19 @@ func TestOperatorRunningNode(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The node stages it (downloads are on only by the flag) and status shows it.
+	// The node stages it (downloads are on only in its environment) and status
+	// shows it; at no point does status, run without that environment, call
+	// downloads disabled.
 	var st statusJSON
 	var raw string
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		st, raw = invisorStatus(t, ctx, v1, node.Home)
+		for _, p := range st.Problems {
+			if strings.Contains(p, "downloads are disabled") {
+				t.Errorf("status decided with the shell's allow-download, not the node's:\n%s", raw)
+			}
+		}
 		if st.Plan != nil && st.Staging.State == "ready" && st.Binary != nil && st.Binary.Trusted {
 			break
 		}
@@ -371,6 +382,7 @@ func TestOperatorRunningNode(t *testing.T) {
 	if out, _, err := run(ctx, v1, nil, "invisor", "status", "--home", node.Home); err != nil || !strings.Contains(out, `plan       "v2"`) {
 		t.Errorf("invisor status (text): %v\n%s", err, out)
 	}
+	checkNodeSettings(t, ctx, v1, node.Home, node.Pid(), raw)
 
 	// prepare asks the node for the plan; it is staged already.
 	if out, errOut, err := run(ctx, v1, nil, "invisor", "prepare", "--home", node.Home); err != nil ||
@@ -428,6 +440,9 @@ func TestOperatorRunningNode(t *testing.T) {
 	if st.Node.Reachable || st.Running || st.Plan == nil || st.Plan.Name != "v2" || st.Staging.State != "ready" || !st.Binary.Trusted {
 		t.Errorf("status of the stopped node:\n%s", raw)
 	}
+	if sv := statusSettings(t, raw); sv.From != "shell" || !strings.Contains(sv.Note, "no node runs") || len(sv.Differences) != 0 {
+		t.Errorf("settings of the stopped node's status: %+v", sv)
+	}
 	// v3 is placed, not recorded: no plan of that name is in force.
 	out, errOut, err = run(ctx, v1, nil, "invisor", "verify", "v3", "--home", node.Home)
 	if err != nil || !strings.Contains(out, "not verified against a plan yet") {
@@ -452,6 +467,85 @@ func TestOperatorRunningNode(t *testing.T) {
 	}
 	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 1 || hist[0].Upgrade != "v2" || hist[0].SHA256 == "" {
 		t.Errorf("history: %v\n%s", err, out)
+	}
+}
+
+// settingsJSON is the settings block of `invisor status -o json`.
+type settingsJSON struct {
+	From        string    `json:"from"`
+	PID         int       `json:"pid"`
+	Started     time.Time `json:"started"`
+	Note        string    `json:"note"`
+	Differences []struct {
+		Key         string `json:"key"`
+		Node        string `json:"node"`
+		NodeSource  string `json:"node_source"`
+		Shell       string `json:"shell"`
+		ShellSource string `json:"shell_source"`
+	} `json:"differences"`
+}
+
+func statusSettings(t *testing.T, raw string) settingsJSON {
+	t.Helper()
+	var st struct {
+		Settings settingsJSON `json:"settings"`
+	}
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		t.Fatalf("invisor status -o json: %v\n%s", err, raw)
+	}
+	return st.Settings
+}
+
+// checkNodeSettings checks that status (raw, its -o json) and config, run
+// without the node's DAEMON_ALLOW_DOWNLOAD_BINARIES=true, show the node's
+// settings (PID pid) and the shell's difference (the shell has false from the
+// [invisor] section init wrote).
+func checkNodeSettings(t *testing.T, ctx context.Context, bin, home string, pid int, raw string) {
+	t.Helper()
+	const env = "env DAEMON_ALLOW_DOWNLOAD_BINARIES"
+	if _, ok := os.LookupEnv("DAEMON_ALLOW_DOWNLOAD_BINARIES"); ok {
+		t.Fatal("the test's own environment sets DAEMON_ALLOW_DOWNLOAD_BINARIES: the shell would not differ from the node")
+	}
+	sv := statusSettings(t, raw)
+	if sv.From != "node" || sv.PID != pid || sv.Started.IsZero() || len(sv.Differences) != 1 {
+		t.Fatalf("status settings %+v, want the node's (PID %d) with one difference:\n%s", sv, pid, raw)
+	}
+	if d := sv.Differences[0]; d.Key != "allow-download" || d.Node != "true" || d.NodeSource != env || d.Shell != "false" || d.ShellSource != "app.toml" {
+		t.Errorf("difference %+v", d)
+	}
+	out, _, err := run(ctx, bin, nil, "invisor", "status", "--home", home)
+	for _, want := range []string{fmt.Sprintf("settings   those of the running node (PID %d, started ", pid),
+		"allow-download: node true (" + env + "), this shell false (app.toml)", "commands run from this shell"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("invisor status (text) lacks %q: %v\n%s", want, err, out)
+		}
+	}
+
+	out, errOut, err := run(ctx, bin, nil, "invisor", "config", "-o", "json", "--home", home)
+	var cfg struct {
+		Settings []struct {
+			Key, Value, Source string
+			Node               *struct{ Value, Source string }
+			Differs            bool
+		} `json:"settings"`
+		Node settingsJSON `json:"node_settings"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &cfg) != nil || cfg.Node.From != "node" || cfg.Node.PID != pid {
+		t.Fatalf("invisor config -o json: %v\n%s%s", err, out, errOut)
+	}
+	for _, s := range cfg.Settings {
+		if s.Node == nil {
+			t.Errorf("config: %s has no node value", s.Key)
+			continue
+		}
+		want := s.Key == "allow-download"
+		if s.Differs != want || (want && (s.Value != "false" || s.Source != "app.toml" || s.Node.Value != "true" || s.Node.Source != env)) {
+			t.Errorf("config: %s = %q (%s), node %q (%s), differs %v", s.Key, s.Value, s.Source, s.Node.Value, s.Node.Source, s.Differs)
+		}
+	}
+	out, _, err = run(ctx, bin, nil, "invisor", "config", "--home", home)
+	if err != nil || !regexp.MustCompile(`(?m)^allow-download +false +app\.toml +DAEMON_ALLOW_DOWNLOAD_BINARIES +true \(`+env+`\)$`).MatchString(out) {
+		t.Errorf("invisor config (text): %v\n%s", err, out)
 	}
 }
 

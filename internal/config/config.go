@@ -59,12 +59,39 @@ type Config struct {
 	// CheckProposals: the node checks the binaries of software-upgrade
 	// proposals in their voting period (staging.Stager.OfferProposals).
 	CheckProposals bool
+	// OnHalt is what the node does at an upgrade halt: switch to the verified
+	// binary itself (OnHaltSwitch), or stop and exit for an orchestrator that
+	// swaps the binary (OnHaltExit, OnHaltExitAlways).
+	OnHalt OnHalt
 	// Sources says where each setting came from: "default", "app.toml", "env NAME"
 	// or "flag --invisor.KEY".
 	Sources map[string]string
 	// Values holds the effective value of each setting as text, keyed like Sources.
 	Values map[string]string
 }
+
+// OnHalt is the on-halt setting: who swaps the binary at an upgrade halt.
+type OnHalt string
+
+// The values of on-halt.
+const (
+	// OnHaltSwitch: invisor switches (clean stop, backup, pre-upgrade, the flip
+	// of `current`, exec in the same PID); the boot redirect runs at every start.
+	OnHaltSwitch OnHalt = "switch"
+	// OnHaltExit: staging and verification as usual; at the halt the node stops
+	// cleanly and exits with invisor.ExitUpgradeHalt after writing the halt
+	// report, leaving the swap to an orchestrator. A restart from an older
+	// binary is still redirected to the verified one (the safety net when the
+	// orchestrator restarts the old image).
+	OnHaltExit OnHalt = "exit"
+	// OnHaltExitAlways: as OnHaltExit, and invisor never execs at boot either:
+	// an older binary restarted after the halt replays to it and exits again
+	// with the same code, until the orchestrator starts the new one.
+	OnHaltExitAlways OnHalt = "exit-always"
+)
+
+// Exits reports whether the node exits at an upgrade halt instead of switching.
+func (o OnHalt) Exits() bool { return o == OnHaltExit || o == OnHaltExitAlways }
 
 // Layout is the node home's layout for this configuration.
 func (c Config) Layout() (home.Layout, error) { return c.Staging.Layout() }
@@ -100,7 +127,7 @@ func LoadConfigFlags(v *viper.Viper, fs *pflag.FlagSet, home string, opts Option
 	if err != nil {
 		return Config{}, fmt.Errorf("invisor: node home: %w", err)
 	}
-	c := Config{Enabled: true, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Notify: notify.DefaultConfig(), Health: health.DefaultConfig(),
+	c := Config{Enabled: true, OnHalt: OnHaltSwitch, Staging: staging.DefaultConfig(), Relauncher: relauncher.DefaultConfig(), Notify: notify.DefaultConfig(), Health: health.DefaultConfig(),
 		Sources: map[string]string{}, Values: map[string]string{}}
 	c.Staging.Home, c.Relauncher.Home = home, home
 	c.Staging.DaemonName, c.Relauncher.DaemonName = opts.DaemonName, opts.DaemonName
@@ -277,6 +304,9 @@ var settings = []setting{
 	pathSetting("ca-file", "INVISOR_CA_FILE", "PEM file of the root CAs trusted for https downloads (default: the system's)",
 		"PEM file of the root CAs trusted for https downloads (a private mirror), an absolute path. Empty: the system's roots.",
 		func(c *Config, v string) { c.Staging.CAFile = v }),
+	pathSetting("image-dir", "INVISOR_IMAGE_DIR", "read-only directory of upgrade binaries baked into the container image, used instead of a download (empty: none)",
+		"Read-only directory of upgrade binaries baked into the node's container image, an absolute path, laid out as cosmovisor's upgrades/ tree: <dir>/upgrades/<name>/bin/<appd>. The binary for the plan in force is copied from there into the home's upgrades/ and verified and recorded like a download (the plan's checksum or archive, OS/arch, preflight, the plan's handler); nothing there is written or run in place. Empty: none.",
+		func(c *Config, v string) { c.Staging.ImageDir = v }),
 	durationSetting("download-deadline", "INVISOR_DOWNLOAD_DEADLINE", "2h", "bound on one whole staging attempt",
 		"Bound on one whole staging attempt (info, download, unpack, preflight).",
 		func(c *Config, d time.Duration) { c.Staging.Deadline = d }),
@@ -319,6 +349,16 @@ var settings = []setting{
 		func(c *Config, b bool) { c.Relauncher.RunPreUpgrade = b }),
 	wholeSetting("pre-upgrade-max-retries", "DAEMON_PREUPGRADE_MAX_RETRIES", "0", "retries of pre-upgrade while it exits 31",
 		"Retries of pre-upgrade while it exits 31.", 0, "", func(c *Config, n int) { c.Relauncher.PreUpgradeMaxRetries = n }),
+	{"on-halt", "INVISOR_ON_HALT", string(OnHaltSwitch), "at an upgrade halt: switch to the verified binary, or exit for an orchestrator (exit, exit-always)",
+		"At an upgrade halt: \"switch\" runs the verified binary in the same process; \"exit\" stops the node cleanly, writes cosmovisor/" + relauncher.HaltReportFile + " and exits with code " + strconv.Itoa(relauncher.ExitUpgradeHalt) + ", leaving the swap to an orchestrator (a restart of an older binary is still redirected to the verified one); \"exit-always\" also never execs at boot, so an older binary exits again at the height until the orchestrator starts the new one.", true,
+		func(c *Config, v string) error {
+			switch o := OnHalt(strings.TrimSpace(v)); o {
+			case OnHaltSwitch, OnHaltExit, OnHaltExitAlways:
+				c.OnHalt = o
+				return nil
+			}
+			return fmt.Errorf("want %q, %q or %q, got %q", OnHaltSwitch, OnHaltExit, OnHaltExitAlways, v)
+		}},
 	{"health-deadline", "INVISOR_HEALTH_DEADLINE", "60s", "how long after a switch the block after the upgrade height may take before invisor reports the upgrade stalled (0: never)",
 		"How long after the boot of an upgrade binary the block after the upgrade height may take before invisor reports the upgrade stalled, and why (the network, this node), in the log, `<appd> invisor status`, a metric and the webhook. 0: no stall report; a failed upgrade handler is reported at once either way.", true,
 		func(c *Config, v string) error {

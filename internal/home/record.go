@@ -73,13 +73,20 @@ const (
 	// plan's upgrade handler by its own probe answer. The plan does not confirm the
 	// bytes.
 	SourceOperatorReplaced Source = "operator-replaced"
+	// SourceImage: copied by staging from the read-only image directory
+	// (staging.Config.ImageDir, a container image's pre-staged binaries) into
+	// the upgrade's place, and confirmed by the plan exactly as an operator's
+	// file is: equal to the checksum it names, or byte for byte to the binary in
+	// its archive. An image binary the plan names nothing for is recorded as
+	// SourceOperatorWord, with File naming the image's file.
+	SourceImage Source = "image"
 )
 
 // Valid reports whether s is one of the sources above.
 func (s Source) Valid() bool {
 	switch s {
 	case SourceDownload, SourcePlanChecksum, SourcePlanArchive, SourceOperatorWord, SourceOverride,
-		SourceOperatorStarted, SourceOperatorReplaced:
+		SourceOperatorStarted, SourceOperatorReplaced, SourceImage:
 		return true
 	}
 	return false

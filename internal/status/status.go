@@ -1,6 +1,7 @@
 // Package status is what a running node publishes about its upgrade work: the
 // status file under <home>/cosmovisor that `invisor status` reads (bytes, rate,
-// errors and warnings only the node process knows), and invisor's Prometheus
+// errors and warnings only the node process knows, and the settings it runs
+// with, which a shell's environment does not tell), and invisor's Prometheus
 // gauges.
 //
 // A Reporter owns both. It polls the node's Stager (a snapshot under a short
@@ -64,6 +65,21 @@ type Node struct {
 	// Health is the post-upgrade health gate's report in a process that booted
 	// after a switch (waiting, healthy or stalled); nil otherwise.
 	Health *Health `json:"health,omitempty"`
+	// Started is when this process image booted invisor, just after it loaded
+	// Settings (an upgrade's exec starts a new image under the same PID, which
+	// loads them again).
+	Started time.Time `json:"started,omitzero"`
+	// Settings are the invisor settings the node runs with, in app.toml order,
+	// secrets redacted (see SetSettings): a shell's environment need not be the
+	// node's, so `invisor status` takes its decisions from these.
+	Settings []Setting `json:"settings,omitempty"`
+}
+
+// Setting is one invisor setting in effect in the running node.
+type Setting struct {
+	Key    string `json:"key"`    // app.toml key under [invisor]
+	Value  string `json:"value"`  // as text, a secret redacted
+	Source string `json:"source"` // default, app.toml, env NAME, flag --invisor.KEY
 }
 
 // Halt is a scheduled upgrade's halt in force in the running node.
@@ -119,6 +135,16 @@ type Reporter struct {
 	haltAt   *Halt
 	webhook  func() (dropped, failed uint64)
 	health   func() *Health
+	started  time.Time
+	settings []Setting
+}
+
+// SetSettings gives the Reporter the settings the node runs with, for
+// Node.Settings; call it before Run. The status file is readable by every
+// user of the machine: settings must come redacted (config.Config's
+// EffectiveSettings), as they are written as given.
+func (r *Reporter) SetSettings(settings []Setting) {
+	r.settings = append([]Setting(nil), settings...)
 }
 
 // SetWebhook gives the Reporter the webhook's counters (internal/notify's
@@ -137,7 +163,7 @@ func (r *Reporter) SetHaltAt(upgrade string, height int64) {
 // (a plan name no directory can hold); they go into the file and the
 // invisor_plan_name_unmappable gauge. It registers the gauges on first use.
 func NewReporter(nodeHome string, src Source, warnings func() []string) *Reporter {
-	r := &Reporter{home: nodeHome, src: src, warnings: warnings, g: registerGauges()}
+	r := &Reporter{home: nodeHome, src: src, warnings: warnings, g: registerGauges(), started: time.Now().UTC()}
 	r.g.blocksTo.Set(-1)
 	r.g.sinceReady.Set(-1)
 	if e, ok := history.LastSwitch(nodeHome); ok {
@@ -210,7 +236,8 @@ func (r *Reporter) Once() {
 
 	ns := Node{Time: time.Now().UTC(), PID: os.Getpid(), Height: h, State: st.State, Plan: st.Plan,
 		BytesDone: st.BytesDone, BytesTotal: st.BytesTotal, Rate: st.Rate, Attempt: st.Attempt, Failures: r.failures,
-		Err: st.Err, Install: st.Install, Since: st.Since, HaltAt: r.haltAt, Proposals: st.Proposals}
+		Err: st.Err, Install: st.Install, Since: st.Since, HaltAt: r.haltAt, Proposals: st.Proposals,
+		Started: r.started, Settings: r.settings}
 	g.proposals.Reset()
 	for _, c := range st.Proposals {
 		g.proposals.WithLabelValues(strconv.FormatUint(c.ID, 10), c.Plan.Name, string(c.State)).Set(1)
