@@ -31,12 +31,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"cosmossdk.io/log/v2"
-
-	"github.com/cosmos/cosmos-sdk/server"
-	svrcmd "github.com/cosmos/cosmos-sdk/server/cmd"
-	servertypes "github.com/cosmos/cosmos-sdk/server/types"
-
 	"github.com/invisor/invisor/cli"
 	"github.com/invisor/invisor/hook"
 	"github.com/invisor/invisor/internal/config"
@@ -47,30 +41,9 @@ import (
 	"github.com/invisor/invisor/staging"
 )
 
-// Options say how the chain binary is named and where its home is by default.
-type Options struct {
-	// DaemonName is required: the binary's file name under cosmovisor/*/bin
-	// (cosmovisor's DAEMON_NAME, which overrides it). It never depends on the
-	// running file's name, so a binary started from another path still finds
-	// its upgrades.
-	DaemonName string
-	// DefaultHome is the node home when --home is not given, usually the
-	// chain's app.DefaultNodeHome.
-	DefaultHome string
-	// EnvPrefix is optional: the prefix of environment variables that set
-	// flags, as the SDK's server/cmd.Execute takes it ("" for none).
-	EnvPrefix string
-	// NewApp is optional: the chain's app constructor, the one it passes to the
-	// SDK's server.AddCommands. With it, a staged binary asked by invisor's probe
-	// builds its app on an in-memory database and says which upgrade handlers it
-	// carries, so a binary staged for a plan it has no handler for is refused
-	// days before the height instead of halting again at it.
-	NewApp servertypes.AppCreator
-}
-
 // config is opts as the configuration and the operator commands take them.
 func (opts Options) config() config.Options {
-	return config.Options{DaemonName: opts.DaemonName, DefaultHome: opts.DefaultHome, EnvPrefix: opts.EnvPrefix}
+	return config.Options{DaemonName: opts.DaemonName, DefaultHome: opts.DefaultHome, EnvPrefix: opts.EnvPrefix, ServerOf: serverOf}
 }
 
 // Execute runs the chain's root command (with the SDK's server/cmd.Execute)
@@ -113,8 +86,8 @@ func Execute(rootCmd *cobra.Command, opts Options) error {
 	if !hasCommand(rootCmd, operatorCommand) {
 		rootCmd.AddCommand(cli.Command(copts))
 	}
-	config.WrapPreRun(rootCmd)
-	return svrcmd.Execute(rootCmd, opts.EnvPrefix, opts.DefaultHome)
+	config.WrapPreRun(rootCmd, copts.ServerOf)
+	return executeRoot(rootCmd, opts.EnvPrefix, opts.DefaultHome)
 }
 
 // operatorCommand is the name of cli.Command's command.
@@ -133,7 +106,7 @@ func hasCommand(root *cobra.Command, name string) bool {
 
 // node is invisor's per-process state for one `start`.
 type node struct {
-	log    log.Logger
+	log    config.Logger
 	stager *staging.Stager
 	rl     *relauncher.Relauncher
 	layout home.Layout
@@ -191,7 +164,7 @@ func wrapStart(start *cobra.Command, opts config.Options, environ []string, awai
 			}
 		}
 		var err error
-		n, err = boot(server.GetServerContextFromCmd(cmd), cmd, opts, environ, awaited, handles)
+		n, err = boot(opts.ServerOf(cmd), cmd, opts, environ, awaited, handles)
 		if err != nil {
 			// The message says what is wrong and what to do; the usage text would bury it.
 			cmd.SilenceUsage = true
@@ -230,13 +203,13 @@ func wrapStart(start *cobra.Command, opts config.Options, environ []string, awai
 // The home lock is taken before anything touches the home and held for the life
 // of the process; an exec hands it to the next image, so a second process on the
 // home refuses at once, naming this one's PID.
-func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
+func boot(sctx config.Server, cmd *cobra.Command, opts config.Options, environ []string, awaited *relauncher.PreUpgradeOutcome,
 	handles func(string) (bool, bool)) (*node, error) {
-	cfg, err := config.LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Config.RootDir, opts)
+	cfg, err := config.LoadConfigFlags(sctx.Viper, cmd.Flags(), sctx.Comet.RootDir, opts)
 	if err != nil {
 		return nil, err
 	}
-	logger := sctx.Logger.With("module", "invisor")
+	logger := sctx.Logger
 	if !cfg.Enabled {
 		logger.Info("invisor: disabled in the configuration; upgrades must be handled by hand or by cosmovisor")
 		return nil, awaited.Report(logger)
@@ -278,7 +251,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 		return nil, fmt.Errorf("invisor: %w", err)
 	}
 	n := &node{log: logger, rl: rl, layout: layout, stageOnly: relauncher.UnderCosmovisor(),
-		rpcLaddr: sctx.Config.RPC.ListenAddress, notifier: notifier, onHalt: cfg.OnHalt,
+		rpcLaddr: sctx.Comet.RPC.ListenAddress, notifier: notifier, onHalt: cfg.OnHalt,
 		stopSelf: func() error { return syscall.Kill(os.Getpid(), syscall.SIGTERM) }, exit: os.Exit}
 	if ui, ok, err := layout.ReadUpgradeInfo(); err == nil && ok && layout.Attempts(ui).Count > 0 {
 		n.switched = &ui
@@ -320,7 +293,7 @@ func boot(sctx *server.Context, cmd *cobra.Command, opts config.Options, environ
 			logger.Error("invisor: staging stopped", "err", err)
 		}
 	}()
-	n.armHealth(sctx.Config, cfg.Health)
+	n.armHealth(sctx.Comet, cfg.Health)
 	n.startReporting(ctx, publishedSettings(cfg)...)
 	if cfg.CheckProposals {
 		n.wg.Add(1)

@@ -3,14 +3,9 @@ package invisor
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync/atomic"
 
 	"github.com/spf13/cast"
-
-	"github.com/cosmos/cosmos-sdk/client/flags"
-	"github.com/cosmos/cosmos-sdk/server"
-	genutiltypes "github.com/cosmos/cosmos-sdk/x/genutil/types"
 
 	"github.com/invisor/invisor/hook"
 	"github.com/invisor/invisor/internal/config"
@@ -37,19 +32,16 @@ type planWatch struct {
 // newNotifier builds the webhook's Notifier from the configuration (nil when no
 // URL is set). The chain id comes from --chain-id, else from genesis, as the
 // SDK finds it; a node whose genesis cannot be read sends documents without one.
-func newNotifier(sctx *server.Context, cfg config.Config, nodeHome string, logger staging.Logger) (*notify.Notifier, error) {
+func newNotifier(sctx config.Server, cfg config.Config, nodeHome string, logger staging.Logger) (*notify.Notifier, error) {
 	nc := cfg.Notify
 	if nc.URL == "" {
 		return nil, nil
 	}
 	nc.Home = nodeHome
 	nc.Journal = notify.JournalPath(nodeHome)
-	nc.ChainID = cast.ToString(sctx.Viper.Get(flags.FlagChainID))
+	nc.ChainID = cast.ToString(sctx.Viper.Get(flagChainID))
 	if nc.ChainID == "" {
-		if f, err := os.Open(sctx.Config.GenesisFile()); err == nil {
-			nc.ChainID, _ = genutiltypes.ParseChainIDFromGenesis(f)
-			_ = f.Close()
-		}
+		nc.ChainID = chainIDFromGenesis(sctx.Comet.GenesisFile())
 	}
 	n, err := notify.New(nc, logger)
 	if err != nil {

@@ -7,10 +7,9 @@ import (
 
 	"github.com/spf13/cast"
 
-	"github.com/cosmos/cosmos-sdk/server"
-
 	"github.com/invisor/invisor/hook"
 	"github.com/invisor/invisor/internal/comet"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
 )
@@ -26,7 +25,7 @@ import (
 //     x/upgrade writes it at a governance halt, so the boot redirect switches to
 //     its binary now, and a restart of either binary later keeps running it;
 //   - the first upgrade after that: the SDK's halt-height is set to its height
-//     on the node this process starts (server.FlagHaltHeight in the app options;
+//     on the node this process starts (flagHaltHeight in the app options;
 //     a lower halt-height the operator set stays in force). BaseApp then refuses
 //     block H in FinalizeBlock, as x/upgrade refuses a planned one, and the node
 //     halts: in consensus CometBFT stops and the process idles, in block sync the
@@ -43,12 +42,12 @@ const haltWatchTick = 50 * time.Millisecond
 
 // applySchedule does the boot's part (above) and returns the upgrade whose height
 // this node now halts at, if any.
-func (n *node) applySchedule(sctx *server.Context) error {
+func (n *node) applySchedule(sctx config.Server) error {
 	sched, err := n.layout.Schedule()
 	if err != nil || len(sched) == 0 {
 		return err
 	}
-	last, err := comet.StateHeight(sctx.Config)
+	last, err := comet.StateHeight(sctx.Comet)
 	if err != nil {
 		return fmt.Errorf("invisor: %d upgrade(s) scheduled at a height, but CometBFT's state height cannot be read to place them: %w; "+
 			"`invisor scheduled` lists them, `invisor cancel NAME` removes one", len(sched), err)
@@ -100,13 +99,13 @@ func (n *node) dueNow(d home.Scheduled, last int64) error {
 }
 
 // haltAt sets the SDK's halt-height for s on the node this process starts.
-func (n *node) haltAt(sctx *server.Context, s home.Scheduled, last int64) {
-	if op := cast.ToInt64(sctx.Viper.Get(server.FlagHaltHeight)); op > 0 && op < s.Plan.Height {
+func (n *node) haltAt(sctx config.Server, s home.Scheduled, last int64) {
+	if op := cast.ToInt64(sctx.Viper.Get(flagHaltHeight)); op > 0 && op < s.Plan.Height {
 		n.log.Warn("invisor: the operator's halt-height comes before the scheduled upgrade; it stays in force, and the node halts there without switching",
 			"halt_height", op, "upgrade", s.Plan.Name, "height", s.Plan.Height)
 		return
 	}
-	sctx.Viper.Set(server.FlagHaltHeight, uint64(s.Plan.Height))
+	sctx.Viper.Set(flagHaltHeight, uint64(s.Plan.Height))
 	n.halt = &s
 	n.log.Info("invisor: upgrade scheduled at a height; the node halts there (halt-height) and switches to its binary",
 		"upgrade", s.Plan.Name, "height", s.Plan.Height, "chain_state_height", last, "source", s.Source)

@@ -24,6 +24,7 @@ import (
 	upgradetypes "github.com/cosmos/cosmos-sdk/x/upgrade/types"
 
 	"github.com/invisor/invisor/internal/comet/comettest"
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/relauncher"
@@ -367,7 +368,7 @@ func TestApplySchedule(t *testing.T) {
 			}
 			logs := newLogLines()
 			n := &node{log: log.NewLogger(logs, log.OutputJSONOption()), layout: l, rpcLaddr: "tcp://127.0.0.1:26657"}
-			if err := n.applySchedule(sctx); err != nil {
+			if err := n.applySchedule(asServer(sctx)); err != nil {
 				t.Fatal(err)
 			}
 			got, err := l.Schedule()
@@ -405,7 +406,7 @@ func TestApplySchedule(t *testing.T) {
 		sctx := server.NewDefaultContext()
 		sctx.Config = cmtcfg.DefaultConfig().SetRoot(l.Home())
 		n := &node{log: log.NewNopLogger(), layout: l}
-		if err := n.applySchedule(sctx); err != nil || n.halt != nil || n.due != nil {
+		if err := n.applySchedule(asServer(sctx)); err != nil || n.halt != nil || n.due != nil {
 			t.Fatalf("%v, halt %v, due %v", err, n.halt, n.due)
 		}
 		if _, err := os.Stat(sctx.Config.DBDir()); !errors.Is(err, fs.ErrNotExist) {
@@ -427,7 +428,7 @@ func TestApplySchedule(t *testing.T) {
 		}
 		defer db.Close()
 		n := &node{log: log.NewNopLogger(), layout: l}
-		err = n.applySchedule(sctx)
+		err = n.applySchedule(asServer(sctx))
 		if err == nil || !strings.Contains(err.Error(), "`invisor cancel NAME`") {
 			t.Fatalf("err = %v", err)
 		}
@@ -435,4 +436,10 @@ func TestApplySchedule(t *testing.T) {
 			t.Fatal("a halt was set without the chain's height")
 		}
 	})
+}
+
+// asServer is the SDK's server context as the edge reads it (serverOf, without
+// the logger's module key).
+func asServer(sctx *server.Context) config.Server {
+	return config.Server{Viper: sctx.Viper, Comet: sctx.Config, Logger: sctx.Logger}
 }

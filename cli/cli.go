@@ -13,6 +13,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,8 +23,6 @@ import (
 	"github.com/spf13/cobra"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
-
-	"github.com/cosmos/cosmos-sdk/server"
 
 	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/home"
@@ -96,13 +95,19 @@ func loadValidEnv(cmd *cobra.Command, opts config.Options) (*env, error) {
 }
 
 func loadEnv(cmd *cobra.Command, opts config.Options) (*env, error) {
-	sctx := server.GetServerContextFromCmd(cmd)
+	if opts.ServerOf == nil {
+		return nil, errors.New("invisor: config.Options.ServerOf is not set (the SDK adapter's Execute sets it)")
+	}
+	sctx := opts.ServerOf(cmd)
+	if sctx.Comet == nil || sctx.Viper == nil {
+		return nil, errors.New("invisor: the command has no server context (run it under the chain's root command)")
+	}
 	e := &env{opts: opts, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr(), execCmd: cmd}
-	e.home = sctx.Config.RootDir
+	e.home = sctx.Comet.RootDir
 	if e.home == "" {
 		e.home = opts.DefaultHome
 	}
-	e.rpc, e.cmt = sctx.Config.RPC.ListenAddress, sctx.Config
+	e.rpc, e.cmt = sctx.Comet.RPC.ListenAddress, sctx.Comet
 	if f := cmd.Flags().Lookup(flagNode); f != nil && f.Changed {
 		e.rpc = f.Value.String()
 	}

@@ -82,7 +82,7 @@ func switchedHome(t *testing.T) home.Layout {
 func runInvisor(t *testing.T, nodeHome string, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "appd"}
-	root.AddCommand(Command(config.Options{DaemonName: "appd", DefaultHome: nodeHome}))
+	root.AddCommand(Command(config.Options{DaemonName: "appd", DefaultHome: nodeHome, ServerOf: sdkServerOf}))
 	sctx := server.NewDefaultContext()
 	sctx.Config.SetRoot(nodeHome)
 	var out bytes.Buffer

@@ -205,7 +205,7 @@ func invisorCmd(t *testing.T, nodeHome string, args ...string) (string, error) {
 		SilenceUsage:  true,
 	}
 	root.PersistentFlags().String(flags.FlagHome, nodeHome, "node home")
-	root.AddCommand(Command(config.Options{DaemonName: testDaemon, DefaultHome: nodeHome}))
+	root.AddCommand(Command(config.Options{DaemonName: testDaemon, DefaultHome: nodeHome, ServerOf: sdkServerOf}))
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -593,4 +593,11 @@ func TestStageBatch(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+}
+
+// sdkServerOf is the SDK v0.55 server context as the edge hands it to the
+// operator commands (invisor's serverOf).
+func sdkServerOf(cmd *cobra.Command) config.Server {
+	sctx := server.GetServerContextFromCmd(cmd)
+	return config.Server{Viper: sctx.Viper, Comet: sctx.Config, Logger: sctx.Logger}
 }

@@ -14,11 +14,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 
-	"github.com/cosmos/cosmos-sdk/client/flags"
-	"github.com/cosmos/cosmos-sdk/server"
-
 	"github.com/invisor/invisor/internal/home"
 )
+
+// FlagHome is the SDK's --home flag (client/flags.FlagHome on every line).
+const FlagHome = "home"
 
 // WrapPreRun wraps the root command's persistent pre-run (where a chain calls the
 // SDK's server.InterceptConfigsPreRunHandler with its own app.toml template and
@@ -34,7 +34,7 @@ import (
 // So `init` writes the section under whatever the chain's template wrote, and the
 // chain neither embeds a struct nor names a field. An app.toml that existed
 // before the command ran is never rewritten: operators own it.
-func WrapPreRun(root *cobra.Command) {
+func WrapPreRun(root *cobra.Command, serverOf ServerOf) {
 	pre, preE := root.PersistentPreRun, root.PersistentPreRunE
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
 		markCommandLineFlags(cmd)
@@ -55,7 +55,7 @@ func WrapPreRun(root *cobra.Command) {
 		if appToml == "" {
 			return nil
 		}
-		return addSection(cmd, appToml)
+		return addSection(cmd, appToml, serverOf)
 	}
 	root.PersistentPreRun = nil
 }
@@ -65,7 +65,7 @@ func WrapPreRun(root *cobra.Command) {
 // environment under the executable's name, before any config file is read
 // (server.InterceptConfigsAndCreateContext). "" when the command has no --home.
 func interceptorHome(cmd *cobra.Command) string {
-	if cmd.Flags().Lookup(flags.FlagHome) == nil && cmd.PersistentFlags().Lookup(flags.FlagHome) == nil {
+	if cmd.Flags().Lookup(FlagHome) == nil && cmd.PersistentFlags().Lookup(FlagHome) == nil {
 		return ""
 	}
 	exe, err := os.Executable()
@@ -79,12 +79,12 @@ func interceptorHome(cmd *cobra.Command) string {
 	v.SetEnvPrefix(path.Base(exe))
 	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_", "-", "_"))
 	v.AutomaticEnv()
-	return v.GetString(flags.FlagHome)
+	return v.GetString(FlagHome)
 }
 
 // addSection appends the [invisor] section to the app.toml at file, which the
 // pre-run has just created, unless the chain's own template already wrote one.
-func addSection(cmd *cobra.Command, file string) error {
+func addSection(cmd *cobra.Command, file string, serverOf ServerOf) error {
 	b, err := os.ReadFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // the command reads no app.toml
@@ -111,8 +111,8 @@ func addSection(cmd *cobra.Command, file string) error {
 	}
 	// The interceptor merged the file before the section existed: show this run
 	// the same values the next one reads from the file.
-	sctx := server.GetServerContextFromCmd(cmd)
-	if sctx.Config != nil && home.SameFile(sctx.Config.RootDir, filepath.Dir(filepath.Dir(file))) {
+	sctx := serverOf(cmd)
+	if sctx.Viper != nil && sctx.Comet != nil && home.SameFile(sctx.Comet.RootDir, filepath.Dir(filepath.Dir(file))) {
 		if values, ok, err := parseSection([]byte(sec)); err == nil && ok {
 			if err := sctx.Viper.MergeConfigMap(map[string]any{sectionName: values}); err != nil {
 				return fmt.Errorf("invisor: reading back the [invisor] section of %s: %w", file, err)

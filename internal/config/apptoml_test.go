@@ -82,7 +82,10 @@ func chainRoot(defaultHome, tmpl string, seen *loaded) *cobra.Command {
 	}
 	AddFlags(show.Flags())
 	root.AddCommand(genutilcli.InitCmd(module.NewBasicManager(), defaultHome), show)
-	WrapPreRun(root)
+	WrapPreRun(root, func(cmd *cobra.Command) Server {
+		sctx := server.GetServerContextFromCmd(cmd)
+		return Server{Viper: sctx.Viper, Comet: sctx.Config, Logger: sctx.Logger}
+	})
 	return root
 }
 

@@ -44,6 +44,8 @@ type Options struct {
 	DefaultHome string
 	// EnvPrefix is passed to the SDK's Execute for flag binding.
 	EnvPrefix string
+	// ServerOf reads a command's server context; the SDK line's adapter sets it.
+	ServerOf ServerOf
 }
 
 // Config is invisor's effective configuration for one node home.
