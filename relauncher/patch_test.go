@@ -319,3 +319,59 @@ func matching(l *testLogger, sub string) []string {
 	}
 	return out
 }
+
+// TestBootProvenBinaryStartedWithoutSwitch: at the halt, something other than
+// invisor's switch starts the upgrade's proven binary (an orchestrator after
+// on-halt = exit starts the staged file, or the image's copy of it): the boot
+// takes the preparation the switch would have taken (backup, pre-upgrade, the
+// flip of current, one attempt noted), once; a second start finds current
+// flipped and does nothing again.
+func TestBootProvenBinaryStartedWithoutSwitch(t *testing.T) {
+	for _, copied := range []bool{false, true} {
+		name := map[bool]string{false: "the staged file", true: "a copy of it, as in an image"}[copied]
+		t.Run(name, func(t *testing.T) {
+			h := newTestHome(t)
+			marker := filepath.Join(t.TempDir(), "pre-upgrade")
+			h.writeExec(h.v2, "#!/bin/sh\nif [ \"$1\" = pre-upgrade ]; then echo ran >> '"+marker+"'; exit 0; fi\necho v2\n")
+			p := h.haltAndStage(123, "x")
+			self := h.v2
+			if copied {
+				b, err := os.ReadFile(h.v2)
+				must(t, err)
+				self = filepath.Join(t.TempDir(), "appd")
+				must(t, os.WriteFile(self, b, 0o755))
+			}
+			c := testConfig(h.home)
+			c.Backup, c.BackupDir, c.RunPreUpgrade = true, t.TempDir(), true
+			for run := 1; run <= 2; run++ {
+				f := &fakeOS{self: self, args: []string{"appd", "start"}, env: []string{"PATH=" + os.Getenv("PATH")}}
+				log := &testLogger{}
+				r, err := New(c, nil, log, f.OS())
+				must(t, err)
+				must(t, r.Boot())
+				if len(f.calls()) != 0 {
+					t.Fatalf("start %d: execs %+v", run, f.calls())
+				}
+				if h.current() != "upgrades/v2" {
+					t.Fatalf("start %d: current -> %q, want the upgrade", run, h.current())
+				}
+				if run == 1 && !strings.Contains(log.text(), "started without a switch") {
+					t.Fatalf("start %d: log does not say why it prepares:\n%s", run, log.text())
+				}
+				if run == 2 && strings.Contains(log.text(), "started without a switch") {
+					t.Fatalf("start %d prepared again:\n%s", run, log.text())
+				}
+			}
+			if b, err := os.ReadFile(marker); err != nil || string(b) != "ran\n" {
+				t.Fatalf("pre-upgrade ran %q (%v), want once", b, err)
+			}
+			att := h.l.Attempts(p)
+			if att.Count != 1 || att.Backup == "" {
+				t.Fatalf("attempts %+v, want one with its backup", att)
+			}
+			if _, err := os.Stat(att.Backup); err != nil {
+				t.Fatalf("backup: %v", err)
+			}
+		})
+	}
+}

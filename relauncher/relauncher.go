@@ -270,7 +270,7 @@ func (r *Relauncher) runsProven(ctx context.Context, p home.Plan, b Binary, self
 	if b.Verified.Is(self) {
 		r.log.Info("invisor: running the binary the chain needs", "upgrade", p.Name, "height", p.Height,
 			"path", self, "rehashed", b.Verified.Rehashed, "execed_from", r.execedBy())
-		return true, b.Close()
+		return true, closing(b, r.settle(ctx, p, b.Verified))
 	}
 	same, err := isSameBinary(ctx, self, b.Verified.Record)
 	if err != nil {
@@ -280,9 +280,51 @@ func (r *Relauncher) runsProven(ctx context.Context, p home.Plan, b Binary, self
 	if same {
 		r.log.Info("invisor: running a copy of the binary the chain needs", "upgrade", p.Name, "height", p.Height,
 			"path", self, "staged", b.Verified.Path, "source", b.Verified.Record.Source)
-		return true, b.Close()
+		return true, closing(b, r.settle(ctx, p, b.Verified))
 	}
 	return false, nil
+}
+
+// closing closes b and returns err, or the close's error when err is nil.
+func closing(b Binary, err error) error {
+	if cerr := b.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// settle prepares upgrade p for a process that already is its binary v (the
+// staged file started directly, a copy of it such as a container image's, or a
+// patch release just adopted) when no switch prepared it: `current` does not
+// point to the upgrade yet because the chain halted for p and something other
+// than invisor's switch started the new binary (an orchestrator after on-halt
+// = exit, an operator by hand). It takes the preparation a switch takes
+// (backup, pre-upgrade, the flip of `current`) and notes the attempt with its
+// backup, so that how the new binary was started changes nothing of what
+// happens before it runs the chain. After invisor's own switch, `current`
+// points to the upgrade already and this does nothing.
+func (r *Relauncher) settle(ctx context.Context, p home.Plan, v *home.Verified) error {
+	dir, err := r.layout.UpgradeDir(p.Name)
+	if err != nil {
+		return err
+	}
+	if r.layout.CurrentIs(dir) {
+		return nil
+	}
+	r.log.Info("invisor: the upgrade's binary was started without a switch (current does not point to it): backup, pre-upgrade and the flip of current run now, as a switch would run them",
+		"upgrade", p.Name, "height", p.Height, "binary", v.Path)
+	rel, err := r.layout.CurrentTarget(p.Name)
+	if err != nil {
+		return err
+	}
+	backup, _, err := r.prepare(ctx, p, v, rel, r.layout.Attempts(p), false)
+	if err != nil {
+		return err
+	}
+	if _, err := r.layout.NoteAttempt(p, backup); err != nil {
+		r.log.Warn("invisor: could not note the start of the upgrade's binary in the attempts ledger", "upgrade", p.Name, "err", err)
+	}
+	return nil
 }
 
 // canRun asks this executable whether it carries the upgrade handler of plan p,
@@ -363,20 +405,7 @@ func (r *Relauncher) adopt(ctx context.Context, p home.Plan, self string, staged
 	if err != nil {
 		return r.missing(p, fmt.Errorf("recorded at boot, but: %w", err))
 	}
-	v := b.Verified
-	defer v.Close()
-	rel, err := r.layout.CurrentTarget(p.Name)
-	if err != nil {
-		return err
-	}
-	backup, _, err := r.prepare(ctx, p, v, rel, r.layout.Attempts(p), false)
-	if err != nil {
-		return err
-	}
-	if _, err := r.layout.NoteAttempt(p, backup); err != nil {
-		r.log.Warn("invisor: could not note the start of the upgrade's binary in the attempts ledger", "upgrade", p.Name, "err", err)
-	}
-	return nil
+	return closing(b, r.settle(ctx, p, b.Verified))
 }
 
 // fetchAtBoot runs OS.Fetch for p, bounded by BootFetchTimeout, and verifies

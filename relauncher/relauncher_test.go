@@ -59,7 +59,7 @@ func TestBoot(t *testing.T) {
 				f.self = h.v2
 				return nil
 			},
-			wantLink: home.GenesisDir,
+			wantLink: "upgrades/v2", // no switch prepared it: settle flips current (after backup and pre-upgrade)
 		},
 		{
 			name: "executable reached through current symlink is the trusted binary",
@@ -71,7 +71,7 @@ func TestBoot(t *testing.T) {
 				f.self = l
 				return nil
 			},
-			wantLink: home.GenesisDir,
+			wantLink: "upgrades/v2", // no switch prepared it: settle flips current (after backup and pre-upgrade)
 		},
 		{
 			name: "executable is a copy with the same sha256",
@@ -84,7 +84,7 @@ func TestBoot(t *testing.T) {
 				f.self = p
 				return nil
 			},
-			wantLink: home.GenesisDir,
+			wantLink: "upgrades/v2", // no switch prepared it: settle flips current (after backup and pre-upgrade)
 		},
 		{
 			name: "old binary redirects to trusted binary",

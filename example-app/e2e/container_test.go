@@ -212,6 +212,14 @@ func TestContainer(t *testing.T) {
 	if info.Version != "v3.0.0" {
 		t.Errorf("after the orchestrator's swap the app is %s, want v3.0.0", info.Version)
 	}
+	// The image's v3 is a copy of the verified v3: its boot took the switch's
+	// preparation (pre-upgrade, the flip of current) that the exit left out.
+	if link, _ := os.Readlink(filepath.Join(node.Home, home.RootDir, "current")); !strings.Contains(link, "v3") {
+		t.Errorf("current -> %q after the orchestrator started v3, want upgrades/v3 (prepared at its boot)", link)
+	}
+	if !strings.Contains(node.LogTail(1<<20), "started without a switch") {
+		t.Error("the image's v3 did not say it took the switch's preparation at boot")
+	}
 	waitNoZombies(t, init)
 	t.Logf("container test took %s", time.Since(start).Round(time.Second))
 }

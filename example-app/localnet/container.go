@@ -49,29 +49,11 @@ func ContainerSupport() (ok bool, why string) {
 // mount namespace only. Output goes to LogPath; Exited and Kill work as for
 // Start. Use InitPid for the node's PID, StopContainer to stop it.
 func (n *Node) StartContainer(image, mount, bin string, args ...string) error {
-	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
 	// sh is PID 1 only while it mounts; exec makes the node PID 1.
 	const script = `mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && shift 2 && exec "$@"`
 	argv := append([]string{"--pid", "--fork", "--mount-proc", "--propagation", "private",
 		"/bin/sh", "-c", script, "sh", image, mount, bin, "start", "--home", n.Home, "--log_no_color"}, args...)
-	cmd := exec.Command("unshare", argv...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), n.Env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return err
-	}
-	n.cmd, n.logFile, n.exited = cmd, f, make(chan struct{})
-	go func() {
-		n.exitErr = cmd.Wait()
-		f.Close()
-		close(n.exited)
-	}()
-	return nil
+	return n.startProcess("unshare", argv...)
 }
 
 // InitPid returns the host PID of the container's PID 1 (unshare's child),

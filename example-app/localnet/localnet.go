@@ -210,11 +210,18 @@ func (n *Node) KeyAddress(ctx context.Context, key string) (string, error) {
 
 // Start starts `<Bin> start` with the node's environment; output goes to LogPath.
 func (n *Node) Start(args ...string) error {
+	return n.startProcess(n.Bin, append([]string{"start", "--home", n.Home, "--log_no_color"}, args...)...)
+}
+
+// startProcess starts name with args as the node's process, in its own process
+// group, with the node's environment, its output appended to LogPath; Exited,
+// Stop and Kill then work on it.
+func (n *Node) startProcess(name string, args ...string) error {
 	f, err := os.OpenFile(n.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(n.Bin, append([]string{"start", "--home", n.Home, "--log_no_color"}, args...)...)
+	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), n.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

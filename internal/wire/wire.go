@@ -333,28 +333,32 @@ func (f field) string() (string, error) {
 // fields calls each with every field of message b (named what in errors), in
 // wire order. Values of other wire types than varint and bytes are consumed and
 // passed without a value: a known field asks for its type and gets ErrWireType.
+// The wire format is read as the SDK's generated code (gogoproto) reads it,
+// which is laxer than protowire's Consume functions (a tag's field number is
+// the int32 of the varint's rest, a varint's bits beyond 64 are dropped): what
+// the SDK accepts, this accepts too.
 func fields(b []byte, what string, each func(field) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := consumeTag(b)
 		if n < 0 {
-			return fmt.Errorf("%s: %w", what, protowire.ParseError(n))
+			return fmt.Errorf("%s: %w", what, errMalformed)
 		}
 		b = b[n:]
 		f := field{msg: what, num: num, typ: typ}
 		switch typ {
 		case protowire.VarintType:
-			f.u, n = protowire.ConsumeVarint(b)
+			f.u, n = consumeVarint(b)
 		case protowire.BytesType:
-			f.b, n = protowire.ConsumeBytes(b)
+			f.b, n = consumeBytes(b)
 		case protowire.StartGroupType:
 			n = skipGroup(b)
-		case protowire.EndGroupType:
-			return fmt.Errorf("%s: end of a group that did not start", what)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
+		case protowire.Fixed32Type, protowire.Fixed64Type:
+			n = consumeFixed(typ, b)
+		default: // an end of group that did not start, or wire type 6 or 7
+			return fmt.Errorf("%s field %d: unexpected wire type %d", what, num, typ)
 		}
 		if n < 0 {
-			return fmt.Errorf("%s field %d: %w", what, num, protowire.ParseError(n))
+			return fmt.Errorf("%s field %d: %w", what, num, errMalformed)
 		}
 		b = b[n:]
 		if err := each(f); err != nil {
@@ -364,14 +368,70 @@ func fields(b []byte, what string, each func(field) error) error {
 	return nil
 }
 
+// errMalformed is bytes that are no protobuf message (truncated, or a varint
+// longer than 64 bits).
+var errMalformed = errors.New("malformed protobuf (truncated, or a varint too long)")
+
+// consumeVarint reads a varint as gogoproto's generated Unmarshal does: at
+// most 64 bits of shift, the bits beyond 64 dropped. It returns -1 for bytes
+// that hold none.
+func consumeVarint(b []byte) (uint64, int) {
+	var v uint64
+	for i, shift := 0, uint(0); ; i, shift = i+1, shift+7 {
+		if shift >= 64 || i >= len(b) {
+			return 0, -1
+		}
+		c := b[i]
+		v |= uint64(c&0x7f) << shift
+		if c < 0x80 {
+			return v, i + 1
+		}
+	}
+}
+
+// consumeTag reads a field's tag as gogoproto does: the varint's low 3 bits are
+// the wire type, its rest as an int32 the field number, which must be above 0.
+func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
+	v, n := consumeVarint(b)
+	if n < 0 {
+		return 0, 0, n
+	}
+	num := int32(v >> 3)
+	if num <= 0 {
+		return 0, 0, -1
+	}
+	return protowire.Number(num), protowire.Type(v & 7), n
+}
+
+// consumeBytes reads a length-delimited value.
+func consumeBytes(b []byte) ([]byte, int) {
+	l, n := consumeVarint(b)
+	if n < 0 || int(l) < 0 || uint64(len(b)-n) < l {
+		return nil, -1
+	}
+	end := n + int(l)
+	return b[n:end], end
+}
+
+// consumeFixed reads a fixed32 or fixed64 value and returns its length.
+func consumeFixed(typ protowire.Type, b []byte) int {
+	size := 4
+	if typ == protowire.Fixed64Type {
+		size = 8
+	}
+	if len(b) < size {
+		return -1
+	}
+	return size
+}
+
 // skipGroup consumes the rest of a group whose start tag was just read, as the
 // SDK's generated code skips one: up to the end tag that closes it, whatever
-// field number that tag names. It returns the bytes consumed, or a negative
-// protowire error code.
+// field number that tag names. It returns the bytes consumed, or -1.
 func skipGroup(b []byte) int {
 	depth, used := 1, 0
 	for depth > 0 {
-		num, typ, n := protowire.ConsumeTag(b[used:])
+		_, typ, n := consumeTag(b[used:])
 		if n < 0 {
 			return n
 		}
@@ -383,8 +443,15 @@ func skipGroup(b []byte) int {
 		case protowire.EndGroupType:
 			depth--
 			continue
+		case protowire.VarintType:
+			_, n = consumeVarint(b[used:])
+		case protowire.BytesType:
+			_, n = consumeBytes(b[used:])
+		case protowire.Fixed32Type, protowire.Fixed64Type:
+			n = consumeFixed(typ, b[used:])
+		default:
+			return -1
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b[used:])
 		if n < 0 {
 			return n
 		}
