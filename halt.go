@@ -2,11 +2,9 @@ package invisor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/invisor/invisor/hook"
@@ -45,42 +43,12 @@ func (n *node) nodeState() (relauncher.NodeState, string) {
 // see relauncher.ExitUpgradeHalt.
 const ExitUpgradeHalt = relauncher.ExitUpgradeHalt
 
-// HaltReport is what a node leaving an upgrade halt with ExitUpgradeHalt
-// writes to <home>/cosmovisor/invisor-halt.json (relauncher.HaltReportFile)
-// before it exits: what an orchestrator needs to start the upgrade's binary,
-// and whether invisor has that binary verified on the volume (the one a
-// restart of an older binary is redirected to, unless on-halt is
-// "exit-always"). It is rewritten at every such exit and never removed:
-// compare Height with the chain's before acting on it.
-type HaltReport struct {
-	Upgrade  string    `json:"upgrade"`
-	Height   int64     `json:"height"`
-	Info     string    `json:"info,omitempty"`
-	ExitCode int       `json:"exit_code"`
-	Time     time.Time `json:"time"`
-	PID      int       `json:"pid"`
-	// Executable is the binary that halted (the one to replace).
-	Executable string `json:"executable,omitempty"`
-	// NodeState is what CometBFT said at the halt (relauncher.NodeState), and
-	// Stop how the process left: "clean-stop" (CometBFT stopped, stores
-	// closed) or "exit-in-block" (block sync or the handshake held the block:
-	// the process exited from it, as a crash would, with the block unapplied).
-	NodeState string `json:"node_state"`
-	Stop      string `json:"stop"`
-	// Binary is the upgrade's binary staged and verified in the node home for
-	// exactly this plan (home.Layout.Open); nil when there is none, and
-	// BinaryMissing says why.
-	Binary        *HaltBinary `json:"binary,omitempty"`
-	BinaryMissing string      `json:"binary_missing,omitempty"`
-}
+// HaltReport is what a node leaving an upgrade halt with ExitUpgradeHalt writes
+// for its orchestrator (home.HaltReport, at home.Layout.HaltReport).
+type HaltReport = home.HaltReport
 
 // HaltBinary is the verified upgrade binary a HaltReport names.
-type HaltBinary struct {
-	Path   string `json:"path"`
-	SHA256 string `json:"sha256"`
-	Size   int64  `json:"size"`
-	Source string `json:"source"` // its completion record's source (home.Source*)
-}
+type HaltBinary = home.HaltBinary
 
 // haltReportTimeout bounds the proof of the staged binary for the report; a
 // stamp unchanged since staging makes it a stat.
@@ -101,8 +69,8 @@ func (n *node) exitAtHalt(p hook.Plan, height int64, state relauncher.NodeState,
 	}
 	path := relauncher.PathFor(state)
 	rep := n.haltReport(p, height, state, path)
-	file := filepath.Join(n.layout.Root(), relauncher.HaltReportFile)
-	if err := writeHaltReport(file, rep); err != nil {
+	file := n.layout.HaltReport()
+	if err := n.layout.WriteHaltReport(rep); err != nil {
 		n.log.Error("invisor: could not write the halt report; the orchestrator has the exit code and data/upgrade-info.json", "file", file, "err", err)
 	}
 	kv := []any{"upgrade", p.Name, "height", height, "exit_code", ExitUpgradeHalt, "report", file, "node_state", state.String(), "why", why}
@@ -140,14 +108,4 @@ func (n *node) haltReport(p hook.Plan, height int64, state relauncher.NodeState,
 	defer v.Close()
 	rep.Binary = &HaltBinary{Path: v.Path, SHA256: v.Record.SHA256, Size: v.Record.Size, Source: string(v.Record.Source)}
 	return rep
-}
-
-// writeHaltReport writes rep to file crash-safely (home.WriteFile): the
-// orchestrator reads a whole report or the previous one.
-func writeHaltReport(file string, rep HaltReport) error {
-	b, err := json.MarshalIndent(rep, "", "  ")
-	if err != nil {
-		return err
-	}
-	return home.WriteFile(file, append(b, '\n'), 0o644)
 }

@@ -100,6 +100,10 @@ type StatusReport struct {
 	// node's or this shell's) and where the two differ.
 	Settings SettingsView `json:"settings"`
 	Staged   []BinaryView `json:"staged"`
+	// Exited is the halt report of a node that left this upgrade's halt for an
+	// orchestrator to swap the binary (on-halt = exit), while the home still
+	// stands at that halt (nothing started the upgrade's binary since).
+	Exited *home.HaltReport `json:"exited_for_orchestrator,omitempty"`
 	// Scheduled are the upgrades at a height without governance (stage --height).
 	Scheduled []ScheduledView `json:"scheduled"`
 	// Proposals are the running node's checks of the software-upgrade
@@ -278,6 +282,11 @@ func gatherStatus(ctx context.Context, shell *env) StatusReport {
 		problem("the staged binary was refused: %s", rep.Staging.Error)
 	}
 	rep.AtHalt = atHalt(e, rep, problem)
+	if hr, ok, err := l.ReadHaltReport(); err != nil {
+		problem("the halt report: %v", err)
+	} else if rel, _ := l.CurrentRel(ui.Name); ok && uiOK && hr.Upgrade == ui.Name && hr.Height == ui.Height && cur != rel && !live {
+		rep.Exited = &hr
+	}
 	if sv, err := scheduledViews(ctx, e); err != nil {
 		problem("the schedule of upgrades at a height: %v", err)
 	} else {
@@ -469,6 +478,15 @@ func printStatus(e *env, r StatusReport) {
 		fmt.Fprintf(w, "plan       %q at height %d (%s)\n", r.Plan.Name, r.Plan.Height, r.Plan.Source)
 		if r.Plan.Info != "" {
 			fmt.Fprintf(w, "info       %s\n", r.Plan.Info)
+		}
+	}
+	if x := r.Exited; x != nil {
+		fmt.Fprintf(w, "exited     at the halt of %q at height %d, %s, with code %d (on-halt = exit): the orchestrator starts the upgrade's binary",
+			x.Upgrade, x.Height, x.Time.Local().Format(time.DateTime), x.ExitCode)
+		if x.Binary != nil {
+			fmt.Fprintf(w, "; verified here: %s (sha256 %s, %s)\n", x.Binary.Path, short(x.Binary.SHA256), x.Binary.Source)
+		} else {
+			fmt.Fprintf(w, "; none verified here: %s\n", x.BinaryMissing)
 		}
 	}
 	for _, sv := range r.Scheduled {

@@ -89,7 +89,7 @@ const ExitUpgradeHalt = 10
 // HaltReportFile is the file, under <home>/cosmovisor, that a node leaving an
 // upgrade halt with ExitUpgradeHalt writes first: the upgrade, its height and
 // the verified binary (path, sha256), for the orchestrator that swaps it.
-const HaltReportFile = "invisor-halt.json"
+const HaltReportFile = home.HaltReportFile
 
 // EnvReexecHalt is set by the re-exec at a halt to "<height>/<name>"; Boot logs
 // that it switches for that halt, and no later exec carries it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,7 +178,7 @@ func TestContainer(t *testing.T) {
 	if !errors.As(exitErr, &ee) || ee.ExitCode() != invisor.ExitUpgradeHalt {
 		t.Fatalf("the node exited with %v at the halt, want exit code %d", exitErr, invisor.ExitUpgradeHalt)
 	}
-	b, err := os.ReadFile(filepath.Join(node.Home, home.RootDir, relauncher.HaltReportFile))
+	b, err := os.ReadFile(localnet.Layout(node.Home).HaltReport())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +199,11 @@ func TestContainer(t *testing.T) {
 		t.Errorf("status file after the exit does not name v3: %v: %s", err, st)
 	}
 	t.Logf("exited at the v3 halt (height %d) with code %d; report: %s", sc3.Height, ee.ExitCode(), b)
+	// What the operator sees before the orchestrator acts.
+	if out, err := node.CLI(ctx, "invisor", "status"); err != nil || !strings.Contains(string(out), fmt.Sprintf("exited     at the halt of %q at height %d", "v3", sc3.Height)) ||
+		!strings.Contains(string(out), "verified here: "+v3) {
+		t.Errorf("invisor status after the exit for the orchestrator: %v\n%s", err, out)
+	}
 
 	// The orchestrator starts the new image's v3: the chain goes on.
 	node.Env = baseEnv
