@@ -38,6 +38,21 @@ func (n *node) nodeState() (relauncher.NodeState, string) {
 	}
 }
 
+// peersAtHalt is relauncher.OS.PeersAtHalt for the node whose RPC listens at
+// laddr: its CometBFT says, from its consensus reactor's view of each peer,
+// which have the halting block's commit.
+func peersAtHalt(laddr string) func(ctx context.Context, height int64) (int, int, []string, error) {
+	return func(ctx context.Context, height int64) (int, int, []string, error) {
+		c, err := comet.NewClient(laddr)
+		if err != nil {
+			return 0, 0, nil, err
+		}
+		ctx, cancel := context.WithTimeout(ctx, haltAskTimeout)
+		defer cancel()
+		return c.PeersAtHalt(ctx, height)
+	}
+}
+
 // ExitUpgradeHalt is the exit code of a node that stopped at an upgrade halt
 // for an orchestrator to swap the binary (on-halt = "exit" or "exit-always");
 // see relauncher.ExitUpgradeHalt.
@@ -81,9 +96,14 @@ func (n *node) exitAtHalt(p hook.Plan, height int64, state relauncher.NodeState,
 	}
 	if path == relauncher.PathCleanStop {
 		n.log.Info("invisor: on-halt is "+string(n.onHalt)+": stopping the node cleanly; it exits for the orchestrator to start the upgrade's binary", kv...)
-		if err := n.stopSelf(); err != nil {
-			n.log.Error("invisor: could not stop the node; stop it (SIGTERM) and start the upgrade's binary", "err", err)
-		}
+		// Off the consensus path: the peers' wait needs the halted block's
+		// lock released, as for a switch (relauncher.AwaitPeers).
+		go func() {
+			n.rl.AwaitPeers(n.runCtx, height)
+			if err := n.stopSelf(); err != nil {
+				n.log.Error("invisor: could not stop the node; stop it (SIGTERM) and start the upgrade's binary", "err", err)
+			}
+		}()
 		return
 	}
 	n.log.Info("invisor: on-halt is "+string(n.onHalt)+": CometBFT cannot stop cleanly while it holds the halting block; exiting from it for the orchestrator to start the upgrade's binary", kv...)

@@ -242,7 +242,8 @@ func boot(sctx config.Server, cmd *cobra.Command, opts config.Options, environ [
 		_, err := staging.Fetch(ctx, scfg, p, logger)
 		return err
 	}
-	ros := relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch, Handles: handles}
+	ros := relauncher.OS{Environ: func() []string { return environ }, AwaitedPreUpgrade: awaited, Lock: lock, Fetch: fetch, Handles: handles,
+		PeersAtHalt: peersAtHalt(sctx.Comet.RPC.ListenAddress)}
 	if notifier != nil {
 		ros.Exec = execAfterDrain(notifier, logger, syscall.Exec)
 	}

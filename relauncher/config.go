@@ -14,6 +14,13 @@ const (
 	// DefaultHaltPollInterval is how often OnHalt re-asks the Verifier while it waits
 	// for the upgrade binary.
 	DefaultHaltPollInterval = 200 * time.Millisecond
+	// DefaultHaltGossip is how long, at most, the clean stop at an upgrade halt
+	// lets the node keep gossiping the halting block's votes to peers that do not
+	// have its commit yet: a few block intervals of a fast chain, far less than
+	// a straggler costs the network (it halts only once the others are back).
+	DefaultHaltGossip = 2 * time.Second
+	// haltGossipPoll is how often that wait asks CometBFT for its peers' steps.
+	haltGossipPoll = 20 * time.Millisecond
 	// DefaultHaltLogInterval is how often OnHalt logs what is still missing.
 	DefaultHaltLogInterval = 5 * time.Second
 	// DefaultPreUpgradeTimeout bounds one run of `<bin> pre-upgrade`.
@@ -88,6 +95,10 @@ type Config struct {
 	// HaltPollInterval and HaltLogInterval tune OnHalt; 0 means the defaults.
 	HaltPollInterval time.Duration
 	HaltLogInterval  time.Duration
+	// HaltGossip bounds how long the clean stop at an upgrade halt waits for
+	// every peer to have the halting block's commit (OS.PeersAtHalt); 0 means
+	// DefaultHaltGossip.
+	HaltGossip time.Duration
 
 	// MaxExecGeneration refuses an exec once EnvExecGeneration reached it; 0 means
 	// DefaultMaxExecGeneration.
@@ -107,6 +118,7 @@ func DefaultConfig() Config {
 		PreUpgradeTimeout: DefaultPreUpgradeTimeout,
 		HaltPollInterval:  DefaultHaltPollInterval,
 		HaltLogInterval:   DefaultHaltLogInterval,
+		HaltGossip:        DefaultHaltGossip,
 		MaxExecGeneration: DefaultMaxExecGeneration,
 		MaxSwitchAttempts: DefaultMaxSwitchAttempts,
 		BootFetchTimeout:  DefaultBootFetchTimeout,
@@ -125,7 +137,7 @@ func (c Config) Validate() error {
 	if c.PreUpgradeMaxRetries < 0 {
 		return fmt.Errorf("relauncher: PreUpgradeMaxRetries %d < 0", c.PreUpgradeMaxRetries)
 	}
-	if c.PreUpgradeTimeout < 0 || c.HaltPollInterval < 0 || c.HaltLogInterval < 0 || c.BootFetchTimeout < 0 {
+	if c.PreUpgradeTimeout < 0 || c.HaltPollInterval < 0 || c.HaltLogInterval < 0 || c.HaltGossip < 0 || c.BootFetchTimeout < 0 {
 		return errors.New("relauncher: negative duration in config")
 	}
 	if c.MaxExecGeneration < 0 {
@@ -152,6 +164,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HaltLogInterval == 0 {
 		c.HaltLogInterval = DefaultHaltLogInterval
+	}
+	if c.HaltGossip == 0 {
+		c.HaltGossip = DefaultHaltGossip
 	}
 	if c.MaxExecGeneration == 0 {
 		c.MaxExecGeneration = DefaultMaxExecGeneration

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/invisor/invisor/internal/home"
 )
@@ -242,6 +243,7 @@ func (r *Relauncher) haltLoop() {
 		r.mu.Unlock()
 		r.log.Info("invisor: binary trusted; stopping the node for the switch", "upgrade", req.name, "height", req.height,
 			"path", b.Verified.Path, "sha256", b.Verified.Record.SHA256)
+		r.AwaitPeers(ctx, req.height)
 		if err := r.os.Stop(); err != nil {
 			r.log.Error("invisor: could not stop the node; stop it (SIGTERM) to switch", "upgrade", req.name, "err", err)
 		}
@@ -382,3 +384,39 @@ func (r *Relauncher) selfImage() (string, error) {
 // reexecedFor returns the halt a re-exec at a halt was for ("" when this process
 // was not started so).
 func (r *Relauncher) reexecedFor() string { return r.getenv(EnvReexecHalt) }
+
+// AwaitPeers holds a clean stop at the upgrade halt at height until every peer
+// has what it needs to halt there too (OS.PeersAtHalt: CometBFT's view of each
+// peer, past the height or in its commit step), for at most
+// Config.HaltGossip. Consensus has stopped at the halt, but the reactor still
+// gossips the halting block's votes while the process lives: a node that stops
+// at once takes them away from a peer still collecting them, which then halts
+// only when the network is back up (a straggler the next block waits for).
+// It never fails: a peer that stays behind costs the wait, no more.
+func (r *Relauncher) AwaitPeers(ctx context.Context, height int64) {
+	if r.os.PeersAtHalt == nil {
+		return
+	}
+	start := time.Now()
+	deadline := r.os.After(r.cfg.HaltGossip)
+	for {
+		ready, total, lagging, err := r.os.PeersAtHalt(ctx, height)
+		if err == nil && ready == total {
+			r.log.Info("invisor: every peer has the halting block's commit; stopping", "height", height,
+				"peers", total, "waited", time.Since(start).Round(time.Millisecond).String())
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			kv := []any{"height", height, "ready", ready, "peers", total, "lagging", lagging, "waited", r.cfg.HaltGossip.String()}
+			if err != nil {
+				kv = append(kv, "err", err)
+			}
+			r.log.Warn("invisor: stopping although not every peer has the halting block's commit (they halt once the network is back)", kv...)
+			return
+		case <-r.os.After(haltGossipPoll):
+		}
+	}
+}

@@ -129,3 +129,63 @@ func TestOnHaltSurvivesPanickingVerifierAndClose(t *testing.T) {
 		t.Fatal("armed with a panicking verifier")
 	}
 }
+
+// At an upgrade halt in consensus the clean stop waits until every peer has
+// the halting block's commit (so none is left to halt late), and at most
+// HaltGossip when a peer stays behind; the stop comes after the wait either way.
+func TestCleanStopWaitsForPeersToHaveTheCommit(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		readyAt   int64 // the poll at which every peer has the commit; 0: never
+		wantLog   string
+		wantPolls int64 // at least
+	}{
+		{"peers catch up", 4, "every peer has the halting block's commit", 4},
+		{"a peer stays behind", 0, "not every peer has the halting block's commit", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newTestHome(t)
+			h.haltAndStage(123, "")
+			f := &fakeOS{}
+			var polls atomic.Int64
+			var stoppedAt atomic.Int64
+			o := f.OS()
+			stop := o.Stop
+			o.Stop = func() error { stoppedAt.Store(polls.Load()); return stop() }
+			o.PeersAtHalt = func(_ context.Context, height int64) (int, int, []string, error) {
+				n := polls.Add(1)
+				if height != 123 {
+					t.Errorf("asked about height %d, want the halt's 123", height)
+				}
+				if tc.readyAt > 0 && n >= tc.readyAt {
+					return 3, 3, nil, nil
+				}
+				return 2, 3, []string{"p@127.0.0.1:1 at 123/RoundStepPrecommit"}, nil
+			}
+			log := &testLogger{}
+			c := testConfig(h.home)
+			c.HaltPollInterval = 5 * time.Millisecond
+			c.HaltGossip = 200 * time.Millisecond
+			r, err := New(c, LayoutVerifier(h.l), log, o)
+			must(t, err)
+			defer r.Close()
+			r.OnHalt("v2", 123)
+			deadline := time.Now().Add(10 * time.Second)
+			for f.stopCount() == 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("never stopped; log:\n%s", log.text())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if got := stoppedAt.Load(); got < tc.wantPolls {
+				t.Fatalf("stopped after %d polls of the peers, want at least %d", got, tc.wantPolls)
+			}
+			if tc.readyAt > 0 && stoppedAt.Load() != tc.readyAt {
+				t.Errorf("stopped after %d polls, want right when every peer had the commit (%d)", stoppedAt.Load(), tc.readyAt)
+			}
+			if !strings.Contains(log.text(), tc.wantLog) {
+				t.Fatalf("log does not say %q:\n%s", tc.wantLog, log.text())
+			}
+		})
+	}
+}

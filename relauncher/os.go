@@ -48,6 +48,12 @@ type OS struct {
 	// calls it when the chain halted for p, the binary is missing and
 	// Config.DownloadsEnabled is set. It logs its own progress. Nil: no fetch at boot.
 	Fetch func(ctx context.Context, p home.Plan) error
+	// PeersAtHalt reports how many of the node's peers have what they need to
+	// halt at height too, as CometBFT's consensus reactor last heard from each
+	// (past the height, or in its commit step), of how many, and which lag. The
+	// clean stop at an upgrade halt waits for all of them, at most
+	// Config.HaltGossip (awaitPeers). Nil: no wait.
+	PeersAtHalt func(ctx context.Context, height int64) (ready, total int, lagging []string, err error)
 	// Handles reports whether this executable carries the upgrade handler for
 	// plan name, and whether it could tell at all (the edge builds the app on an
 	// in-memory database and asks its upgrade keeper; unknown when the chain did
