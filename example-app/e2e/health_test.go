@@ -111,6 +111,18 @@ func TestHealthGateAfterSwitch(t *testing.T) {
 			t.Errorf("%s: %+v, want H+1 committed and a signature after H=%d", name, r, sc.Height)
 		}
 	}
+	// Each switched node waited, before its clean stop, until its peers (all
+	// halted at H, val3 too) had the halting block's commit, as CometBFT saw them.
+	for _, n := range vals[:3] {
+		log := n.LogTail(64 << 20)
+		i := strings.Index(log, "every peer has the halting block's commit")
+		if i < 0 {
+			t.Errorf("%s: no \"every peer has the halting block's commit\" before its stop at %d:\n%s", n.Name, sc.Height, keyLines(log, 40))
+			continue
+		}
+		line, _, _ := strings.Cut(log[i:], "\n")
+		t.Logf("%s: %s", n.Name, line)
+	}
 	if info, err := vals[3].AppInfo(ctx); err != nil || info.Height >= sc.Height || info.Version != "v1.0.0" {
 		t.Errorf("val3 (held back): %+v %v, want it still on v1 below %d", info, err, sc.Height)
 	}
