@@ -111,6 +111,17 @@ bench: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 bench-webhook: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
 	cd bench && $(GO) run . -scenarios 5 -runs 3 -blocks 250 -s5-webhooks none,hang -v1 $(abspath $(BUILD))/exampled-v1 -v2 $(abspath $(BUILD))/exampled-v2
 
+# Scenario 6 alone (issue 16: the number a chain cares about): 4 validators and a
+# full node, every node under invisor or every node under cosmovisor v1.5.0, the
+# v2 binary in place, backups off; halt -> first block on v2, -> H+1, -> the
+# first block signed by all four, each validator's own switch, stragglers.
+# RUNS alternating runs per supervisor (default 10); plan height = proposal + 40.
+# Writes only its own section of BENCHMARKS.md.
+RUNS ?= 10
+.PHONY: bench-network
+bench-network: $(BUILD)/exampled-v1 $(BUILD)/exampled-v2
+	cd bench && $(GO) run . -scenarios 6 -runs $(RUNS) -delay 40 -v1 $(abspath $(BUILD))/exampled-v1 -v2 $(abspath $(BUILD))/exampled-v2
+
 clean:
 	rm -rf $(BUILD)
 

@@ -41,7 +41,7 @@ func main() {
 	var o options
 	var scen, hooks string
 	flag.IntVar(&o.runs, "runs", 5, "runs per supervisor and scenario")
-	flag.StringVar(&scen, "scenarios", "1,2,3,4", "scenarios to run (comma-separated; 5, the webhook receiver that is down, runs only when named)")
+	flag.StringVar(&scen, "scenarios", "1,2,3,4", "scenarios to run (comma-separated; 5, the webhook receiver that is down, and 6, the network's downtime with 4 validators, run only when named)")
 	flag.StringVar(&o.v1, "v1", "../build/exampled-v1", "exampled v1 binary (make build)")
 	flag.StringVar(&o.v2, "v2", "../build/exampled-v2", "exampled v2 binary (make build)")
 	flag.StringVar(&o.work, "work", "work", "scratch directory (homes, cosmovisor binary, served files, logs)")
@@ -171,6 +171,24 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 	}
+	if o.scenarios[6] {
+		for i := 1; i <= o.runs; i++ {
+			order := []string{invisorSup, cosmovisorSup}
+			if i%2 == 0 {
+				order = []string{cosmovisorSup, invisorSup}
+			}
+			for _, sup := range order {
+				r, err := env.networkRun(ctx, sup, i)
+				if err != nil {
+					return fmt.Errorf("scenario 6 %s run %d: %w", sup, i, err)
+				}
+				say("scenario 6 %-10s run %d: halt -> first block on v2 %s, -> H+1 %s, -> all four signing %s (block %d), stragglers %d, interval %s",
+					sup, i, r.FirstOnV2.Round(time.Millisecond), r.NextBlock.Round(time.Millisecond), r.AllSigning.Round(time.Millisecond),
+					r.AllSignedH, r.Stragglers, r.Interval.Round(time.Millisecond))
+				res.net = append(res.net, r)
+			}
+		}
+	}
 	res.end, res.loadEnd = time.Now(), loadavg()
 	if len(res.up) > 0 || len(res.cons) > 0 {
 		fmt.Println()
@@ -181,6 +199,10 @@ func run(ctx context.Context, o options) error {
 		fmt.Println()
 		fmt.Println(res.webhookTable())
 		fmt.Println(res.webhookRuns())
+	}
+	if len(res.net) > 0 {
+		fmt.Println()
+		fmt.Println(res.networkSection())
 	}
 	if o.out != "" {
 		if err := res.writeMarkdown(o.out); err != nil {

@@ -141,6 +141,7 @@ type results struct {
 	up         map[int]map[string][]upgradeResult
 	cons       []consensusResult
 	hooks      []webhookResult // scenario 5 (webhook.go)
+	net        []networkResult // scenario 6 (network.go)
 	// loadStart and loadEnd are the machine's load averages (1, 5, 15 min)
 	// when the runs began and ended: other work on a shared machine shows here.
 	loadStart, loadEnd string
@@ -353,6 +354,12 @@ func (r *results) writeMarkdown(path string) error {
 		b.WriteString(r.breakdown())
 		fmt.Fprintf(&b, "%s\n", end)
 		if err := replaceSection(path, begin, end, b.String()); err != nil {
+			return err
+		}
+	}
+	if len(r.net) > 0 {
+		if err := replaceSection(path, networkBegin, networkEnd,
+			"## Scenario 6: the network's downtime (4 validators)\n\n"+networkBegin+"\n"+r.networkSection()+networkEnd+"\n"); err != nil {
 			return err
 		}
 	}

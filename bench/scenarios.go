@@ -53,7 +53,7 @@ type benchEnv struct {
 func newEnv(ctx context.Context, o options) (*benchEnv, error) {
 	e := &benchEnv{o: o, srvDir: filepath.Join(o.work, "srv")}
 	var err error
-	if o.scenarios[1] || o.scenarios[2] || o.scenarios[3] {
+	if o.scenarios[1] || o.scenarios[2] || o.scenarios[3] || o.scenarios[6] {
 		say("building cosmovisor v1.5.0 (bench/cosmovisor/go.mod)")
 		if e.cosmovisor, err = buildCosmovisor(ctx, o.work); err != nil {
 			return nil, err

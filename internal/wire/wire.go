@@ -426,17 +426,18 @@ func consumeFixed(typ protowire.Type, b []byte) int {
 }
 
 // skipGroup consumes the rest of a group whose start tag was just read, as the
-// SDK's generated code skips one: up to the end tag that closes it, whatever
-// field number that tag names. It returns the bytes consumed, or -1.
+// SDK's generated code skips one: up to the end tag that closes it, reading
+// the tags inside for their wire type only (their field numbers, 0 included,
+// are not checked there). It returns the bytes consumed, or -1.
 func skipGroup(b []byte) int {
 	depth, used := 1, 0
 	for depth > 0 {
-		_, typ, n := consumeTag(b[used:])
+		v, n := consumeVarint(b[used:])
 		if n < 0 {
 			return n
 		}
 		used += n
-		switch typ {
+		switch typ := protowire.Type(v & 7); typ {
 		case protowire.StartGroupType:
 			depth++
 			continue
