@@ -295,7 +295,7 @@ func boot(sctx config.Server, cmd *cobra.Command, opts config.Options, environ [
 		}
 	}()
 	n.armHealth(sctx.Comet, cfg.Health)
-	n.startReporting(ctx, publishedSettings(cfg)...)
+	n.startReporting(ctx, cfg.EffectiveSettings())
 	if cfg.CheckProposals {
 		n.wg.Add(1)
 		go func() {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/internal/status"
@@ -12,10 +11,10 @@ import (
 
 // startReporting starts the status reporter (gauges and the status file) for
 // the node's lifetime and records in the history a switch that led to this boot.
-// settings are the invisor settings the node runs with (publishedSettings of
-// boot's config), for `invisor status` run from a shell whose environment is
-// not the node's.
-func (n *node) startReporting(ctx context.Context, settings ...status.Setting) {
+// settings are the invisor settings the node runs with
+// (config.Config.EffectiveSettings of boot's config, secrets redacted), for
+// `invisor status` run from a shell whose environment is not the node's.
+func (n *node) startReporting(ctx context.Context, settings []status.Setting) {
 	n.home = n.layout.Home()
 	if e, ok, err := history.RecordSwitch(n.layout); err != nil {
 		n.log.Error("invisor: could not record the switch in the history; only `invisor history` is affected", "err", err)
@@ -46,17 +45,6 @@ func (n *node) startReporting(ctx context.Context, settings ...status.Setting) {
 		defer n.wg.Done()
 		r.Run(ctx)
 	}()
-}
-
-// publishedSettings are cfg's settings as the status file carries them, in
-// app.toml order, secrets redacted (config.Config.EffectiveSettings).
-func publishedSettings(cfg config.Config) []status.Setting {
-	eff := cfg.EffectiveSettings()
-	out := make([]status.Setting, len(eff))
-	for i, e := range eff {
-		out[i] = status.Setting{Key: e.Key, Value: e.Value, Source: e.Source}
-	}
-	return out
 }
 
 // recordHalt appends the halt to the history. It runs once per upgrade, at the

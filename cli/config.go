@@ -98,11 +98,7 @@ func nodeSettings(shell *env, ns status.Node, live bool) (*env, SettingsView) {
 		sv.Note = fmt.Sprintf("this shell's: the running node (PID %d) does not publish its settings (an invisor before they were published) and may run with others", ns.PID)
 		return shell, sv
 	}
-	list := make([]config.Effective, len(ns.Settings))
-	for i, s := range ns.Settings {
-		list[i] = config.Effective{Key: s.Key, Value: s.Value, Source: s.Source}
-	}
-	cfg, err := config.FromEffective(list, shell.home, shell.opts)
+	cfg, err := config.FromEffective(ns.Settings, shell.home, shell.opts)
 	if err != nil {
 		sv.Note = fmt.Sprintf("this shell's: the running node's (PID %d) do not read: %v", ns.PID, err)
 		return shell, sv

@@ -47,9 +47,8 @@ func settingsHome(t *testing.T) (*env, home.Layout, *bytes.Buffer) {
 // a node started with them in its environment has them.
 func published(shell config.Config) []status.Setting {
 	var out []status.Setting
-	for _, s := range shell.EffectiveSettings() {
-		st := status.Setting{Key: s.Key, Value: s.Value, Source: s.Source}
-		switch s.Key {
+	for _, st := range shell.EffectiveSettings() {
+		switch st.Key {
 		case "allow-download":
 			st.Value, st.Source = "true", "env DAEMON_ALLOW_DOWNLOAD_BINARIES"
 		case "unsafe-skip-backup":

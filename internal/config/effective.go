@@ -15,14 +15,15 @@ import (
 
 // Effective is one setting as a node runs with it: the value as text, as
 // Config.Values has it, and where it came from, as Config.Sources says. A
-// running node publishes its list in its status file (internal/status), so
-// that `invisor status` and `invisor config`, run from a shell whose
-// environment is not the node's (a systemd unit's Environment=, say), can show
-// what the node does rather than what the shell would.
+// running node publishes its list in its status file (status.Setting is this
+// type, so the tags are that file's), so that `invisor status` and `invisor
+// config`, run from a shell whose environment is not the node's (a systemd
+// unit's Environment=, say), can show what the node does rather than what the
+// shell would.
 type Effective struct {
-	Key    string
-	Value  string
-	Source string
+	Key    string `json:"key"`    // app.toml key under [invisor]
+	Value  string `json:"value"`  // as text, a secret redacted
+	Source string `json:"source"` // default, app.toml, env NAME, flag --invisor.KEY
 }
 
 // redactors hold, for the settings that may carry a secret, what may be

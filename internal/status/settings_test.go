@@ -22,10 +22,7 @@ func TestReporterPublishesSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var settings []Setting
-	for _, e := range cfg.EffectiveSettings() {
-		settings = append(settings, Setting{Key: e.Key, Value: e.Value, Source: e.Source})
-	}
+	settings := cfg.EffectiveSettings()
 
 	before := time.Now().UTC()
 	r := NewReporter(nodeHome, &fakeSource{st: staging.Status{State: staging.StateIdle}}, nil)
@@ -55,8 +52,8 @@ func TestReporterPublishesSettings(t *testing.T) {
 		t.Fatalf("%d settings, first %+v; want %d in app.toml order", len(ns.Settings), ns.Settings[0], len(config.Settings()))
 	}
 	for key, want := range map[string]Setting{
-		"enabled":        {"enabled", "true", "default"},
-		"allow-download": {"allow-download", "true", "env DAEMON_ALLOW_DOWNLOAD_BINARIES"},
+		"enabled":        {Key: "enabled", Value: "true", Source: "default"},
+		"allow-download": {Key: "allow-download", Value: "true", Source: "env DAEMON_ALLOW_DOWNLOAD_BINARIES"},
 	} {
 		if got[key] != want {
 			t.Errorf("%s = %+v, want %+v", key, got[key], want)

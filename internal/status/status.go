@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/invisor/invisor/internal/config"
 	"github.com/invisor/invisor/internal/history"
 	"github.com/invisor/invisor/internal/home"
 	"github.com/invisor/invisor/staging"
@@ -75,12 +76,9 @@ type Node struct {
 	Settings []Setting `json:"settings,omitempty"`
 }
 
-// Setting is one invisor setting in effect in the running node.
-type Setting struct {
-	Key    string `json:"key"`    // app.toml key under [invisor]
-	Value  string `json:"value"`  // as text, a secret redacted
-	Source string `json:"source"` // default, app.toml, env NAME, flag --invisor.KEY
-}
+// Setting is one invisor setting in effect in the running node, as the
+// configuration renders it (config.Config.EffectiveSettings).
+type Setting = config.Effective
 
 // Halt is a scheduled upgrade's halt in force in the running node.
 type Halt struct {
