@@ -176,21 +176,9 @@ func sameNamespace(a, b int) bool {
 // StopContainer stops the container as a runtime does: SIGTERM to its PID 1
 // (unshare itself ignores it), then SIGKILL to the process group after timeout.
 func (n *Node) StopContainer(timeout time.Duration) error {
-	if n.cmd == nil || n.cmd.Process == nil {
-		return nil
-	}
-	if done, _ := n.Exited(); done {
-		return nil
-	}
-	if init, err := n.InitPid(time.Second); err == nil {
-		_ = syscall.Kill(init, syscall.SIGTERM)
-	}
-	select {
-	case <-n.exited:
-		return nil
-	case <-time.After(timeout):
-		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
-		<-n.exited
-		return fmt.Errorf("%s did not stop within %s after SIGTERM to its PID 1; killed", n.Name, timeout)
-	}
+	return n.stopWith(timeout, " to its PID 1", func() {
+		if init, err := n.InitPid(time.Second); err == nil {
+			_ = syscall.Kill(init, syscall.SIGTERM)
+		}
+	})
 }

@@ -266,20 +266,27 @@ func (n *Node) Exited() (bool, error) {
 
 // Stop sends SIGTERM and waits up to timeout, then SIGKILLs the process group.
 func (n *Node) Stop(timeout time.Duration) error {
+	return n.stopWith(timeout, "", func() { _ = n.cmd.Process.Signal(syscall.SIGTERM) })
+}
+
+// stopWith runs term (the polite stop), waits up to timeout for the process to
+// exit, then SIGKILLs its process group; to says, in the error, whom term
+// signalled ("" for the process itself).
+func (n *Node) stopWith(timeout time.Duration, to string, term func()) error {
 	if n.cmd == nil || n.cmd.Process == nil {
 		return nil
 	}
 	if done, _ := n.Exited(); done {
 		return nil
 	}
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	term()
 	select {
 	case <-n.exited:
 		return nil
 	case <-time.After(timeout):
 		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
 		<-n.exited
-		return fmt.Errorf("%s did not stop within %s after SIGTERM; killed", n.Name, timeout)
+		return fmt.Errorf("%s did not stop within %s after SIGTERM%s; killed", n.Name, timeout, to)
 	}
 }
 
