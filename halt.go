@@ -41,9 +41,10 @@ func (n *node) nodeState() (relauncher.NodeState, string) {
 // peersAtHalt is relauncher.OS.PeersAtHalt for the node whose RPC listens at
 // laddr: its CometBFT says, from its consensus reactor's view of each peer,
 // which have the halting block's commit.
+// One client serves every poll of the wait (every 20 ms, up to 2 s).
 func peersAtHalt(laddr string) func(ctx context.Context, height int64) (int, int, []string, error) {
+	c, err := comet.NewClient(laddr)
 	return func(ctx context.Context, height int64) (int, int, []string, error) {
-		c, err := comet.NewClient(laddr)
 		if err != nil {
 			return 0, 0, nil, err
 		}
